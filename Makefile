@@ -1,0 +1,51 @@
+# Junction: two commands on a fresh Debian machine with Python 3.11 (as root):
+#   make demo   -- create .venv, install, run the built-in demo with a live view
+#   make test   -- create .venv, install test needs (and mosquitto), lint, run the suite
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install lint typecheck pytest mosquitto bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Junction needs Python 3.11+"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "python3 -m venv failed: installing python3-venv"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv \
+	  && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/junction demo
+
+# The MQTT tests start their own mosquitto on a free port; install the Debian package if missing.
+mosquitto:
+	@if ! command -v mosquitto >/dev/null 2>&1 && ! test -x /usr/sbin/mosquitto; then \
+	  echo "mosquitto not found: installing the Debian package"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto; \
+	fi
+
+lint: install
+	$(BIN)/ruff check broker adapters tests bench
+	$(BIN)/ruff format --check broker adapters tests bench
+
+typecheck: install
+	$(BIN)/mypy broker adapters
+
+pytest: install mosquitto
+	$(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+bench: install
+	$(BIN)/python bench/core.py
+
+clean:
+	rm -rf $(VENV) state .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,293 @@
+"""Adapters: the base class protocol adapters subclass, and the actor that hosts one.
+
+An adapter is written as plain trio code::
+
+    class MyAdapter(Adapter):
+        async def run(self) -> None:          # produce: connect, read, emit
+            ...
+            self.emit([Envelope(source=self.name, body=...)])
+        async def deliver(self, route, batch): # consume: send a batch to the peer
+            ...
+
+Its :class:`AdapterHost` (a pykka actor) runs that code in a trio loop on its own
+thread.  Envelopes for the adapter arrive through its :class:`~broker.inlet.Inlet`
+(bounded, per route); what it produces goes to the router with a plain ``tell``.
+If ``run`` or ``deliver`` raises, the loop ends, the host reports the crash and the
+supervisor starts a fresh instance after a back-off; the inlet, and so everything
+queued, survives the restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pykka
+import trio
+
+from broker.envelope import Envelope
+from broker.inlet import Inlet
+from broker.messages import Backlog, Crashed, Delivered, Failed, Inbound, describe
+
+if TYPE_CHECKING:
+    from broker.config import AdapterConfig, JunctionSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdapterStatus:
+    """What a person wants to know about an adapter; written by its thread, read by any."""
+
+    name: str
+    type: str
+    state: str = "stopped"
+    detail: str = ""
+    since: float = field(default_factory=time.time)
+    restarts: int = 0
+    reconnects: int = 0
+    last_error: str = ""
+    sent: int = 0
+    received: int = 0
+
+    def set(self, state: str, detail: str = "") -> None:
+        if state != self.state or detail != self.detail:
+            self.state, self.detail, self.since = state, detail, time.time()
+
+
+@dataclass
+class AdapterContext:
+    """What the runtime gives an adapter: its router, settings, state dir and status."""
+
+    router: pykka.ActorRef[Any]
+    settings: JunctionSettings
+    status: AdapterStatus
+    backlog: Backlog
+    state_dir: Path
+
+
+class Adapter:
+    """Base class of every adapter; subclasses override :meth:`run` and/or :meth:`deliver`.
+
+    All methods run on the adapter's trio thread.  ``emit`` never blocks; ``publish``
+    waits (asynchronously) while the router is far behind, which is how a source that
+    can pause reading passes back-pressure to its peer.
+    """
+
+    #: Set False in a subclass that cannot receive envelopes (a pure source).
+    accepts_envelopes = True
+    #: Set False in a subclass that never produces envelopes (a pure sink).
+    produces_envelopes = True
+    #: The most envelopes handed to one ``deliver`` call.
+    max_batch = 512
+
+    def __init__(self, name: str, config: AdapterConfig, ctx: AdapterContext) -> None:
+        self.name = name
+        self.config = config
+        self.ctx = ctx
+        self.status = ctx.status
+        self.log = logging.getLogger(f"junction.adapter.{name}")
+
+    async def run(self) -> None:
+        """Produce envelopes until cancelled.  Returning ends production, not the adapter."""
+        await trio.sleep_forever()
+
+    async def deliver(self, route: str, batch: list[Envelope]) -> None:
+        """Send ``batch`` (envelopes of ``route``) to the peer.
+
+        Return normally once they are sent; call :meth:`fail` for envelopes that can
+        never be sent.  Raising counts the whole batch as failed and restarts the adapter.
+        """
+        raise NotImplementedError(f"adapter {self.name!r} does not accept envelopes")
+
+    async def aclose(self) -> None:
+        """Release resources; called once when the adapter stops or crashes."""
+
+    # --- helpers for subclasses -------------------------------------------------
+
+    def emit(self, envelopes: Sequence[Envelope]) -> None:
+        """Hand envelopes to the router (never blocks)."""
+        if not envelopes:
+            return
+        batch = list(envelopes)
+        self.ctx.backlog.add(len(batch))
+        self.status.received += len(batch)
+        self.ctx.router.tell(Inbound(self.name, batch))
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+        """Like :meth:`emit`, but first waits while the router's backlog is over its mark."""
+        while self.ctx.backlog.over():
+            await trio.sleep(0.002)
+        self.emit(envelopes)
+
+    def fail(self, route: str, envelopes: Sequence[Envelope], reason: str) -> None:
+        """Report envelopes that cannot be sent; the router dead-letters them with ``reason``."""
+        if envelopes:
+            self.ctx.router.tell(Failed(route, self.name, list(envelopes), reason))
+
+
+class AdapterHost(pykka.ThreadingActor):
+    """Runs one adapter instance's trio loop on its own thread, and stops it symmetrically."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        inlet: Inlet,
+        supervisor: pykka.ActorRef[Any] | None,
+        generation: int,
+    ) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.inlet = inlet
+        self.supervisor = supervisor
+        self.generation = generation
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._started = threading.Event()
+        self._main_scope: trio.CancelScope | None = None
+        self._source_scope: trio.CancelScope | None = None
+        self._wake_event: trio.Event | None = None
+        self._stopping = False
+
+    # --- pykka lifecycle --------------------------------------------------------
+
+    def on_start(self) -> None:
+        name = self.adapter.name
+        self._thread = threading.Thread(
+            target=self._thread_main, name=f"adapter-{name}", daemon=True
+        )
+        self._thread.start()
+        self._started.wait(10)
+
+    def on_stop(self) -> None:
+        self._shutdown_loop()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._shutdown_loop()
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "quiesce":
+            self._call_soon(self._cancel_source)
+            return True
+        return None
+
+    # --- the trio side ----------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        status = self.adapter.status
+        error: BaseException | None = None
+        try:
+            trio.run(self._trio_main)
+        except BaseException as err:
+            error = err
+        finally:
+            self.inlet.detach()
+            self._started.set()
+        if error is not None and not self._stopping:
+            text = describe(error)
+            repeat = status.last_error == text
+            status.set("crashed", text)
+            status.last_error = text
+            # The traceback once; the same error again is one line.
+            log.error(
+                "adapter %s crashed: %s%s",
+                self.adapter.name,
+                text,
+                " (same error as last time)" if repeat else "",
+                exc_info=None if repeat else error,
+            )
+            if self.supervisor is not None:
+                self.supervisor.tell(Crashed(self.adapter.name, self.generation, describe(error)))
+        elif not self._stopping:
+            status.set("stopped", "its loop ended")
+
+    async def _trio_main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._wake_event = trio.Event()
+        self.adapter.status.set("running")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._main_scope = nursery.cancel_scope
+                if self.adapter.accepts_envelopes:
+                    nursery.start_soon(self._pump)
+                nursery.start_soon(self._run_source)
+                self.inlet.attach(self._schedule_wake)
+                self._started.set()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.adapter.aclose()
+
+    async def _run_source(self) -> None:
+        with trio.CancelScope() as scope:
+            self._source_scope = scope
+            await self.adapter.run()
+
+    def _cancel_source(self) -> None:
+        if self._source_scope is not None:
+            self._source_scope.cancel()
+
+    def _schedule_wake(self) -> None:
+        token = self._token
+        if token is None:
+            raise RuntimeError("loop not running")
+        token.run_sync_soon(self._wake)
+
+    def _wake(self) -> None:
+        # Runs on the trio loop: must never raise (that would kill the whole run).
+        try:
+            if self._wake_event is not None:
+                self._wake_event.set()
+        except Exception:  # pragma: no cover - Event.set cannot fail today
+            log.exception("wake-up failed for %s", self.adapter.name)
+
+    async def _pump(self) -> None:
+        adapter, inlet, router = self.adapter, self.inlet, self.adapter.ctx.router
+        while True:
+            self._wake_event = trio.Event()
+            item = inlet.take(adapter.max_batch)
+            if item is None:
+                await self._wake_event.wait()
+                continue
+            route, batch = item
+            try:
+                await adapter.deliver(route, batch)
+            except trio.Cancelled:
+                inlet.requeue(route, batch)
+                raise
+            except BaseException as err:
+                inlet.done(len(batch))
+                router.tell(Failed(route, adapter.name, batch, f"adapter raised {describe(err)}"))
+                raise
+            inlet.done(len(batch))
+            adapter.status.sent += len(batch)
+            router.tell(Delivered(route, adapter.name, len(batch)))
+
+    # --- stopping ---------------------------------------------------------------
+
+    def _call_soon(self, fn: Any) -> None:
+        token = self._token
+        if token is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(fn)
+
+    def _shutdown_loop(self) -> None:
+        self._stopping = True
+        self._call_soon(self._cancel_all)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+            if self._thread.is_alive():
+                log.error("adapter %s did not stop within 10 s", self.adapter.name)
+        self.adapter.status.set("stopped")
+
+    def _cancel_all(self) -> None:
+        if self._main_scope is not None:
+            self._main_scope.cancel()

@@ -1,0 +1,303 @@
+"""The ``junction`` command line.
+
+::
+
+    junction run CONFIG          run the bridge until Ctrl-C / SIGTERM
+    junction check CONFIG        validate; print adapters and compiled routes (exit 0 or 2)
+    junction explain CONFIG ENV  which routes take an envelope and what they make of it
+    junction plugins             what is loaded and what each plugin registers
+    junction demo                run the built-in demo (routes/demo.toml) with a live view
+    junction sim PEER ...        run a peer simulator (placeos, allxon, alphax)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from broker import envelope as env_mod
+from broker import explain as explain_mod
+from broker import logs, status
+from broker.errors import ConfigError, PluginError
+from broker.runtime import Loaded, Runtime, load
+
+log = logging.getLogger("junction")
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+SIMULATORS = {
+    "placeos": "adapters.placeos.simulator",
+    "allxon": "adapters.allxon.simulator",
+    "alphax": "adapters.alphax.simulator",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``junction`` console script."""
+    args = _parser().parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
+    if args.command is None:
+        _parser().print_help()
+        return EXIT_CONFIG
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as err:
+        print(f"configuration error{'s' if len(err.problems) > 1 else ''}:", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PluginError as err:
+        print(f"plugin error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="junction",
+        description="Junction bridges PlaceOS, the Allxon Octo agent and AlphaX Conduit "
+        "through a routing table written in TOML.",
+        epilog="Start with `junction demo`, then `junction check routes/demo.toml` to see a table.",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format",
+        default="human",
+        choices=["human", "json"],
+        help="human lines (default) or one JSON object per line",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the bridge until Ctrl-C or SIGTERM")
+    run.add_argument("config", help="the TOML configuration file")
+    run.add_argument(
+        "--status-every",
+        type=float,
+        default=0,
+        metavar="S",
+        help="print the live status table every S seconds (0 = never)",
+    )
+    run.add_argument(
+        "--duration",
+        type=float,
+        default=0,
+        metavar="S",
+        help="stop by itself after S seconds (0 = run until stopped)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a configuration and show the compiled routes")
+    check.add_argument("config")
+    check.set_defaults(func=cmd_check)
+
+    exp = sub.add_parser(
+        "explain", help="show which routes take an envelope and what each produces"
+    )
+    exp.add_argument("config")
+    exp.add_argument(
+        "envelope", help="envelope JSON, @FILE, or - for stdin; id and ts may be left out"
+    )
+    exp.set_defaults(func=cmd_explain)
+
+    plug = sub.add_parser("plugins", help="list loaded plugins and what each registers")
+    plug.add_argument(
+        "--disable",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="block a plugin by name (as disabled_plugins would)",
+    )
+    plug.set_defaults(func=cmd_plugins)
+
+    demo = sub.add_parser("demo", help="run the built-in demo with a live view")
+    demo.add_argument("--config", default=None, help="demo table (default: routes/demo.toml)")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=0,
+        metavar="S",
+        help="run S seconds without a live view, print a summary; exit 0 only "
+        "when every route delivered",
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    sim = sub.add_parser("sim", help="run a peer simulator", add_help=False)
+    sim.add_argument("peer", choices=sorted(SIMULATORS))
+    sim.add_argument("args", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=cmd_sim)
+    return p
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = load(args.config)
+    print(f"{args.config}: OK")
+    print(f"\nadapters ({len(loaded.config.adapters)}):")
+    for name, acfg in loaded.config.adapters.items():
+        print(f"  {name:<20} type={acfg.type}{'' if acfg.required else ' (optional)'}")
+    print(f"\nroutes ({len(loaded.table.routes)}):")
+    for r in loaded.table.routes:
+        kinds = ",".join(r.kinds) if r.kinds else "*"
+        print(f"  {r.name}: {','.join(r.sources)} [{kinds}] -> {','.join(r.targets)}")
+        for text, _ in r.explain:
+            print(f"      match {text}")
+        if r.mapping is not None:
+            print(f"      map   {json.dumps(r.mapping.spec, default=str)}")
+        if r.transforms:
+            print(f"      transforms {' -> '.join(name for name, _ in r.transforms)}")
+        extra = f"overflow={r.overflow} queue_size={r.queue_size}"
+        if r.spec.expects_reply:
+            extra += " expects_reply"
+        print(f"      {extra}")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    loaded = load(args.config)
+    text = args.envelope
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    try:
+        env = env_mod.decode(text)
+    except (msgspec.ValidationError, msgspec.DecodeError) as err:
+        print(f"not an envelope: {err}", file=sys.stderr)
+        print(
+            'example: {"source": "gen", "subject": "room/t", "body": {"kind": "metric", '
+            '"module": "room", "name": "t", "value": 21.5}}',
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    print(explain_mod.render(explain_mod.explain(loaded.table, env)))
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from broker import plugins as plugins_mod
+
+    plugins = plugins_mod.load(disabled=args.disable)
+    print("plugins:")
+    for name in plugins.names():
+        types = [t.name for t in plugins.adapter_types.values() if _owner(plugins, t) == name]
+        trans = [t.name for t in plugins.transforms.values() if t.plugin == name]
+        print(f"  {name}")
+        if types:
+            print(f"    adapter types: {', '.join(types)}")
+        if trans:
+            print(f"    transforms:    {', '.join(trans)}")
+    for name in plugins.blocked:
+        print(f"  {name} (disabled)")
+    for failure in plugins.failures:
+        print(f"  {failure.name} FAILED TO LOAD: {failure.reason}")
+    print("\nadapter types:")
+    for t in plugins.adapter_types.values():
+        print(f"  {t.name:<12} {t.description}")
+    print("\ntransforms:")
+    for tr in plugins.transforms.values():
+        print(f"  {tr.name:<18} {tr.description.strip().splitlines()[0] if tr.description else ''}")
+    return EXIT_FAIL if plugins.failures else EXIT_OK
+
+
+def _owner(plugins: Any, adapter_type: Any) -> str:
+    for impl in plugins.pm.hook.junction_adapter_types.get_hookimpls():
+        if any(t is adapter_type or t.name == adapter_type.name for t in impl.function() or ()):
+            return str(impl.plugin_name)
+    return ""
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = load(args.config)
+    return run_until_stopped(loaded, status_every=args.status_every, duration=args.duration)
+
+
+def run_until_stopped(
+    loaded: Loaded, status_every: float = 0, duration: float = 0, live: bool = False
+) -> int:
+    """Start the runtime, wait for a signal (or ``duration``), stop it cleanly."""
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    runtime = Runtime(loaded)
+    try:
+        runtime.start()
+        began = time.monotonic()
+        every = status_every or 0.5
+        while not stop.wait(every):
+            if duration and time.monotonic() - began >= duration:
+                break
+            if status_every:
+                _show(runtime, live)
+        if received:
+            log.info(
+                "%s received: stopping (grace %.1f s)",
+                received[0],
+                loaded.config.junction.shutdown_grace_s,
+            )
+    finally:
+        report = runtime.stop()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return EXIT_OK if not report.left else EXIT_FAIL
+
+
+def _show(runtime: Runtime, live: bool) -> None:
+    text = status.render(runtime.snapshot())
+    if live:
+        sys.stdout.write("\x1b[H\x1b[2J" + text + "\n\n(Ctrl-C to stop)\n")
+    else:
+        sys.stdout.write(text + "\n\n")
+    sys.stdout.flush()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    path = args.config or _demo_path()
+    loaded = load(path)
+    if args.duration:
+        runtime = Runtime(loaded)
+        runtime.start()
+        try:
+            time.sleep(args.duration)
+        finally:
+            snap = runtime.stop().snapshot
+        print(status.render(snap))
+        idle = [n for n, c in snap.get("routes", {}).items() if c["delivered"] == 0]
+        if idle:
+            print(f"\ndemo FAILED: these routes delivered nothing: {', '.join(idle)}")
+            return EXIT_FAIL
+        print("\ndemo OK: every route delivered")
+        return EXIT_OK
+    live = sys.stdout.isatty()
+    return run_until_stopped(loaded, status_every=1.0, live=live)
+
+
+def _demo_path() -> str:
+    here = Path.cwd() / "routes" / "demo.toml"
+    if here.exists():
+        return str(here)
+    bundled = Path(__file__).resolve().parent.parent / "routes" / "demo.toml"
+    return str(bundled)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    module = importlib.import_module(SIMULATORS[args.peer])
+    result: int = module.main(list(args.args))
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

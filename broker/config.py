@@ -1,0 +1,377 @@
+"""Configuration files: TOML decoded into typed structs, with errors a person can act on.
+
+A file has three parts::
+
+    [junction]              # process-wide settings (JunctionSettings)
+    [adapters.<name>]       # one table per adapter instance; ``type`` picks its struct
+    [[routes]]              # the routing table (RouteSpec), compiled by broker.routing
+
+Every struct forbids unknown keys, so a typo is an error that names the file, the
+TOML path, the bad key and the nearest valid one.  Secrets are never required
+inline: any string may be ``${ENV_VAR}`` (a missing variable is an error naming it)
+or ``${file:/path/to/secret}`` (the file's content, stripped).  Expanded secrets are
+registered with :mod:`broker.logs` so they are redacted from every log line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from broker import logs
+from broker.errors import ConfigError, ConfigProblem
+
+T = TypeVar("T")
+
+OverflowPolicy = Literal["block", "drop_oldest", "drop_newest"]
+
+
+class JunctionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Process-wide settings (the ``[junction]`` table)."""
+
+    state_dir: str = "state"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace_s: float = 5.0
+    disabled_plugins: list[str] = []
+    dead_letter: str | None = None
+    queue_size: int = 1000
+    block_timeout_s: float = 5.0
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    reply_timeout_s: float = 10.0
+
+
+class AdapterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Keys every adapter accepts; each adapter type subclasses this with its own."""
+
+    type: str
+    required: bool = True
+
+
+class TransformRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A transform named in a route, with options for its factory."""
+
+    name: str
+    options: dict[str, Any] = {}
+
+
+class RouteSpec(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, rename={"sources": "from"}
+):
+    """One ``[[routes]]`` entry, as written (see broker.routing for what each key does)."""
+
+    name: str
+    sources: str | list[str]
+    to: str | list[str]
+    kind: str | list[str] | None = None
+    match: dict[str, Any] = {}
+    map: dict[str, Any] = {}
+    transforms: list[str | TransformRef] = []
+    overflow: OverflowPolicy = "drop_oldest"
+    queue_size: int | None = None
+    expects_reply: bool = False
+    reply_timeout_s: float | None = None
+    reply_map: dict[str, Any] = {}
+    description: str = ""
+
+
+class Config(msgspec.Struct, kw_only=True):
+    """A loaded, typed configuration (routes not compiled yet)."""
+
+    path: str
+    junction: JunctionSettings
+    adapters: dict[str, AdapterConfig]
+    routes: list[RouteSpec]
+    declared_adapters: list[str] = []
+
+
+class _RawFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    junction: dict[str, Any] = {}
+    adapters: dict[str, dict[str, Any]] = {}
+    routes: list[dict[str, Any]] = []
+
+
+_REF = re.compile(r"\$\{([^}]*)\}")
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+
+
+def load(
+    path: str | os.PathLike[str],
+    adapter_types: Mapping[str, type[AdapterConfig]],
+    problems: list[ConfigProblem] | None = None,
+) -> Config:
+    """Read, expand and decode a config file; raises ConfigError listing every problem.
+
+    With ``problems`` given, problems are appended there instead and the best-effort
+    config is returned (so route checks can still run and report theirs too).
+    """
+    file = str(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(
+            [ConfigProblem(file, "", f"cannot read the file: {err.strerror}")]
+        ) from err
+    return loads(text, file, adapter_types, problems)
+
+
+def loads(
+    text: str,
+    file: str,
+    adapter_types: Mapping[str, type[AdapterConfig]],
+    problems: list[ConfigProblem] | None = None,
+) -> Config:
+    """Like :func:`load`, from text; ``file`` names it in errors."""
+    collect = problems is not None
+    problems = problems if problems is not None else []
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([ConfigProblem(file, "", f"TOML syntax error: {err}")]) from err
+    data = _expand(data, "", file, problems)
+    raw = _convert(data, _RawFile, "", file, problems)
+    if raw is None:
+        raise ConfigError(problems)
+    settings = _convert(raw.junction, JunctionSettings, "junction", file, problems)
+    adapters: dict[str, AdapterConfig] = {}
+    for name, table in raw.adapters.items():
+        where = f"adapters.{name}"
+        if not _is_name(name):
+            problems.append(
+                ConfigProblem(
+                    file, where, "adapter names use letters, digits, '_' and '-'", name, True
+                )
+            )
+            continue
+        kind = table.get("type")
+        if kind is None:
+            problems.append(
+                ConfigProblem(
+                    file, f"{where}.type", "missing key 'type'", hint=_choices(adapter_types)
+                )
+            )
+            continue
+        cls = adapter_types.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"{where}.type",
+                    "unknown adapter type",
+                    kind,
+                    True,
+                    _suggest(str(kind), adapter_types) or _choices(adapter_types),
+                )
+            )
+            continue
+        converted = _convert(table, cls, where, file, problems)
+        if converted is not None:
+            adapters[name] = converted
+    routes: list[RouteSpec] = []
+    for i, table in enumerate(raw.routes):
+        route = _convert(table, RouteSpec, f"routes[{i}]", file, problems)
+        if route is not None:
+            routes.append(route)
+    if settings is None or (problems and not collect):
+        raise ConfigError(problems)
+    return Config(
+        path=file,
+        junction=settings,
+        adapters=adapters,
+        routes=routes,
+        declared_adapters=list(raw.adapters),
+    )
+
+
+def _is_name(name: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", name) is not None
+
+
+def _expand(value: Any, path: str, file: str, problems: list[ConfigProblem]) -> Any:
+    """Replace ``${VAR}`` / ``${file:PATH}`` references in every string."""
+    if isinstance(value, str):
+        if "${" not in value:
+            return value
+        return _REF.sub(lambda m: _resolve(m.group(1), path, file, problems), value)
+    if isinstance(value, dict):
+        return {
+            k: _expand(v, f"{path}.{k}" if path else k, file, problems) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]", file, problems) for i, v in enumerate(value)]
+    return value
+
+
+def _resolve(ref: str, path: str, file: str, problems: list[ConfigProblem]) -> str:
+    if ref.startswith("file:"):
+        secret_path = ref[5:]
+        try:
+            secret = Path(secret_path).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            problems.append(
+                ConfigProblem(
+                    file, path, f"cannot read secret file {secret_path!r}: {err.strerror}"
+                )
+            )
+            return ""
+    else:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ref):
+            problems.append(
+                ConfigProblem(
+                    file,
+                    path,
+                    "bad reference",
+                    f"${{{ref}}}",
+                    True,
+                    "write ${ENV_VAR} or ${file:/path/to/secret}",
+                )
+            )
+            return ""
+        found = os.environ.get(ref)
+        if found is None:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    path,
+                    f"environment variable {ref} is not set",
+                    hint=f"export {ref}=... or use ${{file:/path}}",
+                )
+            )
+            return ""
+        secret = found
+    logs.register_secret(secret)
+    return secret
+
+
+def _convert(
+    data: Any, cls: type[T], where: str, file: str, problems: list[ConfigProblem]
+) -> T | None:
+    """msgspec.convert with the error turned into a ConfigProblem (path, value, hint)."""
+    try:
+        return msgspec.convert(data, cls)
+    except msgspec.ValidationError as err:
+        problems.append(_problem(err, data, cls, where, file))
+        return None
+
+
+def _problem(
+    err: msgspec.ValidationError, data: Any, cls: type, where: str, file: str
+) -> ConfigProblem:
+    text = str(err)
+    message, _, at = text.partition(" - at `$")
+    parts = _path_parts(at.rstrip("`"))
+    path = where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+    path = path.lstrip(".")
+    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", message)
+    if unknown:
+        key = unknown.group(1)
+        fields = _field_names(_type_at(cls, parts))
+        return ConfigProblem(
+            file,
+            f"{path}.{key}".lstrip("."),
+            "unknown key",
+            hint=_suggest(key, fields) or _choices(fields),
+        )
+    missing = re.fullmatch(r"Object missing required field `(.*)`", message)
+    if missing:
+        return ConfigProblem(file, f"{path}.{missing.group(1)}".lstrip("."), "missing required key")
+    found, ok = _value_at(data, parts)
+    if message.startswith("Invalid enum value"):
+        allowed = [str(a) for a in typing.get_args(_type_at(cls, parts))]
+        hint = _suggest(str(found), allowed) if ok else ""
+        return ConfigProblem(file, path, f"must be one of {', '.join(allowed)}", found, ok, hint)
+    return ConfigProblem(file, path, _humanize(message), found, ok)
+
+
+def _path_parts(at: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for m in _PATH_PART.finditer(at):
+        if m.group(1) is not None:
+            parts.append(m.group(1))
+        elif m.group(2) != "...":
+            parts.append(int(m.group(2)))
+    return parts
+
+
+def _value_at(data: Any, parts: list[str | int]) -> tuple[Any, bool]:
+    for part in parts:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None, False
+    return data, True
+
+
+def _type_at(cls: Any, parts: list[str | int]) -> Any:
+    """Follow a path through struct annotations to find the struct whose keys are checked."""
+    for part in parts:
+        cls = _unwrap(cls)
+        if isinstance(part, int):
+            args = typing.get_args(cls)
+            cls = args[0] if args else None
+        elif isinstance(cls, type) and issubclass(cls, msgspec.Struct):
+            hints = typing.get_type_hints(cls)
+            cls = hints.get(part)
+        else:
+            args = typing.get_args(cls)
+            cls = args[-1] if args else None
+    return _unwrap(cls)
+
+
+def _unwrap(tp: Any) -> Any:
+    """Pick the struct (or container) out of ``X | str | None`` style unions."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        candidates = [a for a in typing.get_args(tp) if a is not type(None)]
+        for a in candidates:
+            if isinstance(a, type) and issubclass(a, msgspec.Struct):
+                return a
+        for a in candidates:
+            if typing.get_origin(a) in (list, dict):
+                return a
+        return candidates[0] if candidates else tp
+    return tp
+
+
+def _field_names(cls: Any) -> list[str]:
+    if isinstance(cls, type) and issubclass(cls, msgspec.Struct):
+        return [f.encode_name for f in msgspec.structs.fields(cls)]
+    return []
+
+
+def _humanize(message: str) -> str:
+    m = re.fullmatch(r"Expected `(.*)`, got `(.*)`", message)
+    if m:
+        return f"expected {m.group(1)}, not {m.group(2)}"
+    return message[:1].lower() + message[1:]
+
+
+def _suggest(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _choices(options: Any) -> str:
+    names = sorted(options)
+    return f"valid: {', '.join(names)}" if names else ""
+
+
+def suggest(word: str, options: Any) -> str:
+    """``did you mean 'x'?`` for the closest option, else the list of valid ones."""
+    return _suggest(word, options) or _choices(options)
+
+
+def as_list(value: str | list[str] | None) -> list[str]:
+    """Normalise the ``x = "a"`` / ``x = ["a", "b"]`` forms."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)

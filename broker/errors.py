@@ -1,0 +1,79 @@
+"""Exceptions the broker raises, named for what happened.
+
+::
+
+    JunctionError
+    ├── ConfigError            one or more problems in a configuration file (exit code 2)
+    │                          each a ConfigProblem naming file, TOML path, bad value, hint
+    ├── PluginError            a plugin failed to load or registered something invalid
+    ├── AdapterError           an adapter could not do its job
+    │   └── AdapterUnavailable the adapter is not running (stopped, restarting)
+    └── TransformError         a transform raised; the envelope is dead-lettered
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class JunctionError(Exception):
+    """Base of every error the broker raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a configuration file, said so a person can fix it."""
+
+    file: str
+    path: str
+    message: str
+    value: Any = None
+    has_value: bool = False
+    hint: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.path}" if self.path else self.file
+        text = f"{where}: {self.message}"
+        if self.has_value:
+            text += f" (got {_show(self.value)})"
+        if self.hint:
+            text += f"; {self.hint}"
+        return text
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class ConfigError(JunctionError):
+    """A configuration file is invalid; ``problems`` lists every fault found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class PluginError(JunctionError):
+    """A plugin could not be loaded or registered something invalid."""
+
+
+class AdapterError(JunctionError):
+    """An adapter could not do what was asked of it."""
+
+
+class AdapterUnavailable(AdapterError):
+    """The adapter is not running right now (stopped or between restarts)."""
+
+
+class TransformError(JunctionError):
+    """A transform raised; carries the route and transform names for the dead letter."""
+
+    def __init__(self, route: str, transform: str, cause: BaseException) -> None:
+        self.route = route
+        self.transform = transform
+        self.cause = cause
+        super().__init__(f"route {route!r}: transform {transform!r} raised {cause!r}")

@@ -1,0 +1,186 @@
+"""The bounded queues between the router and one target adapter.
+
+An :class:`Inlet` belongs to an adapter *name*, not to one running instance: it
+outlives adapter restarts, so what was queued for a crashed adapter is delivered by
+its replacement.  It keeps one bounded queue per route, so a flood on one route
+cannot starve another, and applies that route's overflow policy when full:
+
+``drop_newest``  the incoming envelope is refused (counted, reason ``queue_full``)
+``drop_oldest``  the oldest queued envelope makes room (counted, reason ``queue_full``)
+``block``        the router waits for room, up to ``block_timeout_s``, then drops
+                 (counted, reason ``block_timeout``)
+
+The router thread calls :meth:`Inlet.offer`; the adapter's trio thread drains with
+:meth:`Inlet.take`.  A wake-up is scheduled on the trio loop at most once per idle
+period (the batched actor->trio hand-off measured in library-findings.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from broker.envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _RouteQueue:
+    items: deque[Envelope]
+    capacity: int
+    policy: str
+
+
+@dataclass
+class Offer:
+    """What became of an offered batch: how many were queued and which were dropped."""
+
+    accepted: int = 0
+    dropped: list[tuple[Envelope, str]] = field(default_factory=list)
+
+
+class Inlet:
+    """Per-route bounded queues feeding one adapter, safe across threads."""
+
+    def __init__(self, adapter: str, block_timeout_s: float = 5.0) -> None:
+        self.adapter = adapter
+        self.block_timeout_s = block_timeout_s
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._queues: dict[str, _RouteQueue] = {}
+        self._ready: deque[str] = deque()
+        self._waker: Callable[[], None] | None = None
+        self._wake_scheduled = False
+        self._in_flight = 0
+
+    # --- router side ------------------------------------------------------------
+
+    def offer(self, route: str, envelopes: list[Envelope], capacity: int, policy: str) -> Offer:
+        """Queue ``envelopes`` for ``route`` under its bound and overflow policy."""
+        result = Offer()
+        with self._lock:
+            q = self._queues.get(route)
+            if q is None:
+                q = self._queues[route] = _RouteQueue(deque(), capacity, policy)
+            else:
+                q.capacity, q.policy = capacity, policy
+            for env in envelopes:
+                if len(q.items) >= q.capacity:
+                    if policy == "drop_newest":
+                        result.dropped.append((env, "queue_full"))
+                        continue
+                    if policy == "drop_oldest":
+                        result.dropped.append((q.items.popleft(), "queue_full"))
+                    else:
+                        if not self._wait_for_room(q):
+                            result.dropped.append((env, "block_timeout"))
+                            continue
+                if not q.items:
+                    self._ready.append(route)
+                q.items.append(env)
+                result.accepted += 1
+                if not self._wake_scheduled and self._waker is not None:
+                    self._wake_scheduled = True
+                    self._wake_locked()
+        return result
+
+    def _wait_for_room(self, q: _RouteQueue) -> bool:
+        if self._waker is not None and not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._wake_locked()
+        deadline = time.monotonic() + self.block_timeout_s
+        while len(q.items) >= q.capacity:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._room.wait(left)
+        return True
+
+    def _wake_locked(self) -> None:
+        waker = self._waker
+        if waker is None:
+            self._wake_scheduled = False
+            return
+        try:
+            waker()
+        except Exception:  # the loop is gone (RunFinishedError): the next attach wakes it
+            self._wake_scheduled = False
+
+    # --- adapter side -----------------------------------------------------------
+
+    def attach(self, waker: Callable[[], None]) -> None:
+        """Connect a running adapter; ``waker`` is called (from any thread) when data waits."""
+        with self._lock:
+            self._waker = waker
+            self._wake_scheduled = bool(self._ready)
+            if self._wake_scheduled:
+                self._wake_locked()
+
+    def detach(self) -> None:
+        """Disconnect the adapter; queued envelopes stay for its successor."""
+        with self._lock:
+            self._waker = None
+            self._wake_scheduled = False
+            self._in_flight = 0
+
+    def take(self, limit: int = 512) -> tuple[str, list[Envelope]] | None:
+        """Up to ``limit`` envelopes of the next route with data (round robin), or None.
+
+        None also re-arms the wake-up: the next offer schedules one.
+        """
+        with self._lock:
+            while self._ready:
+                route = self._ready.popleft()
+                q = self._queues[route]
+                if not q.items:
+                    continue
+                n = min(limit, len(q.items))
+                batch = [q.items.popleft() for _ in range(n)]
+                if q.items:
+                    self._ready.append(route)
+                self._in_flight += n
+                self._room.notify_all()
+                return route, batch
+            self._wake_scheduled = False
+            return None
+
+    def done(self, count: int) -> None:
+        """The adapter finished with ``count`` envelopes it took (sent or failed)."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - count)
+
+    def requeue(self, route: str, envelopes: list[Envelope]) -> None:
+        """Put a taken batch back at the front of its route's queue (no loss on stop)."""
+        with self._lock:
+            q = self._queues[route]
+            if not q.items:
+                self._ready.appendleft(route)
+            q.items.extendleft(reversed(envelopes))
+            self._in_flight = max(0, self._in_flight - len(envelopes))
+
+    # --- inspection -------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Envelopes queued or being delivered right now."""
+        with self._lock:
+            return self._in_flight + sum(len(q.items) for q in self._queues.values())
+
+    def depths(self) -> dict[str, int]:
+        """Queued envelopes per route."""
+        with self._lock:
+            return {name: len(q.items) for name, q in self._queues.items()}
+
+    def drain_all(self) -> dict[str, list[Envelope]]:
+        """Remove and return everything still queued (used at the end of shutdown)."""
+        with self._lock:
+            out = {name: list(q.items) for name, q in self._queues.items() if q.items}
+            for q in self._queues.values():
+                q.items.clear()
+            self._ready.clear()
+            self._room.notify_all()
+            return out

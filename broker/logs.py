@@ -1,0 +1,90 @@
+"""Logging set-up: a readable line for people, JSON for machines, secrets never shown.
+
+Every secret the config expands (``${ENV}``, ``${file:...}``) and every secret an
+adapter registers is replaced by ``***`` in every record, whatever logger wrote it,
+including exception text and tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+MIN_SECRET_LEN = 4
+
+
+def register_secret(secret: str) -> None:
+    """Redact ``secret`` from every log line from now on (short strings are ignored)."""
+    if len(secret) >= MIN_SECRET_LEN:
+        with _secrets_lock:
+            _secrets.add(secret)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***``."""
+    if not _secrets:
+        return text
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def truncate(text: str, limit: int = 200) -> str:
+    """Shorten ``text`` for a log line, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more chars)"
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class HumanFormatter(_RedactingFormatter):
+    """``03:04:05.123 INFO  broker.router  message``."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s  %(message)s", "%H:%M:%S"
+        )
+
+
+class JsonFormatter(_RedactingFormatter):
+    """One JSON object per line: ts, level, logger, msg (+ exc, + extra ``fields``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "thread": record.threadName,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return redact(json.dumps(out, default=str))
+
+
+def setup(level: str = "info", fmt: str = "human", stream: Any = None) -> None:
+    """Configure the root logger once for the process (idempotent)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_junction", False):
+            root.removeHandler(old)
+    handler._junction = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.Formatter.converter = time.localtime

@@ -1,0 +1,141 @@
+"""Loading plugins and collecting what they register.
+
+Built-ins register first (through the same hooks as everyone), then every
+distribution in the ``junction.plugins`` entry-point group, except the names listed
+in ``[junction] disabled_plugins``.  A plugin that fails to import is reported by name
+with the one line that explains it, and the rest still load; ``check_pending()``
+then makes a misspelt hook function a loud error instead of a silent no-op.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pluggy
+
+from broker import hookspecs
+from broker.errors import PluginError
+from broker.hookspecs import ENTRY_POINT_GROUP, AdapterType, Transform
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODULES = ("adapters.utility.plugin",)
+
+
+@dataclass
+class PluginFailure:
+    """A plugin that could not be loaded, and why (one line)."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class Plugins:
+    """The loaded plugin manager and the registry built from its hooks."""
+
+    pm: pluggy.PluginManager
+    adapter_types: dict[str, AdapterType] = field(default_factory=dict)
+    transforms: dict[str, Transform] = field(default_factory=dict)
+    failures: list[PluginFailure] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+
+    @property
+    def hook(self) -> pluggy.HookRelay:
+        return self.pm.hook
+
+    def names(self) -> list[str]:
+        """Names of the registered plugins, built-ins first."""
+        return [name for name, _ in self.pm.list_name_plugin() if name is not None]
+
+
+def load(disabled: Iterable[str] = (), builtins: Iterable[str] = BUILTIN_MODULES) -> Plugins:
+    """Create the manager, register built-ins and entry-point plugins, build the registry."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    plugins = Plugins(pm=pm)
+    for modname in builtins:
+        module = __import__(modname, fromlist=["_"])
+        pm.register(module, name=f"builtin:{modname}")
+    for name in disabled:
+        pm.set_blocked(name)
+        plugins.blocked.append(name)
+    _load_entry_points(plugins, set(disabled))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as err:
+        raise PluginError(
+            f"plugin {err.plugin!r} implements a hook that does not exist: {err}"
+        ) from err
+    _collect(plugins)
+    return plugins
+
+
+def _load_entry_points(plugins: Plugins, disabled: set[str]) -> None:
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in disabled:
+            log.info("plugin %s is disabled by configuration", ep.name)
+            continue
+        if plugins.pm.get_plugin(ep.name) is not None:
+            continue
+        try:
+            module = ep.load()
+        except Exception as err:
+            dist = ep.dist.name if ep.dist is not None else "?"
+            reason = f"{type(err).__name__}: {err}"
+            plugins.failures.append(PluginFailure(ep.name, f"{reason} (from {dist}, {ep.value})"))
+            log.error(
+                "plugin %s failed to load and is skipped: %s (entry point %s in %s)",
+                ep.name,
+                reason,
+                ep.value,
+                dist,
+            )
+            continue
+        try:
+            plugins.pm.register(module, name=ep.name)
+        except ValueError as err:
+            plugins.failures.append(PluginFailure(ep.name, str(err)))
+            log.error("plugin %s could not be registered: %s", ep.name, err)
+
+
+def _collect(plugins: Plugins) -> None:
+    pm = plugins.pm
+    for impl in pm.hook.junction_adapter_types.get_hookimpls():
+        for item in _returned(impl):
+            if not isinstance(item, AdapterType):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} returned {item!r}, not an AdapterType"
+                )
+            if item.name in plugins.adapter_types:
+                raise PluginError(
+                    f"adapter type {item.name!r} is registered twice "
+                    f"(again by plugin {impl.plugin_name!r})"
+                )
+            plugins.adapter_types[item.name] = item
+    for impl in pm.hook.junction_transforms.get_hookimpls():
+        for item in _returned(impl):
+            if not isinstance(item, Transform):
+                raise PluginError(f"plugin {impl.plugin_name!r} returned {item!r}, not a Transform")
+            if item.name in plugins.transforms:
+                raise PluginError(
+                    f"transform {item.name!r} is registered twice "
+                    f"(again by plugin {impl.plugin_name!r})"
+                )
+            plugins.transforms[item.name] = Transform(
+                item.name, item.factory, item.description, plugin=impl.plugin_name
+            )
+
+
+def _returned(impl: pluggy.HookImpl) -> list[object]:
+    """What one plugin's registration hook returned, as a list (None = nothing)."""
+    result = impl.function()
+    if result is None:
+        return []
+    if not isinstance(result, list | tuple):
+        name = impl.function.__name__
+        raise PluginError(f"plugin {impl.plugin_name!r}: {name} must return a list")
+    return list(result)

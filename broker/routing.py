@@ -1,0 +1,382 @@
+"""The routing table: ``[[routes]]`` compiled for flat-cost matching.
+
+A route::
+
+    [[routes]]
+    name = "room-temps"                 # unique; names the route in logs and counters
+    from = ["placeos"]                  # source adapter(s)
+    kind = "status_change"              # body kind(s); omitted = any
+    to = ["alphax", "allxon"]           # target adapter(s)
+    match = { "body.name" = "temperature",          # equality
+              subject = "sys-*/Room*",              # glob (a string with * ? or [)
+              "body.value" = { gt = -40, le = 85 } }  # gt ge lt le eq ne in glob exists
+    map = { kind = "channel_write", ... }           # see broker.mapping
+    transforms = ["celsius_to_kelvin", { name = "threshold_alert", options = { above = 30 } }]
+    overflow = "drop_oldest"            # block | drop_oldest | drop_newest, per target queue
+    queue_size = 1000                   # bound of each target's queue for this route
+
+Every route whose source, kind and predicates match gets the envelope (fan-out), in
+table order.  Matching cost stays flat as routes grow: routes are indexed by (source,
+kind), and within a bucket by the value of the equality predicate most of them share,
+so a thousand routes that differ by ``body.name`` cost one dict lookup.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.config import Config, RouteSpec, TransformRef, as_list, suggest
+from broker.envelope import KINDS, Envelope
+from broker.errors import ConfigError, ConfigProblem
+from broker.hookspecs import Transform, TransformFn
+from broker.mapping import MISSING, MapSpecError, compile_path
+from broker.mapping import Mapping as FieldMapping
+
+Predicate = Callable[[Envelope], bool]
+_OPS = {"eq", "ne", "gt", "ge", "lt", "le", "in", "glob", "exists"}
+
+
+@dataclass(eq=False)
+class CompiledRoute:
+    """A route ready to run: predicates, mapping and transform functions bound."""
+
+    index: int
+    name: str
+    sources: list[str]
+    kinds: list[str] | None
+    targets: list[str]
+    predicates: list[Predicate]
+    equalities: dict[str, Any]
+    mapping: FieldMapping | None
+    transforms: list[tuple[str, TransformFn]]
+    spec: RouteSpec
+    overflow: str
+    queue_size: int
+    reply_mapping: FieldMapping | None = None
+    explain: list[tuple[str, Predicate]] = field(default_factory=list)
+
+    def matches(self, env: Envelope) -> bool:
+        """True when every predicate holds (source and kind are checked by the index)."""
+        for pred in self.predicates:  # noqa: SIM110 - a plain loop is faster on the hot path
+            if not pred(env):
+                return False
+        return True
+
+
+class MatchError(ValueError):
+    """A ``match`` entry is invalid."""
+
+
+def compile_predicate(path: str, rule: Any) -> tuple[Predicate, Any]:
+    """A predicate for ``path`` and its rule; also returns the equality value (or MISSING)."""
+    get = compile_path(path)
+    if isinstance(rule, dict):
+        unknown = set(rule) - _OPS
+        if unknown:
+            raise MatchError(
+                f"unknown operator(s) {sorted(unknown)}; valid: {', '.join(sorted(_OPS))}"
+            )
+        preds = [_operator(get, op, arg) for op, arg in rule.items()]
+        if len(preds) == 1:
+            eq = rule["eq"] if set(rule) == {"eq"} and _indexable(rule["eq"]) else MISSING
+            return preds[0], eq
+        return (lambda env: all(p(env) for p in preds)), MISSING
+    if isinstance(rule, str) and any(c in rule for c in "*?["):
+        return _operator(get, "glob", rule), MISSING
+    if isinstance(rule, list | dict):
+        raise MatchError("use { in = [...] } to match one of several values")
+    return _operator(get, "eq", rule), rule if _indexable(rule) else MISSING
+
+
+def _indexable(value: Any) -> bool:
+    """Values a bucket may index by: hashable, and not bool (True == 1 would collide)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _operator(get: Callable[[Envelope], Any], op: str, arg: Any) -> Predicate:
+    if op == "eq":
+        return lambda env: _same(get(env), arg)
+    if op == "ne":
+        return lambda env: not _same(get(env), arg)
+    if op in ("gt", "ge", "lt", "le"):
+        if isinstance(arg, bool) or not isinstance(arg, int | float):
+            raise MatchError(f"{op} needs a number, got {arg!r}")
+        return _compare(get, op, arg)
+    if op == "in":
+        if not isinstance(arg, list):
+            raise MatchError(f"in needs a list, got {arg!r}")
+        choices = list(arg)
+        return lambda env: any(_same(get(env), c) for c in choices)
+    if op == "glob":
+        if not isinstance(arg, str):
+            raise MatchError(f"glob needs a string pattern, got {arg!r}")
+        regex = re.compile(fnmatch.translate(arg))
+        return lambda env: isinstance(v := get(env), str) and regex.match(v) is not None
+    if op == "exists":
+        if not isinstance(arg, bool):
+            raise MatchError(f"exists needs true or false, got {arg!r}")
+        return lambda env: (get(env) is not MISSING) is arg
+    raise MatchError(f"unknown operator {op!r}")
+
+
+def _same(value: Any, expected: Any) -> bool:
+    # True == 1 in Python; a route that asks for 1 must not match a boolean.
+    return value == expected and isinstance(value, bool) is isinstance(expected, bool)
+
+
+def _compare(get: Callable[[Envelope], Any], op: str, limit: float) -> Predicate:
+    def number(env: Envelope) -> float | None:
+        v = get(env)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return None
+        return v
+
+    if op == "gt":
+        return lambda env: (v := number(env)) is not None and v > limit
+    if op == "ge":
+        return lambda env: (v := number(env)) is not None and v >= limit
+    if op == "lt":
+        return lambda env: (v := number(env)) is not None and v < limit
+    return lambda env: (v := number(env)) is not None and v <= limit
+
+
+class _Bucket:
+    """The routes for one (source, kind), indexed by their commonest equality predicate."""
+
+    def __init__(self, routes: list[CompiledRoute]) -> None:
+        counts: dict[str, int] = {}
+        for r in routes:
+            for path in r.equalities:
+                counts[path] = counts.get(path, 0) + 1
+        self.key_path = max(counts, key=lambda p: counts[p]) if counts else None
+        self.by_value: dict[Any, list[CompiledRoute]] = {}
+        self.rest: list[CompiledRoute] = []
+        self.get = compile_path(self.key_path) if self.key_path else None
+        for r in routes:
+            if self.key_path is not None and self.key_path in r.equalities:
+                self.by_value.setdefault(r.equalities[self.key_path], []).append(r)
+            else:
+                self.rest.append(r)
+        self.all = routes
+
+    def candidates(self, env: Envelope) -> list[CompiledRoute]:
+        if self.get is None:
+            return self.rest
+        value = self.get(env)
+        try:
+            hit = self.by_value.get(value, ()) if not isinstance(value, bool) else ()
+        except TypeError:  # unhashable value (a list or dict): no equality route can match
+            hit = ()
+        if not hit:
+            return self.rest
+        if not self.rest:
+            return list(hit)
+        return sorted([*hit, *self.rest], key=lambda r: r.index)
+
+
+class RoutingTable:
+    """Compiled routes with the (source, kind) index; immutable once built."""
+
+    def __init__(self, routes: list[CompiledRoute]) -> None:
+        self.routes = routes
+        self.by_name = {r.name: r for r in routes}
+        grouped: dict[tuple[str, str], list[CompiledRoute]] = {}
+        for r in routes:
+            for src in r.sources:
+                for kind in r.kinds or sorted(KINDS):
+                    grouped.setdefault((src, kind), []).append(r)
+        self._buckets = {key: _Bucket(rs) for key, rs in grouped.items()}
+
+    def match(self, env: Envelope) -> list[CompiledRoute]:
+        """Every route that takes ``env``, in table order."""
+        bucket = self._buckets.get((env.source, env.body.kind_name))
+        if bucket is None:
+            return []
+        return [r for r in bucket.candidates(env) if r.matches(env)]
+
+    def sources(self) -> set[str]:
+        return {s for r in self.routes for s in r.sources}
+
+
+def run_route(route: CompiledRoute, env: Envelope) -> list[Envelope]:
+    """Apply a route's mapping then its transforms; [] when a transform filtered it out.
+
+    Raises MappingError or TransformError (from broker.errors) for the caller to
+    dead-letter.
+    """
+    from broker.errors import TransformError
+
+    out = route.mapping.apply(env) if route.mapping is not None else env
+    batch: list[Envelope] = [out]
+    for tname, fn in route.transforms:
+        nxt: list[Envelope] = []
+        for item in batch:
+            try:
+                result = fn(item)
+            except Exception as err:
+                raise TransformError(route.name, tname, err) from err
+            if result is None:
+                continue
+            if isinstance(result, Envelope):
+                nxt.append(result)
+            elif isinstance(result, Sequence) and all(isinstance(e, Envelope) for e in result):
+                nxt.extend(result)
+            else:
+                raise TransformError(
+                    route.name,
+                    tname,
+                    TypeError(f"returned {type(result).__name__}, not Envelope(s)"),
+                )
+        batch = nxt
+    return batch
+
+
+def compile_table(
+    config: Config,
+    transforms: Mapping[str, Transform],
+    problems: list[ConfigProblem] | None = None,
+) -> RoutingTable:
+    """Compile and validate every route; raises ConfigError listing every problem.
+
+    ``problems`` carries problems found earlier (adapter sections) into the report.
+    """
+    problems = list(problems or [])
+    adapters = set(config.adapters) | set(config.declared_adapters)
+    seen: set[str] = set()
+    compiled: list[CompiledRoute] = []
+    for i, spec in enumerate(config.routes):
+        route = _compile_route(i, spec, config, adapters, transforms, problems)
+        if spec.name in seen:
+            problems.append(
+                ConfigProblem(
+                    config.path, f"routes[{i}].name", "duplicate route name", spec.name, True
+                )
+            )
+        seen.add(spec.name)
+        if route is not None:
+            compiled.append(route)
+    if problems:
+        raise ConfigError(problems)
+    return RoutingTable(compiled)
+
+
+def _compile_route(
+    i: int,
+    spec: RouteSpec,
+    config: Config,
+    adapters: set[str],
+    transforms: Mapping[str, Transform],
+    problems: list[ConfigProblem],
+) -> CompiledRoute | None:
+    file = config.path
+    where = f"routes[{i}]"
+    before = len(problems)
+
+    def bad(path: str, message: str, value: Any = MISSING, hint: str = "") -> None:
+        problems.append(
+            ConfigProblem(
+                file,
+                f"{where}.{path}",
+                message,
+                None if value is MISSING else value,
+                value is not MISSING,
+                hint,
+            )
+        )
+
+    sources, targets = as_list(spec.sources), as_list(spec.to)
+    for key, names in (("from", sources), ("to", targets)):
+        if not names:
+            bad(key, "needs at least one adapter")
+        for name in names:
+            if name not in adapters:
+                bad(key, "unknown adapter", name, suggest(name, adapters))
+    kinds = as_list(spec.kind) or None
+    for kind in kinds or ():
+        if kind not in KINDS:
+            bad("kind", "unknown body kind", kind, suggest(kind, KINDS))
+    predicates: list[Predicate] = []
+    explain: list[tuple[str, Predicate]] = []
+    equalities: dict[str, Any] = {}
+    for path, rule in spec.match.items():
+        try:
+            pred, eq = compile_predicate(path, rule)
+        except ValueError as err:
+            bad(f'match."{path}"', str(err), rule)
+            continue
+        predicates.append(pred)
+        explain.append((f"{path} {rule!r}", pred))
+        if eq is not MISSING:
+            equalities[path] = eq
+    mapping: FieldMapping | None = None
+    if spec.map:
+        known_kinds = [k for k in (kinds or []) if k in KINDS]
+        try:
+            mapping = FieldMapping(spec.map, known_kinds if kinds else [])
+        except MapSpecError as err:
+            value = err.value
+            bad(
+                f"map.{err.key}",
+                err.message,
+                value,
+                suggest(err.key, err.options) if err.options else "",
+            )
+    reply_mapping: FieldMapping | None = None
+    if spec.reply_map:
+        if not spec.expects_reply:
+            bad("reply_map", "only means something with expects_reply = true")
+        try:
+            reply_mapping = FieldMapping(spec.reply_map, [])
+        except MapSpecError as err:
+            bad(
+                f"reply_map.{err.key}",
+                err.message,
+                err.value,
+                suggest(err.key, err.options) if err.options else "",
+            )
+    fns: list[tuple[str, TransformFn]] = []
+    for j, ref in enumerate(spec.transforms):
+        tref = ref if isinstance(ref, TransformRef) else TransformRef(name=ref)
+        found = transforms.get(tref.name)
+        if found is None:
+            bad(f"transforms[{j}]", "unknown transform", tref.name, suggest(tref.name, transforms))
+            continue
+        try:
+            fns.append((tref.name, found.factory(dict(tref.options))))
+        except (ValueError, TypeError, KeyError) as err:
+            bad(
+                f"transforms[{j}].options",
+                f"transform {tref.name!r} rejected its options: {err}",
+                tref.options,
+            )
+    size = spec.queue_size if spec.queue_size is not None else config.junction.queue_size
+    if size < 1:
+        bad("queue_size", "must be at least 1", size)
+    if len(problems) > before:
+        return None
+    return CompiledRoute(
+        index=i,
+        name=spec.name,
+        sources=sources,
+        kinds=kinds,
+        targets=targets,
+        predicates=predicates,
+        equalities=equalities,
+        mapping=mapping,
+        transforms=fns,
+        spec=spec,
+        overflow=spec.overflow,
+        queue_size=size,
+        reply_mapping=reply_mapping,
+        explain=explain,
+    )

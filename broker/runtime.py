@@ -1,0 +1,214 @@
+"""Running a configuration: build the actors, start them, stop them without loss.
+
+Start-up order: plugins -> config -> routing table -> inlets -> router -> supervisor
+-> adapters.  Shutdown reverses it and drains first: sources stop producing, the
+router finishes what it holds, targets empty their queues, all within the grace
+period; whatever is still queued after that is logged by route and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from broker import config as config_mod
+from broker import plugins as plugins_mod
+from broker.adapter import Adapter, AdapterContext, AdapterStatus
+from broker.config import Config
+from broker.errors import ConfigProblem
+from broker.inlet import Inlet
+from broker.messages import Backlog, Snapshot, Tick
+from broker.router import Router
+from broker.routing import RoutingTable, compile_table
+from broker.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    """A validated configuration with the plugins and compiled table it needs."""
+
+    config: Config
+    plugins: plugins_mod.Plugins
+    table: RoutingTable
+
+
+def load(path: str, extra_plugins: Sequence[str] = ()) -> Loaded:
+    """Load plugins, then the config and routes; raises ConfigError / PluginError.
+
+    ``extra_plugins`` names modules to register beside the built-ins (tests, embedding).
+    """
+    disabled = _disabled_plugins(path)
+    plugins = plugins_mod.load(
+        disabled=disabled, builtins=(*plugins_mod.BUILTIN_MODULES, *extra_plugins)
+    )
+    types = {name: t.config for name, t in plugins.adapter_types.items()}
+    problems: list[ConfigProblem] = []
+    config = config_mod.load(path, types, problems)
+    table = compile_table(config, plugins.transforms, problems)
+    return Loaded(config, plugins, table)
+
+
+def _disabled_plugins(path: str) -> list[str]:
+    """Read ``[junction] disabled_plugins`` before plugins load (full checks come later)."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return []  # config.load reports it properly
+    value = data.get("junction", {}).get("disabled_plugins", [])
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+@dataclass
+class StopReport:
+    """What shutdown left undelivered (per ``adapter/route``) and the final counters."""
+
+    left: dict[str, int]
+    snapshot: dict[str, Any]
+
+
+@dataclass
+class Runtime:
+    """The running bridge for one configuration."""
+
+    loaded: Loaded
+    statuses: dict[str, AdapterStatus] = field(default_factory=dict)
+    inlets: dict[str, Inlet] = field(default_factory=dict)
+    backlog: Backlog = field(default_factory=Backlog)
+    router: pykka.ActorRef[Any] | None = None
+    supervisor: pykka.ActorRef[Any] | None = None
+    started_at: float = 0.0
+    _ticker: threading.Thread | None = None
+    _ticking: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        cfg = self.loaded.config
+        settings = cfg.junction
+        state_dir = Path(settings.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        for name, acfg in cfg.adapters.items():
+            self.inlets[name] = Inlet(name, settings.block_timeout_s)
+            self.statuses[name] = AdapterStatus(name=name, type=acfg.type)
+        self.router = Router.start(
+            self.loaded.table, self.inlets, settings, self.loaded.plugins.hook, self.backlog
+        )
+        self.supervisor = Supervisor.start(
+            settings.restart_backoff_s, settings.restart_backoff_max_s
+        )
+        sup = self.supervisor.proxy()
+        for name in cfg.adapters:
+            sup.add(
+                name, self._factory(name, state_dir), self.inlets[name], self.statuses[name]
+            ).get()
+        self._ticker = threading.Thread(target=self._tick, name="router-ticker", daemon=True)
+        self._ticker.start()
+        self.started_at = time.time()
+        log.info(
+            "junction started: %d adapters, %d routes (config %s)",
+            len(cfg.adapters),
+            len(self.loaded.table.routes),
+            cfg.path,
+        )
+
+    def _factory(self, name: str, state_dir: Path) -> Any:
+        acfg = self.loaded.config.adapters[name]
+        atype = self.loaded.plugins.adapter_types[acfg.type]
+        assert self.router is not None
+        ctx = AdapterContext(
+            router=self.router,
+            settings=self.loaded.config.junction,
+            status=self.statuses[name],
+            backlog=self.backlog,
+            state_dir=state_dir,
+        )
+
+        def make() -> Adapter:
+            return atype.factory(name, acfg, ctx)
+
+        return make
+
+    def _tick(self) -> None:
+        while not self._ticking.wait(0.25):
+            router = self.router
+            if router is None:
+                return
+            try:
+                router.tell(Tick())
+            except pykka.ActorDeadError:
+                return
+
+    def snapshot(self) -> dict[str, Any]:
+        """The live picture: adapters, routes and their counters, queue depths."""
+        routes: dict[str, Any] = {}
+        if self.router is not None and self.router.is_alive():
+            try:
+                answer: Any = self.router.ask(Snapshot(), timeout=5)
+                routes = dict(answer)
+            except (pykka.Timeout, pykka.ActorDeadError):
+                routes = {}
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,
+            "adapters": {n: vars(s).copy() for n, s in self.statuses.items()},
+            **routes,
+        }
+
+    def pending(self) -> int:
+        """Envelopes not yet delivered: held by the router or queued for a target."""
+        return self.backlog.value + sum(i.pending() for i in self.inlets.values())
+
+    def stop(self, grace_s: float | None = None) -> StopReport:
+        """Stop everything, draining queues for up to ``grace_s``; says what was left."""
+        grace = self.loaded.config.junction.shutdown_grace_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
+        if self.supervisor is not None:
+            self.supervisor.proxy().quiesce().get()
+        quiet = 0
+        while time.monotonic() < deadline:
+            if self.router is not None and self.router.is_alive():
+                self.router.ask(Snapshot())  # everything sent before this is now routed
+            if self.pending() == 0:
+                quiet += 1
+                if quiet >= 2:
+                    break
+            else:
+                quiet = 0
+            time.sleep(0.02)
+        self._ticking.set()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        left: dict[str, int] = {}
+        for name, inlet in self.inlets.items():
+            for route, envs in inlet.drain_all().items():
+                left[f"{name}/{route}"] = len(envs)
+        if left:
+            log.error(
+                "shutdown: %d envelopes were still queued after the %.1f s grace period "
+                "and are lost: %s",
+                sum(left.values()),
+                grace,
+                ", ".join(f"{k}={v}" for k, v in sorted(left.items())),
+            )
+        final = self.snapshot()
+        if self.router is not None and self.router.is_alive():
+            self.router.stop()
+        log.info("junction stopped: %s", _summary(final))
+        return StopReport(left=left, snapshot=final)
+
+
+def _summary(snapshot: dict[str, Any]) -> str:
+    parts = []
+    for name, c in snapshot.get("routes", {}).items():
+        parts.append(
+            f"{name} matched={c['matched']} delivered={c['delivered']} "
+            f"dropped={c['dropped_total']} failed={c['failed']}"
+        )
+    return "; ".join(parts) or "no routes"

@@ -1,0 +1,65 @@
+"""Fixtures for the core's tests: config files in a temp dir, a runtime that always stops."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.runtime import Loaded, Runtime, load
+from tests.support import core_plugin
+
+TEST_PLUGINS = ("tests.support.core_plugin",)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], str]:
+    """Write a TOML config (dedented) into the test's temp dir; returns its path."""
+
+    def write(text: str, name: str = "junction.toml") -> str:
+        path = tmp_path / name
+        body = textwrap.dedent(text)
+        if "[junction]" not in body:
+            body = f'[junction]\nstate_dir = "{tmp_path / "state"}"\n' + body
+        path.write_text(body, encoding="utf-8")
+        return str(path)
+
+    return write
+
+
+@pytest.fixture
+def load_config(write_config: Callable[[str], str]) -> Callable[[str], Loaded]:
+    """Write and load a config with the test plugin registered."""
+    return lambda text: load(write_config(text), extra_plugins=TEST_PLUGINS)
+
+
+@pytest.fixture
+def runtime_of() -> Iterator[Callable[[Loaded], Runtime]]:
+    """Start runtimes for a test and make sure every one is stopped afterwards."""
+    core_plugin.reset()
+    started: list[Runtime] = []
+
+    def start(loaded: Loaded) -> Runtime:
+        rt = Runtime(loaded)
+        rt.start()
+        started.append(rt)
+        return rt
+
+    yield start
+    for rt in started:
+        if rt.router is not None and rt.router.is_alive():
+            rt.stop(grace_s=2)
+    core_plugin.reset()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``predicate`` until true; fail the test with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")

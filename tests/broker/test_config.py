@@ -1,0 +1,171 @@
+"""Every class of config error names the file, the TOML path, the value and a hint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from broker import logs
+from broker.errors import ConfigError
+from broker.runtime import Loaded
+
+
+def problems(load_config: Callable[[str], Loaded], text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(text)
+    assert info.value.exit_code == 2
+    return [str(p) for p in info.value.problems]
+
+
+GOOD = """
+[adapters.src]
+type = "burst"
+[adapters.sink]
+type = "collector"
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+"""
+
+
+def test_valid_config_loads(load_config: Callable[[str], Loaded]) -> None:
+    loaded = load_config(GOOD)
+    assert set(loaded.config.adapters) == {"src", "sink"}
+    assert [r.name for r in loaded.table.routes] == ["r"]
+
+
+def test_toml_syntax_error_names_line_and_column(load_config: Callable[[str], Loaded]) -> None:
+    (msg,) = problems(load_config, "[adapters.src\ntype = 1\n")
+    assert "junction.toml" in msg and "TOML syntax error" in msg and "line" in msg
+
+
+def test_unknown_key_suggests_the_nearest(load_config: Callable[[str], Loaded]) -> None:
+    (msg,) = problems(load_config, GOOD.replace('type = "burst"', 'type = "burst"\ncont = 5'))
+    assert "adapters.src.cont: unknown key" in msg
+    assert "did you mean 'count'?" in msg
+
+
+def test_unknown_key_in_route_and_settings(load_config: Callable[[str], Loaded]) -> None:
+    text = "[junction]\nqueue_sise = 5\n" + GOOD.replace(
+        'to = "sink"', 'to = "sink"\noverflw = "block"'
+    )
+    msgs = problems(load_config, text)
+    assert any("junction.queue_sise: unknown key; did you mean 'queue_size'?" in m for m in msgs)
+    assert any("routes[0].overflw: unknown key; did you mean 'overflow'?" in m for m in msgs)
+
+
+def test_wrong_type_shows_path_and_value(load_config: Callable[[str], Loaded]) -> None:
+    (msg,) = problems(load_config, GOOD.replace('type = "burst"', 'type = "burst"\ncount = "lots"'))
+    assert "adapters.src.count: expected int, not str (got 'lots')" in msg
+
+
+def test_bad_enum_value_lists_choices(load_config: Callable[[str], Loaded]) -> None:
+    (msg,) = problems(load_config, GOOD + 'overflow = "blok"\n')
+    assert "routes[0].overflow: must be one of block, drop_oldest, drop_newest" in msg
+    assert "did you mean 'block'?" in msg
+
+
+def test_missing_env_var_is_named(
+    load_config: Callable[[str], Loaded], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JUNCTION_TEST_NOPE", raising=False)
+    text = GOOD.replace(
+        'type = "collector"', 'type = "collector"\ndescription = "${JUNCTION_TEST_NOPE}"'
+    )
+    msgs = problems(load_config, text)
+    assert any(
+        "environment variable JUNCTION_TEST_NOPE is not set" in m
+        and "adapters.sink.description" in m
+        for m in msgs
+    )
+
+
+def test_env_var_and_secret_file_are_expanded_and_redacted(
+    write_config: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker import config
+    from tests.support.core_plugin import BurstConfig
+
+    secret_file = tmp_path / "token"
+    secret_file.write_text("file-secret-value\n")
+    monkeypatch.setenv("JUNCTION_TEST_PREFIX", "env-secret-value")
+    path = write_config(
+        '[adapters.src]\ntype = "burst"\nname_prefix = "${JUNCTION_TEST_PREFIX}"\n'
+        f'[adapters.other]\ntype = "burst"\nname_prefix = "${{file:{secret_file}}}"\n'
+    )
+    cfg = config.load(path, {"burst": BurstConfig})
+    assert cfg.adapters["src"].name_prefix == "env-secret-value"  # type: ignore[attr-defined]
+    assert cfg.adapters["other"].name_prefix == "file-secret-value"  # type: ignore[attr-defined]
+    assert logs.redact("token=env-secret-value&x=file-secret-value") == "token=***&x=***"
+
+
+def test_missing_secret_file_is_named(load_config: Callable[[str], Loaded], tmp_path: Path) -> None:
+    missing = tmp_path / "nope.txt"
+    msgs = problems(
+        load_config,
+        GOOD.replace('type = "burst"', f'type = "burst"\nname_prefix = "${{file:{missing}}}"'),
+    )
+    assert any(
+        f"cannot read secret file '{missing}'" in m and "adapters.src.name_prefix" in m
+        for m in msgs
+    )
+
+
+def test_unknown_adapter_type_suggests(load_config: Callable[[str], Loaded]) -> None:
+    msgs = problems(load_config, GOOD.replace('type = "collector"', 'type = "colector"'))
+    assert any(
+        "adapters.sink.type: unknown adapter type (got 'colector'); did you mean 'collector'?" in m
+        for m in msgs
+    )
+
+
+def test_route_to_unknown_adapter_suggests(load_config: Callable[[str], Loaded]) -> None:
+    (msg,) = problems(load_config, GOOD.replace('to = "sink"', 'to = "snk"'))
+    assert "routes[0].to: unknown adapter (got 'snk'); did you mean 'sink'?" in msg
+
+
+def test_route_with_unknown_transform_suggests(load_config: Callable[[str], Loaded]) -> None:
+    (msg,) = problems(load_config, GOOD + 'transforms = ["celsius_to_kelvn"]\n')
+    assert "routes[0].transforms[0]: unknown transform (got 'celsius_to_kelvn')" in msg
+    assert "did you mean 'celsius_to_kelvin'?" in msg
+
+
+def test_transform_options_are_checked(load_config: Callable[[str], Loaded]) -> None:
+    (msg,) = problems(
+        load_config, GOOD + 'transforms = [{ name = "throttle", options = { per_s = -1 } }]\n'
+    )
+    assert "routes[0].transforms[0].options" in msg and "per_s must be a number > 0" in msg
+
+
+def test_unknown_kind_and_bad_match_and_bad_map(load_config: Callable[[str], Loaded]) -> None:
+    text = GOOD + 'kind = "metrc"\n'
+    (msg,) = problems(load_config, text)
+    assert "routes[0].kind: unknown body kind (got 'metrc'); did you mean 'metric'?" in msg
+    (msg,) = problems(load_config, GOOD + 'match = { "body.value" = { gte = 3 } }\n')
+    assert "unknown operator(s) ['gte']" in msg
+    (msg,) = problems(load_config, GOOD + 'kind = "metric"\nmap = { valu = 1 }\n')
+    assert (
+        "routes[0].map.valu: metric has no field 'valu'" in msg and "did you mean 'value'?" in msg
+    )
+    (msg,) = problems(load_config, GOOD + 'match = { "bdy.value" = 1 }\n')
+    assert "unknown path 'bdy.value'" in msg
+
+
+def test_duplicate_route_names_and_all_problems_reported(
+    load_config: Callable[[str], Loaded],
+) -> None:
+    text = GOOD + '[[routes]]\nname = "r"\nfrom = "nope"\nto = "sink"\n'
+    msgs = problems(load_config, text)
+    assert any("routes[1].name: duplicate route name" in m for m in msgs)
+    assert any("routes[1].from: unknown adapter (got 'nope')" in m for m in msgs)
+
+
+def test_missing_file(load_config: Callable[[str], Loaded], tmp_path: Path) -> None:
+    from broker.runtime import load
+
+    with pytest.raises(ConfigError) as info:
+        load(str(tmp_path / "absent.toml"))
+    assert "absent.toml: cannot read the file" in str(info.value)

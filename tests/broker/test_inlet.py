@@ -1,0 +1,119 @@
+"""The bounded per-route queues: each overflow policy, fairness, requeue, wake-ups."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from broker.envelope import Envelope, Metric
+from broker.inlet import Inlet
+
+
+def envs(n: int, start: int = 0) -> list[Envelope]:
+    return [
+        Envelope(source="s", body=Metric(module="m", name="n", value=float(i)))
+        for i in range(start, start + n)
+    ]
+
+
+def values(batch: list[Envelope]) -> list[float]:
+    return [e.body.value for e in batch]  # type: ignore[union-attr]
+
+
+def test_drop_newest_refuses_what_does_not_fit() -> None:
+    inlet = Inlet("t")
+    result = inlet.offer("r", envs(15), capacity=10, policy="drop_newest")
+    assert result.accepted == 10
+    assert [values([e])[0] for e, _ in result.dropped] == [float(i) for i in range(10, 15)]
+    assert {reason for _, reason in result.dropped} == {"queue_full"}
+    route, batch = inlet.take() or ("", [])
+    assert route == "r" and values(batch) == [float(i) for i in range(10)]
+
+
+def test_drop_oldest_keeps_the_latest() -> None:
+    inlet = Inlet("t")
+    result = inlet.offer("r", envs(15), capacity=10, policy="drop_oldest")
+    assert result.accepted == 15 and len(result.dropped) == 5
+    assert values([e for e, _ in result.dropped]) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    _, batch = inlet.take() or ("", [])
+    assert values(batch) == [float(i) for i in range(5, 15)]
+
+
+def test_block_times_out_then_drops() -> None:
+    inlet = Inlet("t", block_timeout_s=0.1)
+    began = time.monotonic()
+    result = inlet.offer("r", envs(12), capacity=10, policy="block")
+    assert time.monotonic() - began >= 0.2  # waited twice, once per envelope that did not fit
+    assert result.accepted == 10
+    assert [r for _, r in result.dropped] == ["block_timeout", "block_timeout"]
+
+
+def test_block_waits_for_the_consumer_and_loses_nothing() -> None:
+    inlet = Inlet("t", block_timeout_s=5)
+    got: list[float] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set() or inlet.pending():
+            item = inlet.take(limit=3)
+            if item is None:
+                time.sleep(0.001)
+                continue
+            got.extend(values(item[1]))
+            inlet.done(len(item[1]))
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    result = inlet.offer("r", envs(200), capacity=5, policy="block")
+    stop.set()
+    worker.join(5)
+    assert result.accepted == 200 and not result.dropped
+    assert got == [float(i) for i in range(200)]
+
+
+def test_routes_are_served_round_robin() -> None:
+    inlet = Inlet("t")
+    inlet.offer("a", envs(4), 100, "drop_newest")
+    inlet.offer("b", envs(4, 100), 100, "drop_newest")
+    order = []
+    while (item := inlet.take(limit=2)) is not None:
+        order.append(item[0])
+        inlet.done(len(item[1]))
+    assert order == ["a", "b", "a", "b"]
+
+
+def test_requeue_puts_a_batch_back_in_front() -> None:
+    inlet = Inlet("t")
+    inlet.offer("r", envs(6), 100, "drop_newest")
+    _, batch = inlet.take(limit=3) or ("", [])
+    assert inlet.pending() == 6  # 3 queued + 3 in flight
+    inlet.requeue("r", batch)
+    _, again = inlet.take(limit=10) or ("", [])
+    assert values(again) == [float(i) for i in range(6)]
+
+
+def test_waker_called_once_per_idle_period() -> None:
+    inlet = Inlet("t")
+    calls: list[int] = []
+    inlet.attach(lambda: calls.append(1))
+    inlet.offer("r", envs(3), 100, "drop_newest")
+    inlet.offer("r", envs(3), 100, "drop_newest")
+    assert len(calls) == 1
+    while inlet.take() is not None:
+        pass
+    inlet.offer("r", envs(1), 100, "drop_newest")
+    assert len(calls) == 2
+
+
+def test_a_failing_waker_keeps_the_data() -> None:
+    inlet = Inlet("t")
+
+    def gone() -> None:
+        raise RuntimeError("loop finished")
+
+    inlet.attach(gone)
+    result = inlet.offer("r", envs(3), 100, "drop_newest")
+    assert result.accepted == 3 and inlet.pending() == 3
+    calls: list[int] = []
+    inlet.attach(lambda: calls.append(1))  # a restarted adapter is woken for what waits
+    assert calls == [1]

@@ -1,0 +1,180 @@
+"""Test-only adapters and transforms, registered through the real plugin hooks.
+
+``collector``  a sink that records what it was given, per adapter name; it can be
+               slowed down, held shut, or made to crash on chosen batches.
+``burst``      a source that emits ``count`` metric envelopes as fast as it may, then
+               stops; it can crash after emitting a number of them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+
+import trio
+
+from broker.adapter import Adapter
+from broker.config import AdapterConfig
+from broker.envelope import Envelope, ExecRequest, ExecResult, Metric
+from broker.hookspecs import AdapterType, Transform, hookimpl, transform
+
+RECEIVED: dict[str, list[Envelope]] = defaultdict(list)
+PROGRESS: dict[str, int] = {}
+GATES: dict[str, threading.Event] = {}
+_lock = threading.Lock()
+
+
+def reset() -> None:
+    with _lock:
+        RECEIVED.clear()
+        GATES.clear()
+        PROGRESS.clear()
+        OBSERVED.clear()
+        _batch_counts.clear()
+
+
+def received(name: str) -> list[Envelope]:
+    with _lock:
+        return list(RECEIVED[name])
+
+
+class CollectorConfig(AdapterConfig, kw_only=True):
+    delay_s: float = 0.0
+    crash_on_batches: list[int] = []
+    gated: bool = False
+    max_batch: int = 512
+
+
+class Collector(Adapter):
+    produces_envelopes = False
+    config: CollectorConfig
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.max_batch = self.config.max_batch
+
+    async def deliver(self, route: str, batch: list[Envelope]) -> None:
+        if self.config.gated:
+            gate = GATES.setdefault(self.name, threading.Event())
+            while not gate.is_set():
+                await trio.sleep(0.005)
+        global_batch = _count_batch(self.name)
+        if global_batch in self.config.crash_on_batches:
+            raise RuntimeError(f"collector {self.name} told to crash on batch {global_batch}")
+        if self.config.delay_s:
+            await trio.sleep(self.config.delay_s)
+        with _lock:
+            RECEIVED[self.name].extend(batch)
+
+
+_batch_counts: dict[str, int] = defaultdict(int)
+
+
+def _count_batch(name: str) -> int:
+    with _lock:
+        _batch_counts[name] += 1
+        return _batch_counts[name]
+
+
+class BurstConfig(AdapterConfig, kw_only=True):
+    count: int = 100
+    crash_after: int = 0
+    batch: int = 50
+    name_prefix: str = "m"
+    requests: bool = False
+
+
+class Burst(Adapter):
+    """Emits metrics (or exec requests with ``requests = true``); records what it is sent."""
+
+    config: BurstConfig
+
+    async def deliver(self, route: str, batch: list[Envelope]) -> None:
+        with _lock:
+            RECEIVED[self.name].extend(batch)
+
+    def _make(self, i: int) -> Envelope:
+        name = f"{self.config.name_prefix}{i}"
+        if self.config.requests:
+            return Envelope(
+                source=self.name,
+                subject=name,
+                correlation_id=f"req-{i}",
+                body=ExecRequest(system="sys-1", module="M", method="echo", args=[i]),
+            )
+        return Envelope(
+            source=self.name, subject=name, body=Metric(module="test", name=name, value=float(i))
+        )
+
+    async def run(self) -> None:
+        cfg = self.config
+        done = PROGRESS.get(self.name, 0)  # survives restarts: a restarted source resumes
+        while done < cfg.count:
+            n = min(cfg.batch, cfg.count - done)
+            batch = [self._make(done + i) for i in range(n)]
+            await self.publish(batch)
+            done += n
+            PROGRESS[self.name] = done
+            if cfg.crash_after and done >= cfg.crash_after and self.status.restarts == 0:
+                raise RuntimeError(f"burst {self.name} told to crash after {done}")
+            await trio.sleep(0)
+        self.status.set("finished", str(done))
+
+
+class EchoConfig(AdapterConfig, kw_only=True):
+    silent_for: list[int] = []
+
+
+class Echo(Adapter):
+    """Answers each exec request with an exec result carrying its args (unless told not to)."""
+
+    config: EchoConfig
+
+    async def deliver(self, route: str, batch: list[Envelope]) -> None:
+        replies = []
+        for env in batch:
+            body = env.body
+            assert isinstance(body, ExecRequest)
+            if body.args and body.args[0] in self.config.silent_for:
+                continue
+            replies.append(
+                Envelope(
+                    source=self.name,
+                    subject=env.subject,
+                    correlation_id=env.correlation_id,
+                    body=ExecResult(ok=True, value=body.args, code=200),
+                )
+            )
+        self.emit(replies)
+
+
+OBSERVED: dict[str, list[object]] = defaultdict(list)
+
+
+@hookimpl
+def junction_envelope_dropped(route: str, envelope: Envelope, reason: str) -> None:
+    with _lock:
+        OBSERVED["dropped"].append((route, envelope.id, reason))
+
+
+@transform("explode_on_odd", "raises for odd body.value (tests dead-lettering)")
+def explode_on_odd(env: Envelope) -> Envelope:
+    value = getattr(env.body, "value", 0)
+    if int(value) % 2:
+        raise ValueError(f"odd value {value}")
+    return env
+
+
+@hookimpl
+def junction_adapter_types() -> Sequence[AdapterType]:
+    return [
+        AdapterType("collector", CollectorConfig, Collector, "test sink"),
+        AdapterType("burst", BurstConfig, Burst, "test source"),
+        AdapterType("echo", EchoConfig, Echo, "test exec responder"),
+    ]
+
+
+@hookimpl
+def junction_transforms() -> Sequence[Transform]:
+    return [explode_on_odd]
