@@ -1,0 +1,363 @@
+"""HTTP side of the AlphaX simulator: a Starlette app served by hypercorn under trio.
+
+Endpoints: ``POST /post/v1``, ``POST /post/v2`` (token in the JSON body), ``GET /conduitv4``
+and ``GET /conduitv6`` (``token``, optional ``id``, ``ch``, ``fcdt``+``tcdt``). Every error is
+a JSON ``{"code", "error"}`` body, the code a number or a string as the simulator is set.
+
+Choices:
+
+- Reads return a JSON array. The window is ``fcdt <= t <= tcdt`` (both ends inclusive; default
+  the last hour). When more than ``read_limit`` (1000) values match, the OLDEST 1000 of the
+  window are returned, sorted by time, so a client must move its window forward itself; an
+  empty window answers 304 with no body (HTTP forbids a body on 304).
+- v4/v6 timestamps are whole epoch seconds (truncated), as the real service shows them.
+- Request bodies: ``Content-Type`` must be JSON; ``Content-Encoding`` gzip or identity; over
+  ``max_body_bytes`` (before or after gunzip) -> 413.
+- ``X-HTTP-Method-Override`` (PUT or DELETE) is honoured on POST; no endpoint supports PUT or
+  DELETE, so it yields 405 -- which shows the override was read.
+- The hypercorn access log is off: it would print ``?token=...``. Requests are logged here,
+  redacted, and kept in ``sim.requests``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from http import HTTPStatus
+from typing import Any, cast
+
+import msgspec
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from adapters.alphax._simcore import AlphaXSimulator, RequestLog
+from adapters.alphax._simstore import StoredValue
+from adapters.alphax.codec import (
+    CodecError,
+    V4Record,
+    V6Record,
+    check_channel,
+    decode_v1_body,
+    decode_v2_body,
+    encode_error_body,
+    encode_v4_records,
+    encode_v6_records,
+    redact,
+)
+
+log = logging.getLogger(__name__)
+
+_PATHS = {"/post/v1": "post/v1", "/post/v2": "post/v2", "/conduitv4": "conduitv4"}
+_PATHS["/conduitv6"] = "conduitv6"
+_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+_REASONS = {401: "Unauthorised", 404: "Resource not Found", 413: "Request too large"}
+_GZIP_OVER = 1024
+_ENCODER = msgspec.json.Encoder()
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+def _reason(status: int) -> str:
+    if status in _REASONS:
+        return _REASONS[status]
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _accepts_gzip(header: str) -> bool:
+    for part in header.lower().split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() in ("gzip", "*"):
+            q = params.strip()
+            if not q.startswith("q="):
+                return True
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+    return False
+
+
+class _Handler:
+    """Answers every path; one instance per simulator."""
+
+    def __init__(self, sim: AlphaXSimulator) -> None:
+        self.sim = sim
+
+    async def dispatch(self, request: Request) -> Response:
+        endpoint = _PATHS.get(request.url.path.rstrip("/") or "/")
+        request_encoding = request.headers.get("content-encoding", "")
+        body: bytes | None
+        try:
+            if endpoint is None:
+                raise _HttpError(404, f"no resource at {request.url.path}")
+            method = self._method(request)
+            fault = self.sim.take_fault(endpoint)
+            if fault is not None:
+                raise _HttpError(fault.status, fault.error)
+            if endpoint.startswith("post/"):
+                status, body = await self._post(request, endpoint, method)
+            else:
+                status, body = self._read(request, endpoint, method)
+        except _HttpError as err:
+            status = err.status
+            body = encode_error_body(status, err.error, code_as_string=self.sim.code_as_string())
+        response = self._respond(request, status, body)
+        path = redact(
+            str(request.url.path) + ("?" + request.url.query if request.url.query else "")
+        )
+        self.sim.requests.append(
+            RequestLog(
+                request.method,
+                path,
+                endpoint,
+                status,
+                request_encoding,
+                response.headers.get("content-encoding", ""),
+                getattr(request.state, "body_bytes", 0),
+            )
+        )
+        level = logging.DEBUG if status < 400 else logging.INFO
+        log.log(level, "%s %s -> %d", request.method, path, status)
+        return response
+
+    @staticmethod
+    def _method(request: Request) -> str:
+        override = request.headers.get("x-http-method-override")
+        if override is None:
+            return request.method
+        if request.method != "POST":
+            raise _HttpError(400, "X-HTTP-Method-Override is only honoured on POST")
+        override = override.strip().upper()
+        if override not in ("PUT", "DELETE"):
+            raise _HttpError(400, f"X-HTTP-Method-Override must be PUT or DELETE, not {override}")
+        return override
+
+    def _respond(self, request: Request, status: int, body: bytes | None) -> Response:
+        if status == 304 or body is None:
+            return Response(status_code=status)
+        headers = {"content-type": "application/json"}
+        if len(body) > _GZIP_OVER and _accepts_gzip(request.headers.get("accept-encoding", "")):
+            body = gzip.compress(body, compresslevel=5)
+            headers["content-encoding"] = "gzip"
+            headers["vary"] = "Accept-Encoding"
+        return Response(body, status_code=status, headers=headers)
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.sim.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _HttpError(413, f"body of {declared} bytes is over the {limit}-byte limit")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _HttpError(413, f"body is over the {limit}-byte limit")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        request.state.body_bytes = len(raw)
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding in ("", "identity"):
+            return raw
+        if encoding != "gzip":
+            raise _HttpError(400, f"unsupported Content-Encoding {encoding!r} (gzip only)")
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            plain = inflater.decompress(raw, limit + 1)
+        except zlib.error as err:
+            raise _HttpError(400, f"Content-Encoding gzip but the body is not gzip: {err}") from err
+        if len(plain) > limit:
+            raise _HttpError(413, f"gunzipped body is over the {limit}-byte limit")
+        if not inflater.eof or inflater.unused_data:
+            raise _HttpError(400, "gzip body is truncated or has trailing data")
+        return plain
+
+    async def _post(self, request: Request, endpoint: str, method: str) -> tuple[int, bytes]:
+        if method != "POST":
+            raise _HttpError(405, "Method Not Allowed")
+        content_type = request.headers.get("content-type", "")
+        if "application/json" not in content_type.lower():
+            raise _HttpError(400, f"Content-Type must be application/json, got {content_type!r}")
+        raw = await self._body(request)
+        decode = decode_v1_body if endpoint == "post/v1" else decode_v2_body
+        try:
+            uplink = decode(raw)
+        except CodecError as err:
+            self.sim.reject("http", type(err).__name__, str(err))
+            raise _HttpError(400, f"malformed {endpoint[-2:]} uplink: {err}") from err
+        denied = self.sim.authorize(uplink.token, "write")
+        if denied is not None:
+            reason = "unknown_token" if denied == 401 else "forbidden"
+            self.sim.reject("http", reason, f"{endpoint} refused", uplink.token)
+            raise _HttpError(denied, "unknown token" if denied == 401 else "token may not write")
+        tier = self.sim.tier_of(uplink.token)
+        if not self.sim.limiter.try_write(uplink.token, tier):
+            self.sim.reject("http", "rate_limited", f"{endpoint} over the {tier} write limit")
+            limit = self.sim.tiers[tier].writes_per_s
+            raise _HttpError(429, f"Too Many Requests: {tier} tier allows {limit} writes/s")
+        stored = self.sim.store_uplink(uplink, "http")
+        code: Any = "200" if self.sim.code_as_string() else 200
+        return 200, _ENCODER.encode({"code": code, "error": "OK", "stored": stored})
+
+    def _read(self, request: Request, endpoint: str, method: str) -> tuple[int, bytes | None]:
+        if method != "GET":
+            raise _HttpError(405, "Method Not Allowed")
+        query = request.query_params
+        token = query.get("token", "")
+        if not token:
+            raise _HttpError(401, "token is required")
+        denied = self.sim.authorize(token, "read")
+        if denied is not None:
+            raise _HttpError(denied, "unknown token" if denied == 401 else "token may not read")
+        network_id = query.get("id") or None
+        channel = _int_param(query.get("ch"), "ch")
+        if channel is not None:
+            try:
+                check_channel(channel, where="ch")
+            except CodecError as err:
+                raise _HttpError(400, str(err)) from err
+        fcdt, tcdt = query.get("fcdt"), query.get("tcdt")
+        if (fcdt is None) != (tcdt is None):
+            raise _HttpError(400, "fcdt and tcdt go together: give both or neither")
+        if fcdt is None or tcdt is None:
+            end = self.sim.wall_clock()
+            start = end - 3600
+        else:
+            start, end = _seconds(fcdt, "fcdt"), _seconds(tcdt, "tcdt")
+            if start > end:
+                raise _HttpError(400, f"fcdt {fcdt} is after tcdt {tcdt}")
+        tier = self.sim.tier_of(token)
+        if not self.sim.limiter.try_read(token, tier):
+            interval = self.sim.tiers[tier].read_interval_s
+            raise _HttpError(429, f"Too Many Requests: {tier} tier allows 1 read per {interval} s")
+        found = self.sim.store.query(
+            token,
+            start=start,
+            end=end,
+            network_id=network_id,
+            channel=channel,
+            limit=self.sim.read_limit,
+        )
+        if not found:
+            return 304, None
+        if endpoint == "conduitv4":
+            return 200, encode_v4_records(_v4(v) for v in found)
+        devices: dict[str, dict[str, object]] = {}
+        return 200, encode_v6_records(_v6(v, devices, self.sim) for v in found)
+
+
+def _int_param(raw: str | None, name: str) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise _HttpError(400, f"{name} must be an integer, got {raw!r}")
+    return int(raw)
+
+
+def _seconds(raw: str, name: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _HttpError(400, f"{name} must be epoch seconds, got {raw!r}") from None
+    if not 0 <= value < 1e11:
+        raise _HttpError(400, f"{name} {raw!r} is not epoch seconds (milliseconds given?)")
+    return value
+
+
+def _v4(v: StoredValue) -> V4Record:
+    return V4Record(v.channel, v.network_id, v.value, str(int(v.timestamp)))
+
+
+_V6_DEFAULTS: dict[str, object] = {
+    "val_type": "Number",
+    "val_description": "Simulated value",
+    "val_cal": 0.0,
+    "val_offset": 0.0,
+    "dev_site": "Simulator",
+    "dev_type": "device",
+    "dev_label": "Active",
+    "dev_powersource": "Battery",
+    "dev_network": "Simulated",
+    "dev_category": "Device",
+    "dev_supplier": "Junction",
+    "dev_model": None,
+    "dev_manufacturer": "Junction",
+    "loc_lat": None,
+    "loc_lng": None,
+}
+
+
+def _v6(v: StoredValue, devices: dict[str, dict[str, object]], sim: AlphaXSimulator) -> V6Record:
+    meta = devices.get(v.network_id)
+    if meta is None:
+        meta = {**_V6_DEFAULTS, "dev_tag": v.network_id, **sim.store.device(v.network_id)}
+        devices[v.network_id] = meta
+    fields = {k: meta[k] for k in _V6_FIELDS if k in meta}
+    return V6Record(
+        val_date=int(v.timestamp),
+        dev_netid=v.network_id,
+        dev_chid=v.channel,
+        val_raw=v.value,
+        val_calibrated=v.value,
+        **cast(dict[str, Any], fields),
+    )
+
+
+_V6_FIELDS = frozenset(V6Record.__struct_fields__) - {
+    "val_date",
+    "dev_netid",
+    "dev_chid",
+    "val_raw",
+    "val_calibrated",
+}
+
+
+def build_app(sim: AlphaXSimulator) -> Starlette:
+    """The ASGI app for one simulator."""
+    handler = _Handler(sim)
+    return Starlette(routes=[Route("/{path:path}", handler.dispatch, methods=_METHODS)])
+
+
+async def serve_http(
+    sim: AlphaXSimulator,
+    host: str,
+    port: int,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the app until ``shutdown`` is set; reports the bound port via ``task_status``.
+
+    hypercorn's ``serve`` reports its binds (``["http://127.0.0.1:PORT"]``, read from the
+    bound socket's ``getsockname()``) through its own ``task_status``; the port is parsed
+    from there, so port 0 works.
+    """
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger(__name__ + ".hypercorn")
+    config.graceful_timeout = 1.0
+    app = build_app(sim)
+
+    async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(cast(Any, app), config, shutdown_trigger=shutdown.wait, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(run)
+        bound = int(binds[0].rsplit(":", 1)[1])
+        log.info("AlphaX simulator HTTP on http://%s:%d", host, bound)
+        task_status.started(bound)
