@@ -232,6 +232,12 @@ def run_until_stopped(
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    recent: logs.RecentLines | None = None
+    if live:
+        state = Path(loaded.config.junction.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        recent = logs.RecentLines()
+        logs.divert_to_file(str(state / "junction.log"), recent)
     runtime = Runtime(loaded)
     try:
         runtime.start()
@@ -241,7 +247,7 @@ def run_until_stopped(
             if duration and time.monotonic() - began >= duration:
                 break
             if status_every:
-                _show(runtime, live)
+                _show(runtime, live, recent)
         if received:
             log.info(
                 "%s received: stopping (grace %.1f s)",
@@ -252,13 +258,25 @@ def run_until_stopped(
         report = runtime.stop()
         for s, handler in old.items():
             signal.signal(s, handler)
+    if live:
+        left = sum(report.left.values())
+        sys.stdout.write("\x1b[H\x1b[2J" + status.render(report.snapshot) + "\n\n")
+        sys.stdout.write(
+            f"stopped: {left} envelopes left undelivered\n"
+            if left
+            else "stopped cleanly: every queued envelope was delivered\n"
+        )
     return EXIT_OK if not report.left else EXIT_FAIL
 
 
-def _show(runtime: Runtime, live: bool) -> None:
-    text = status.render(runtime.snapshot())
+def _show(runtime: Runtime, live: bool, recent: logs.RecentLines | None = None) -> None:
+    snap = runtime.snapshot()
+    if recent is not None:
+        snap["recent_log"] = list(recent.lines)
+    text = status.render(snap)
     if live:
-        sys.stdout.write("\x1b[H\x1b[2J" + text + "\n\n(Ctrl-C to stop)\n")
+        where = Path(runtime.loaded.config.junction.state_dir) / "junction.log"
+        sys.stdout.write(f"\x1b[H\x1b[2J{text}\n\n(full log: {where}; Ctrl-C to stop)\n")
     else:
         sys.stdout.write(text + "\n\n")
     sys.stdout.flush()

@@ -7,8 +7,10 @@ cannot starve another, and applies that route's overflow policy when full:
 
 ``drop_newest``  the incoming envelope is refused (counted, reason ``queue_full``)
 ``drop_oldest``  the oldest queued envelope makes room (counted, reason ``queue_full``)
-``block``        the router waits for room, up to ``block_timeout_s``, then drops
-                 (counted, reason ``block_timeout``)
+``block``        the router waits for room, up to ``block_timeout_s`` per offered
+                 batch, then drops what still does not fit (counted, reason
+                 ``block_timeout``) -- so a dead target stalls the router once per
+                 batch, never once per envelope
 
 The router thread calls :meth:`Inlet.offer`; the adapter's trio thread drains with
 :meth:`Inlet.take`.  A wake-up is scheduled on the trio loop at most once per idle
@@ -63,6 +65,7 @@ class Inlet:
     def offer(self, route: str, envelopes: list[Envelope], capacity: int, policy: str) -> Offer:
         """Queue ``envelopes`` for ``route`` under its bound and overflow policy."""
         result = Offer()
+        deadline: float | None = None
         with self._lock:
             q = self._queues.get(route)
             if q is None:
@@ -77,7 +80,9 @@ class Inlet:
                     if policy == "drop_oldest":
                         result.dropped.append((q.items.popleft(), "queue_full"))
                     else:
-                        if not self._wait_for_room(q):
+                        if deadline is None:
+                            deadline = time.monotonic() + self.block_timeout_s
+                        if not self._wait_for_room(q, deadline):
                             result.dropped.append((env, "block_timeout"))
                             continue
                 if not q.items:
@@ -89,11 +94,10 @@ class Inlet:
                     self._wake_locked()
         return result
 
-    def _wait_for_room(self, q: _RouteQueue) -> bool:
+    def _wait_for_room(self, q: _RouteQueue, deadline: float) -> bool:
         if self._waker is not None and not self._wake_scheduled:
             self._wake_scheduled = True
             self._wake_locked()
-        deadline = time.monotonic() + self.block_timeout_s
         while len(q.items) >= q.capacity:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any
 
 _secrets: set[str] = set()
@@ -88,3 +89,29 @@ def setup(level: str = "info", fmt: str = "human", stream: Any = None) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.Formatter.converter = time.localtime
+
+
+class RecentLines(logging.Handler):
+    """Keeps the last few formatted lines (for a live view that owns the terminal)."""
+
+    def __init__(self, size: int = 6, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.lines: deque[str] = deque(maxlen=size)
+        self.setFormatter(HumanFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record).splitlines()[0][:160])
+
+
+def divert_to_file(path: str, recent: RecentLines) -> None:
+    """Send log lines to ``path`` and ``recent`` instead of the terminal (live views)."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_junction", False):
+            root.removeHandler(old)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(HumanFormatter())
+    handler._junction = True  # type: ignore[attr-defined]
+    recent._junction = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.addHandler(recent)

@@ -62,7 +62,9 @@ class RouteCounters:
             "delivered": self.delivered,
             "failed": self.failed,
             "dropped": dict(self.dropped),
-            "dropped_total": sum(self.dropped.values()),
+            # "filtered" is a transform's decision, not a loss: shown apart from real drops
+            "filtered": self.dropped.get("filtered", 0),
+            "dropped_total": sum(n for reason, n in self.dropped.items() if reason != "filtered"),
             "replies": self.replies,
             "reply_timeouts": self.reply_timeouts,
         }

@@ -209,6 +209,6 @@ def _summary(snapshot: dict[str, Any]) -> str:
     for name, c in snapshot.get("routes", {}).items():
         parts.append(
             f"{name} matched={c['matched']} delivered={c['delivered']} "
-            f"dropped={c['dropped_total']} failed={c['failed']}"
+            f"filtered={c['filtered']} dropped={c['dropped_total']} failed={c['failed']}"
         )
     return "; ".join(parts) or "no routes"

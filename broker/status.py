@@ -28,21 +28,17 @@ def render(snapshot: dict[str, Any]) -> str:
     if routes:
         lines.append("")
         lines.append(
-            f"{'ROUTE':<22} {'MATCHED':>9} {'DELIVERED':>9} {'QUEUED':>7} {'DROPPED':>8} "
-            f"{'FAILED':>7}  NOTES"
+            f"{'ROUTE':<22} {'MATCHED':>9} {'DELIVERED':>9} {'QUEUED':>7} {'FILTERED':>8} "
+            f"{'DROPPED':>8} {'FAILED':>7}  NOTES"
         )
         for name, c in routes.items():
             depth = sum(q.get(name, 0) for q in queues.values())
-            notes = ", ".join(f"{k}={v}" for k, v in c["dropped"].items())
+            notes = [f"{k}={v}" for k, v in c["dropped"].items() if k != "filtered"]
             if c.get("replies") or c.get("reply_timeouts"):
-                notes = ", ".join(
-                    filter(
-                        None, [notes, f"replies={c['replies']}", f"timeouts={c['reply_timeouts']}"]
-                    )
-                )
+                notes += [f"replies={c['replies']}", f"timeouts={c['reply_timeouts']}"]
             lines.append(
                 f"{name:<22} {c['matched']:>9} {c['delivered']:>9} {depth:>7} "
-                f"{c['dropped_total']:>8} {c['failed']:>7}  {notes}"
+                f"{c['filtered']:>8} {c['dropped_total']:>8} {c['failed']:>7}  {', '.join(notes)}"
             )
     unrouted = snapshot.get("unrouted", {})
     if unrouted:
@@ -50,6 +46,11 @@ def render(snapshot: dict[str, Any]) -> str:
         lines.append("unrouted: " + ", ".join(f"{k}={v}" for k, v in unrouted.items()))
     if snapshot.get("dead_letters"):
         lines.append(f"dead letters: {snapshot['dead_letters']}")
+    recent = snapshot.get("recent_log")
+    if recent:
+        lines.append("")
+        lines.append("recent log:")
+        lines.extend(f"  {line}" for line in recent)
     return "\n".join(lines)
 
 

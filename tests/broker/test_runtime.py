@@ -305,3 +305,22 @@ reply_map = { kind = "command_result", ok = "{body.ok}", message = "exec code {b
     c = routes_of(rt)["exec"]
     assert c["reply_timeouts"] == 1 and c["replies"] == 5
     assert answers["req-3"].ok is False  # type: ignore[union-attr]
+
+
+def test_envelopes_no_route_takes_are_counted_not_lost_silently(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(load_config("""
+[adapters.src]
+type = "burst"
+count = 30
+[adapters.sink]
+type = "collector"
+[[routes]]
+name = "only-big"
+from = "src"
+to = "sink"
+match = { "body.value" = { ge = 20 } }
+"""))
+    wait_until(lambda: rt.snapshot()["unrouted"].get("src/metric") == 20, what="20 unrouted")
+    wait_until(lambda: len(received("sink")) == 10, what="10 routed")
