@@ -23,7 +23,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +70,9 @@ class AdapterContext:
     status: AdapterStatus
     backlog: Backlog
     state_dir: Path
+    #: Names of the routes that would take an envelope (pure, safe from any thread);
+    #: lets an adapter refuse a request no route can carry (e.g. an Allxon command).
+    routes_for: Callable[[Envelope], list[str]] = lambda env: []
 
 
 class Adapter:

@@ -10,7 +10,9 @@ then makes a misspelt hook function a loud error instead of a silent no-op.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import logging
+import pkgutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -22,7 +24,19 @@ from broker.hookspecs import ENTRY_POINT_GROUP, AdapterType, Transform
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODULES = ("adapters.utility.plugin",)
+
+def _builtin_modules() -> tuple[str, ...]:
+    """Every ``adapters.<package>.plugin`` module shipped with Junction, in name order."""
+    import adapters
+
+    found = []
+    for info in sorted(pkgutil.iter_modules(adapters.__path__), key=lambda m: m.name):
+        if info.ispkg and importlib.util.find_spec(f"adapters.{info.name}.plugin") is not None:
+            found.append(f"adapters.{info.name}.plugin")
+    return tuple(found)
+
+
+BUILTIN_MODULES = _builtin_modules()
 
 
 @dataclass

@@ -23,6 +23,7 @@ from broker import config as config_mod
 from broker import plugins as plugins_mod
 from broker.adapter import Adapter, AdapterContext, AdapterStatus
 from broker.config import Config
+from broker.envelope import Envelope
 from broker.errors import ConfigProblem
 from broker.inlet import Inlet
 from broker.messages import Backlog, Snapshot, Tick
@@ -129,12 +130,16 @@ class Runtime:
             status=self.statuses[name],
             backlog=self.backlog,
             state_dir=state_dir,
+            routes_for=self._routes_for,
         )
 
         def make() -> Adapter:
             return atype.factory(name, acfg, ctx)
 
         return make
+
+    def _routes_for(self, env: Envelope) -> list[str]:
+        return [r.name for r in self.loaded.table.match(env)]
 
     def _tick(self) -> None:
         while not self._ticking.wait(0.25):

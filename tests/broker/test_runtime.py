@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.runtime import Loaded, Runtime
-from tests.broker.conftest import wait_until
+from tests.conftest import wait_until
 from tests.support import core_plugin
 from tests.support.core_plugin import received
 
@@ -310,7 +310,8 @@ reply_map = { kind = "command_result", ok = "{body.ok}", message = "exec code {b
 def test_envelopes_no_route_takes_are_counted_not_lost_silently(
     load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
 ) -> None:
-    rt = runtime_of(load_config("""
+    rt = runtime_of(
+        load_config("""
 [adapters.src]
 type = "burst"
 count = 30
@@ -321,6 +322,7 @@ name = "only-big"
 from = "src"
 to = "sink"
 match = { "body.value" = { ge = 20 } }
-"""))
+""")
+    )
     wait_until(lambda: rt.snapshot()["unrouted"].get("src/metric") == 20, what="20 unrouted")
     wait_until(lambda: len(received("sink")) == 10, what="10 routed")

@@ -1,13 +1,20 @@
-"""Fixtures for the core's tests: config files in a temp dir, a runtime that always stops."""
+"""Shared fixtures: config files in a temp dir, runtimes that always stop.
+
+Sync tests use ``runtime_of`` and :func:`wait_until`.  Async (trio) tests that run a
+simulator in the test's own loop must not block it: they use ``start_runtime``
+(start and stop happen in a worker thread) and :func:`wait_for`.
+"""
 
 from __future__ import annotations
 
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import trio
 
 from broker.runtime import Loaded, Runtime, load
 from tests.support import core_plugin
@@ -63,3 +70,28 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
             return
         time.sleep(0.01)
     raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Like :func:`wait_until`, without blocking the trio loop it runs in."""
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+@pytest.fixture
+def start_runtime() -> Callable[[Loaded], object]:
+    """``async with start_runtime(loaded) as rt:`` -- start/stop off the trio loop."""
+
+    @asynccontextmanager
+    async def run(loaded: Loaded) -> AsyncIterator[Runtime]:
+        rt = Runtime(loaded)
+        await trio.to_thread.run_sync(rt.start)
+        try:
+            yield rt
+        finally:
+            await trio.to_thread.run_sync(lambda: rt.stop(grace_s=2))
+
+    return run
