@@ -285,6 +285,8 @@ def _problem(
     if missing:
         return ConfigProblem(file, f"{path}.{missing.group(1)}".lstrip("."), "missing required key")
     found, ok = _value_at(data, parts)
+    if isinstance(found, dict | list):  # a whole table: its own message says what is wrong
+        ok = False
     if message.startswith("Invalid enum value"):
         allowed = [str(a) for a in typing.get_args(_type_at(cls, parts))]
         hint = _suggest(str(found), allowed) if ok else ""

@@ -39,7 +39,9 @@ class ConfigProblem:
             text += f" (got {_show(self.value)})"
         if self.hint:
             text += f"; {self.hint}"
-        return text
+        from broker.logs import redact  # a bad value may be an expanded secret
+
+        return redact(text)
 
 
 def _show(value: Any) -> str:

@@ -82,8 +82,9 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: s
 
 
 @pytest.fixture
-def start_runtime() -> Callable[[Loaded], object]:
+def start_runtime() -> Iterator[Callable[[Loaded], object]]:
     """``async with start_runtime(loaded) as rt:`` -- start/stop off the trio loop."""
+    core_plugin.reset()
 
     @asynccontextmanager
     async def run(loaded: Loaded) -> AsyncIterator[Runtime]:
@@ -94,4 +95,5 @@ def start_runtime() -> Callable[[Loaded], object]:
         finally:
             await trio.to_thread.run_sync(lambda: rt.stop(grace_s=2))
 
-    return run
+    yield run
+    core_plugin.reset()

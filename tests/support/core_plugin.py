@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
 
+import msgspec
 import trio
 
 from broker.adapter import Adapter
@@ -31,6 +33,7 @@ def reset() -> None:
         GATES.clear()
         PROGRESS.clear()
         OBSERVED.clear()
+        INBOX.clear()
         _batch_counts.clear()
 
 
@@ -152,6 +155,38 @@ class Echo(Adapter):
 OBSERVED: dict[str, list[object]] = defaultdict(list)
 
 
+class ProbeConfig(AdapterConfig, kw_only=True):
+    pass
+
+
+INBOX: dict[str, queue.SimpleQueue[list[Envelope]]] = defaultdict(queue.SimpleQueue)
+
+
+def inject(name: str, envelopes: list[Envelope]) -> None:
+    """Have probe adapter ``name`` emit ``envelopes`` (callable from any thread)."""
+    INBOX[name].put(envelopes)
+
+
+class Probe(Adapter):
+    """Emits what a test injects (with :func:`inject`) and records what it is sent."""
+
+    config: ProbeConfig
+
+    async def run(self) -> None:
+        box = INBOX[self.name]
+        while True:
+            try:
+                batch = box.get_nowait()
+            except queue.Empty:
+                await trio.sleep(0.005)
+                continue
+            self.emit([msgspec.structs.replace(e, source=self.name) for e in batch])
+
+    async def deliver(self, route: str, batch: list[Envelope]) -> None:
+        with _lock:
+            RECEIVED[self.name].extend(batch)
+
+
 @hookimpl
 def junction_envelope_dropped(route: str, envelope: Envelope, reason: str) -> None:
     with _lock:
@@ -172,6 +207,7 @@ def junction_adapter_types() -> Sequence[AdapterType]:
         AdapterType("collector", CollectorConfig, Collector, "test sink"),
         AdapterType("burst", BurstConfig, Burst, "test source"),
         AdapterType("echo", EchoConfig, Echo, "test exec responder"),
+        AdapterType("probe", ProbeConfig, Probe, "test source/sink driven by the test"),
     ]
 
 
