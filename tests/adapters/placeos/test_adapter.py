@@ -370,3 +370,29 @@ async def test_malformed_frames_are_counted_not_fatal(
     assert len(malformed) == 3
     assert all(len(r.getMessage()) < 400 for r in malformed)  # truncated
     assert KEY not in caplog.text
+
+
+async def test_unbind_at_run_time_stops_the_values(
+    load_config: Callable[[str], Loaded], start_runtime: Any
+) -> None:
+    with trio.fail_after(20):
+        async with open_placeos_simulator(MODEL, api_key=KEY, drift=False) as sim:
+            async with start_runtime(load_config(config(sim.url))):
+                await wait_for(lambda: len(statuses()) == 3)
+                assert sim.bind_count(name="temperature") == 1
+                inject(
+                    "probe",
+                    [
+                        Envelope(
+                            source="probe",
+                            body=Bind(
+                                system="sys-1", module="Environment", name="temperature", bind=False
+                            ),
+                        )
+                    ],
+                )
+                await wait_for(lambda: sim.bind_count(name="temperature") == 0, what="unbound")
+                sim.set_status("sys-1", "Environment", 1, "temperature", 99.0)
+                sim.set_status("sys-1", "Display", 1, "power", True)
+                await wait_for(lambda: values_of("power")[-1] is True, what="power still bound")
+                assert 99.0 not in values_of("temperature")
