@@ -112,6 +112,14 @@ class Adapter:
     async def aclose(self) -> None:
         """Release resources; called once when the adapter stops or crashes."""
 
+    def quiesce(self) -> bool:
+        """Stop producing new envelopes (shutdown has begun); queued ones are still delivered.
+
+        Return False (the default) to have :meth:`run` cancelled; an adapter whose
+        connection also carries what it delivers returns True and stops emitting itself.
+        """
+        return False
+
     # --- helpers for subclasses -------------------------------------------------
 
     def emit(self, envelopes: Sequence[Envelope]) -> None:
@@ -178,7 +186,7 @@ class AdapterHost(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if message == "quiesce":
-            self._call_soon(self._cancel_source)
+            self._call_soon(self._quiesce)
             return True
         return None
 
@@ -233,8 +241,14 @@ class AdapterHost(pykka.ThreadingActor):
             self._source_scope = scope
             await self.adapter.run()
 
-    def _cancel_source(self) -> None:
-        if self._source_scope is not None:
+    def _quiesce(self) -> None:
+        # Runs on the trio loop: must never raise.
+        try:
+            handled = self.adapter.quiesce()
+        except Exception:
+            log.exception("adapter %s failed to quiesce; cancelling its loop", self.adapter.name)
+            handled = False
+        if not handled and self._source_scope is not None:
             self._source_scope.cancel()
 
     def _schedule_wake(self) -> None:

@@ -84,6 +84,8 @@ class PlaceOSAdapter(Adapter):
         self._out: list[Envelope] = []
         self._out_ready = trio.Event()
         self.connections = 0
+        self.quiet = False
+        self.ignored_while_stopping = 0
         self.malformed = 0
         self.late_replies = 0
         self.bind_errors = 0
@@ -228,6 +230,9 @@ class PlaceOSAdapter(Adapter):
                 self._debug(frame)
 
     def _notify(self, frame: codec.NotifyFrame) -> None:
+        if self.quiet:
+            self.ignored_while_stopping += 1
+            return
         meta = frame.meta
         if meta is not None:
             key: BindKey | None = (meta.sys, meta.mod, meta.index, meta.name)
@@ -322,6 +327,27 @@ class PlaceOSAdapter(Adapter):
             )
         )
         self._out_ready.set()
+
+    def quiesce(self) -> bool:
+        """Shutdown: stop emitting status changes, keep the connection for queued execs."""
+        self.quiet = True
+        return True
+
+    async def aclose(self) -> None:
+        unanswered = len(self._pending) + len(self._waiting)
+        if unanswered:
+            self.log.warning(
+                "stopping with %d exec(s) unanswered (%d sent, %d never sent)",
+                unanswered,
+                len(self._pending),
+                len(self._waiting),
+            )
+        if self.ignored_while_stopping:
+            self.log.info(
+                "%d status changes arrived while stopping and were not routed "
+                "(a new bind reads the current values)",
+                self.ignored_while_stopping,
+            )
 
     # --- exec deadlines -------------------------------------------------------------
 
