@@ -17,6 +17,21 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def unwrap(err: BaseException) -> Exception:
+    """The one real error inside nested single-error groups (trio nurseries wrap errors).
+
+    Cancellations beside it are ignored; a group of several real errors stays a group.
+    """
+    import trio
+
+    while isinstance(err, BaseExceptionGroup):
+        inner = [e for e in err.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(inner) != 1:
+            break
+        err = inner[0]
+    return err if isinstance(err, Exception) else RuntimeError(repr(err))
+
+
 class JunctionError(Exception):
     """Base of every error the broker raises on purpose."""
 

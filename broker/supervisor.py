@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
 
 from broker.adapter import Adapter, AdapterHost, AdapterStatus
+from broker.backoff import Backoff
 from broker.inlet import Inlet
 from broker.messages import Crashed, RestartDue
 
@@ -37,8 +36,7 @@ class _Slot:
     status: AdapterStatus
     host: pykka.ActorRef[Any] | None = None
     generation: int = 0
-    started_at: float = 0.0
-    consecutive: int = 0
+    backoff: Backoff = field(default_factory=lambda: Backoff(0.5, 30.0, STABLE_AFTER_S))
     timer: threading.Timer | None = None
 
 
@@ -58,7 +56,13 @@ class Supervisor(pykka.ThreadingActor):
         self, name: str, make: Callable[[], Adapter], inlet: Inlet, status: AdapterStatus
     ) -> None:
         """Start adapter ``name``; ``make`` builds a fresh instance for each (re)start."""
-        slot = self._slots[name] = _Slot(name, make, inlet, status)
+        slot = self._slots[name] = _Slot(
+            name,
+            make,
+            inlet,
+            status,
+            backoff=Backoff(self.backoff_s, self.backoff_max_s, STABLE_AFTER_S),
+        )
         self._start(slot)
 
     def remove(self, name: str) -> None:
@@ -90,7 +94,7 @@ class Supervisor(pykka.ThreadingActor):
     def _start(self, slot: _Slot) -> None:
         adapter = slot.make()
         slot.generation += 1
-        slot.started_at = time.monotonic()
+        slot.backoff.started()
         slot.host = AdapterHost.start(adapter, slot.inlet, self.actor_ref, slot.generation)
 
     def _stop_slot(self, slot: _Slot) -> None:
@@ -109,10 +113,8 @@ class Supervisor(pykka.ThreadingActor):
         slot = self._slots.get(msg.adapter)
         if slot is None or slot.generation != msg.generation or self._stopping:
             return
-        ran = time.monotonic() - slot.started_at
-        slot.consecutive = 1 if ran >= STABLE_AFTER_S else slot.consecutive + 1
-        delay = min(self.backoff_max_s, self.backoff_s * 2 ** (slot.consecutive - 1))
-        delay *= random.uniform(0.5, 1.0)
+        ran = slot.backoff.lasted()
+        delay = slot.backoff.failed()
         slot.status.restarts += 1
         slot.status.set("restarting", f"in {delay:.1f} s after: {msg.error}")
         log.warning(
@@ -120,7 +122,7 @@ class Supervisor(pykka.ThreadingActor):
             msg.adapter,
             ran,
             msg.error,
-            slot.consecutive,
+            slot.backoff.failures,
             delay,
         )
         due = RestartDue(msg.adapter, msg.generation)

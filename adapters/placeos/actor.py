@@ -45,7 +45,9 @@ from adapters.placeos.connection import (
 )
 from broker import logs
 from broker.adapter import Adapter
+from broker.backoff import Backoff
 from broker.envelope import Bind, Envelope, ExecRequest, ExecResult, LogLine, StatusChange
+from broker.errors import unwrap
 
 BindKey = tuple[str, str, int, str]
 STABLE_AFTER_S = 30.0
@@ -100,36 +102,37 @@ class PlaceOSAdapter(Adapter):
 
     async def _connect_forever(self) -> None:
         cfg = self.config
-        failures = 0
+        backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, STABLE_AFTER_S)
         last_error = ""
         last_logged = 0.0
         while True:
             self.status.set("connecting", self.where)
-            began = time.monotonic()
+            backoff.started()
             error: Exception | None = None
             try:
                 await self._serve_one_connection()
             except Exception as err:  # every failure is classified below
-                error = _unwrap(err)
+                error = unwrap(err)
             finally:
                 self._connection_lost(str(error) if error else "closed")
             if error is not None and not isinstance(error, PlaceOSConnectionError):
                 raise error  # a bug, not a network problem: let the supervisor restart us
-            lasted = time.monotonic() - began
-            failures = 1 if lasted >= STABLE_AFTER_S else failures + 1
+            delay = backoff.failed()
             if isinstance(error, AuthRejected):
                 delay = cfg.auth_backoff_s * random.uniform(0.8, 1.0)
                 self.status.set("auth-failed", f"{error}; retry in {delay:.0f} s")
             else:
-                delay = min(cfg.backoff_max_s, cfg.backoff_initial_s * 2 ** (failures - 1))
-                delay *= random.uniform(0.5, 1.0)
                 self.status.set("disconnected", f"{error}; retry in {delay:.1f} s")
             text = str(error)
             now = time.monotonic()
             if text != last_error or now - last_logged >= 60:
                 level = self.log.error if isinstance(error, AuthRejected) else self.log.warning
                 level(
-                    "%s: %s; reconnecting in %.1f s (attempt %d)", self.where, text, delay, failures
+                    "%s: %s; reconnecting in %.1f s (attempt %d)",
+                    self.where,
+                    text,
+                    delay,
+                    backoff.failures,
                 )
                 last_error, last_logged = text, now
             await trio.sleep(delay)
@@ -463,13 +466,3 @@ class PlaceOSAdapter(Adapter):
         bind = codec.BindRequest(id=bind_id, sys=sys_id, mod=mod, index=index, name=name)
         with contextlib.suppress(PlaceOSConnectionError):  # re-bound on the next connection
             await session.send(codec.encode_request(bind))
-
-
-def _unwrap(err: BaseException) -> Exception:
-    """The one real error inside nested single-error groups (trio nurseries wrap)."""
-    while isinstance(err, BaseExceptionGroup):
-        inner = [e for e in err.exceptions if not isinstance(e, trio.Cancelled)]
-        if len(inner) != 1:
-            break
-        err = inner[0]
-    return err if isinstance(err, Exception) else RuntimeError(repr(err))
