@@ -9,6 +9,8 @@ PlaceOS (building control)
     ``status_change``   a bound status variable changed (``value`` is the JSON it was,
                         ``None`` when the status was deleted)
     ``bind``            ask the PlaceOS adapter to bind (or unbind) a status variable
+    ``debug``           ask the PlaceOS adapter to start (or stop) receiving a module's
+                        log lines, which then arrive as ``log`` envelopes
     ``exec_request``    call a driver method; answered by an ``exec_result``
     ``exec_result``     the answer: ``ok`` with ``value`` and ``code``, or an error
 
@@ -77,6 +79,18 @@ class Bind(Body, tag="bind", kw_only=True, frozen=True):
     index: int = 1
     name: str
     bind: bool = True
+
+
+class Debug(Body, tag="debug", kw_only=True, frozen=True):
+    """Start (``enable=True``: PlaceOS ``debug``) or stop (``ignore``) a module's log lines.
+
+    ``module`` is the module *id* (``mod-ABC``), as PlaceOS's debug command wants.
+    """
+
+    system: str
+    module: str
+    index: int = 1
+    enable: bool = True
 
 
 class ExecRequest(Body, tag="exec_request", kw_only=True, frozen=True):
@@ -235,6 +249,7 @@ class LogLine(Body, tag="log", kw_only=True, frozen=True):
 BodyType = (
     StatusChange
     | Bind
+    | Debug
     | ExecRequest
     | ExecResult
     | CommandRequest

@@ -12,7 +12,8 @@ Inbound (to the router):
                        connection died first (the command may or may not have run)
     ``log``            debug lines of the modules listed under ``debug``
 
-Outbound (from routes): ``exec_request`` and ``bind`` (bind or unbind at run time).
+Outbound (from routes): ``exec_request``, ``bind`` (bind or unbind at run time) and
+``debug`` (attach to or detach from a module's log lines at run time).
 
 Bindings are a desired set (the config's plus run-time ``bind`` requests).  On every
 connection each is bound once, with a fresh id; a repeat bind is never sent twice on
@@ -46,10 +47,11 @@ from adapters.placeos.connection import (
 from broker import logs
 from broker.adapter import Adapter
 from broker.backoff import Backoff
-from broker.envelope import Bind, Envelope, ExecRequest, ExecResult, LogLine, StatusChange
+from broker.envelope import Bind, Debug, Envelope, ExecRequest, ExecResult, LogLine, StatusChange
 from broker.errors import unwrap
 
 BindKey = tuple[str, str, int, str]
+DebugKey = tuple[str, str, int]
 STABLE_AFTER_S = 30.0
 
 
@@ -75,6 +77,9 @@ class PlaceOSAdapter(Adapter):
         self.where = urlsplit(cfg.url).netloc
         self.desired: dict[BindKey, None] = dict.fromkeys(
             (b.sys, b.mod, b.index, b.name) for b in cfg.bindings
+        )
+        self.debugging: dict[DebugKey, None] = dict.fromkeys(
+            (d.sys, d.mod, d.index) for d in cfg.debug
         )
         self._ids = itertools.count(1)
         self._session: Session | None = None
@@ -163,18 +168,8 @@ class PlaceOSAdapter(Adapter):
         for key in list(self.desired):
             if key not in self._bound:
                 await self._send_bind(session, key)
-        for target in self.config.debug:
-            await session.send(
-                codec.encode_request(
-                    codec.DebugRequest(
-                        id=next(self._ids),
-                        sys=target.sys,
-                        mod=target.mod,
-                        index=target.index,
-                        name="debug",
-                    )
-                )
-            )
+        for target in list(self.debugging):
+            await self._send_debug(session, target, enable=True)
         waiting, self._waiting = self._waiting, []
         now = trio.current_time()
         for item in waiting:
@@ -403,12 +398,31 @@ class PlaceOSAdapter(Adapter):
                 await self._exec(env, body)
             elif isinstance(body, Bind):
                 await self._bind_request(body)
+            elif isinstance(body, Debug):
+                await self._debug_request(body)
             else:
                 self.fail(
                     route,
                     [env],
-                    f"the placeos adapter sends exec_request and bind envelopes, not {env.kind}",
+                    "the placeos adapter sends exec_request, bind and debug envelopes, "
+                    f"not {env.kind}",
                 )
+
+    async def _debug_request(self, body: Debug) -> None:
+        target: DebugKey = (body.system, body.module, body.index)
+        if body.enable:
+            self.debugging.setdefault(target, None)
+        else:
+            self.debugging.pop(target, None)
+        if self._session is not None:
+            await self._send_debug(self._session, target, enable=body.enable)
+
+    async def _send_debug(self, session: Session, target: DebugKey, *, enable: bool) -> None:
+        sys_id, mod, index = target
+        cls = codec.DebugRequest if enable else codec.IgnoreRequest
+        request = cls(id=next(self._ids), sys=sys_id, mod=mod, index=index, name="debug")
+        with contextlib.suppress(PlaceOSConnectionError):  # restored on the next connection
+            await session.send(codec.encode_request(request))
 
     async def _exec(self, env: Envelope, body: ExecRequest) -> None:
         # exec_timeout_s bounds every call; an envelope's own deadline may only shorten it

@@ -396,3 +396,55 @@ async def test_unbind_at_run_time_stops_the_values(
                 sim.set_status("sys-1", "Display", 1, "power", True)
                 await wait_for(lambda: values_of("power")[-1] is True, what="power still bound")
                 assert 99.0 not in values_of("temperature")
+
+
+async def test_debug_lines_become_log_envelopes(
+    load_config: Callable[[str], Loaded], start_runtime: Any
+) -> None:
+    from broker.envelope import Debug, LogLine
+
+    extra = '\n[[routes]]\nname = "logs"\nfrom = "placeos"\nkind = "log"\nto = "sink"\n'
+    cfg = (
+        config("URL", bindings="").replace(
+            'kind = ["exec_request", "bind"]', 'kind = ["exec_request", "bind", "debug"]'
+        )
+        + extra
+    )
+
+    def lines() -> list[LogLine]:
+        return [e.body for e in received("sink") if isinstance(e.body, LogLine)]
+
+    with trio.fail_after(20):
+        async with open_placeos_simulator(MODEL, api_key=KEY, drift=False) as sim:
+            async with start_runtime(load_config(cfg.replace("URL", sim.url))) as rt:
+                await wait_for(lambda: rt.statuses["placeos"].state == "connected")
+
+                def asked(cmd: str) -> bool:
+                    return any(r.__class__.__name__ == cmd for r in sim.received)
+
+                inject(
+                    "probe",
+                    [Envelope(source="probe", body=Debug(system="sys-1", module="mod-DISP"))],
+                )
+                await wait_for(lambda: asked("DebugRequest"), what="the debug request")
+                await trio.sleep(0.05)  # let the server attach the debugger
+                assert sim.log("mod-DISP", "lamp hours 1200", "warning") == 1
+                await wait_for(lambda: len(lines()) == 1, what="the log line")
+                line = lines()[0]
+                assert (line.level, line.message, line.fields["module_id"]) == (
+                    "warning",
+                    "lamp hours 1200",
+                    "mod-DISP",
+                )
+                inject(
+                    "probe",
+                    [
+                        Envelope(
+                            source="probe",
+                            body=Debug(system="sys-1", module="mod-DISP", enable=False),
+                        )
+                    ],
+                )
+                await wait_for(lambda: asked("IgnoreRequest"), what="the ignore request")
+                await trio.sleep(0.05)
+                assert sim.log("mod-DISP", "after ignore") == 0  # no session is debugging it now
