@@ -7,6 +7,7 @@ simulator in the test's own loop must not block it: they use ``start_runtime``
 
 from __future__ import annotations
 
+import logging
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,6 +21,23 @@ from broker.runtime import Loaded, Runtime, load
 from tests.support import core_plugin
 
 TEST_PLUGINS = ("tests.support.core_plugin",)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo what a test's in-process ``junction`` call did to the root logger.
+
+    ``junction`` configures logging for its process (a handler on the stderr of the
+    moment, the level it was given); inside pytest that stderr is closed after the
+    test, and an INFO root level would let other tests' libraries log more.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture
