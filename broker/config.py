@@ -8,8 +8,9 @@ A file has three parts::
 
 Every struct forbids unknown keys, so a typo is an error that names the file, the
 TOML path, the bad key and the nearest valid one.  Secrets are never required
-inline: any string may be ``${ENV_VAR}`` (a missing variable is an error naming it)
-or ``${file:/path/to/secret}`` (the file's content, stripped).  Expanded secrets are
+inline: any string may be ``${ENV_VAR}`` (a missing variable is an error naming it),
+``${ENV_VAR:-default}`` (the default when unset), or ``${file:/path/to/secret}`` (the
+file's content, stripped).  Expanded secrets are
 registered with :mod:`broker.logs` so they are redacted from every log line.
 """
 
@@ -224,6 +225,7 @@ def _resolve(ref: str, path: str, file: str, problems: list[ConfigProblem]) -> s
             )
             return ""
     else:
+        ref, has_default, default = ref.partition(":-")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ref):
             problems.append(
                 ConfigProblem(
@@ -232,11 +234,13 @@ def _resolve(ref: str, path: str, file: str, problems: list[ConfigProblem]) -> s
                     "bad reference",
                     f"${{{ref}}}",
                     True,
-                    "write ${ENV_VAR} or ${file:/path/to/secret}",
+                    "write ${ENV_VAR}, ${ENV_VAR:-default} or ${file:/path/to/secret}",
                 )
             )
             return ""
         found = os.environ.get(ref)
+        if found is None and has_default:
+            return default  # written in the file, so not a secret
         if found is None:
             problems.append(
                 ConfigProblem(

@@ -169,3 +169,20 @@ def test_missing_file(load_config: Callable[[str], Loaded], tmp_path: Path) -> N
     with pytest.raises(ConfigError) as info:
         load(str(tmp_path / "absent.toml"))
     assert "absent.toml: cannot read the file" in str(info.value)
+
+
+def test_env_default_is_used_when_unset(
+    write_config: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker import config
+    from tests.support.core_plugin import BurstConfig
+
+    monkeypatch.delenv("JUNCTION_TEST_UNSET", raising=False)
+    monkeypatch.setenv("JUNCTION_TEST_SET", "from-env")
+    path = write_config(
+        '[adapters.a]\ntype = "burst"\nname_prefix = "${JUNCTION_TEST_UNSET:-fallback}"\n'
+        '[adapters.b]\ntype = "burst"\nname_prefix = "${JUNCTION_TEST_SET:-fallback}"\n'
+    )
+    cfg = config.load(path, {"burst": BurstConfig})
+    assert cfg.adapters["a"].name_prefix == "fallback"  # type: ignore[attr-defined]
+    assert cfg.adapters["b"].name_prefix == "from-env"  # type: ignore[attr-defined]
