@@ -96,6 +96,9 @@ class Adapter:
         self.ctx = ctx
         self.status = ctx.status
         self.log = logging.getLogger(f"junction.adapter.{name}")
+        # envelopes fail()ed during the current deliver() call, so they are not also
+        # counted as delivered (None outside a deliver call)
+        self._failed_in_deliver: int | None = None
 
     async def run(self) -> None:
         """Produce envelopes until cancelled.  Returning ends production, not the adapter."""
@@ -140,6 +143,8 @@ class Adapter:
     def fail(self, route: str, envelopes: Sequence[Envelope], reason: str) -> None:
         """Report envelopes that cannot be sent; the router dead-letters them with ``reason``."""
         if envelopes:
+            if self._failed_in_deliver is not None:
+                self._failed_in_deliver += len(envelopes)
             self.ctx.router.tell(Failed(route, self.name, list(envelopes), reason))
 
 
@@ -274,6 +279,7 @@ class AdapterHost(pykka.ThreadingActor):
                 await self._wake_event.wait()
                 continue
             route, batch = item
+            adapter._failed_in_deliver = 0
             try:
                 await adapter.deliver(route, batch)
             except trio.Cancelled:
@@ -283,9 +289,12 @@ class AdapterHost(pykka.ThreadingActor):
                 inlet.done(len(batch))
                 router.tell(Failed(route, adapter.name, batch, f"adapter raised {describe(err)}"))
                 raise
+            sent = len(batch) - (adapter._failed_in_deliver or 0)
+            adapter._failed_in_deliver = None
             inlet.done(len(batch))
-            adapter.status.sent += len(batch)
-            router.tell(Delivered(route, adapter.name, len(batch)))
+            adapter.status.sent += sent
+            if sent > 0:
+                router.tell(Delivered(route, adapter.name, sent))
 
     # --- stopping ---------------------------------------------------------------
 

@@ -326,3 +326,27 @@ match = { "body.value" = { ge = 20 } }
     )
     wait_until(lambda: rt.snapshot()["unrouted"].get("src/metric") == 20, what="20 unrouted")
     wait_until(lambda: len(received("sink")) == 10, what="10 routed")
+
+
+def test_envelopes_a_target_refuses_are_failed_not_delivered(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(
+        load_config("""
+[adapters.src]
+type = "burst"
+count = 40
+batch = 7
+[adapters.sink]
+type = "collector"
+refuse_odd = true
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+""")
+    )
+    wait_until(lambda: routes_of(rt)["r"]["delivered"] + routes_of(rt)["r"]["failed"] == 40)
+    c = routes_of(rt)["r"]
+    assert (c["delivered"], c["failed"]) == (20, 20)
+    assert len(received("sink")) == 20

@@ -47,6 +47,7 @@ class CollectorConfig(AdapterConfig, kw_only=True):
     crash_on_batches: list[int] = []
     gated: bool = False
     max_batch: int = 512
+    refuse_odd: bool = False
 
 
 class Collector(Adapter):
@@ -67,6 +68,10 @@ class Collector(Adapter):
             raise RuntimeError(f"collector {self.name} told to crash on batch {global_batch}")
         if self.config.delay_s:
             await trio.sleep(self.config.delay_s)
+        if self.config.refuse_odd:
+            odd = [e for e in batch if int(getattr(e.body, "value", 0)) % 2]
+            self.fail(route, odd, "odd values are refused by this test sink")
+            batch = [e for e in batch if e not in odd]
         with _lock:
             RECEIVED[self.name].extend(batch)
 
