@@ -1,0 +1,224 @@
+"""HTTP to AlphaX: posting uplinks (paced, gzip, retried) and the GET used by the poller.
+
+One ``httpx.AsyncClient`` per adapter instance serves both the write host (``base_url``) and
+the read host (``read_url``). Outcome of a post, by status:
+
+- 2xx: stored.
+- 429, 408, 5xx and network errors: retried with capped, jittered exponential back-off, the
+  data kept (deliveries wait meanwhile), up to ``max_attempts`` (0 = until it works).
+- any other 4xx (400, 401, 403, 404, 405, 413): failed at once with the status and the server's
+  error body (``code`` a number or a string) -- retrying would not change the answer.
+
+httpx logs every request URL at INFO, and read URLs carry ``?token=``: its logger is set to
+WARNING (unless configured), and a filter on the httpx and httpcore loggers rewrites each
+record through :func:`codec.redact` first, so the token is masked even at DEBUG and for
+handlers that do not use Junction's redacting formatter.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+
+from adapters.alphax import codec
+from adapters.alphax._pacing import WritePacer
+from adapters.alphax._uplinks import Doc, Failure
+from adapters.alphax.config import AlphaXConfig
+from broker import logs
+from broker.adapter import AdapterStatus
+from broker.backoff import backoff_delay
+
+_RETRY_STATUSES = frozenset({408, 429})
+_FILTERED_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+)
+
+
+class _RedactTokens(logging.Filter):
+    """Rewrites a record whose text holds a ``token=`` parameter or a registered secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken record is not ours to fix; let logging report it
+            return True
+        clean = logs.redact(codec.redact(text))
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
+def install_log_filter() -> None:
+    """Put the redacting filter on httpx's and httpcore's loggers (idempotent).
+
+    httpx also logs one INFO line per request; unless someone set its level, it is raised to
+    WARNING (a bridge posting hundreds of times a second would drown its own log).
+    """
+    httpx_logger = logging.getLogger("httpx")
+    if httpx_logger.level == logging.NOTSET:
+        httpx_logger.setLevel(logging.WARNING)
+    for name in _FILTERED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactTokens) for f in logger.filters):
+            logger.addFilter(_RedactTokens())
+
+
+install_log_filter()
+
+
+def build_client(cfg: AlphaXConfig) -> httpx.AsyncClient:
+    """The adapter's HTTP client: timeouts, TLS verification (private CA optional), pool size."""
+    verify: ssl.SSLContext | bool = True
+    if cfg.ca_file:
+        verify = ssl.create_default_context(cafile=cfg.ca_file)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s),
+        verify=verify,
+        limits=httpx.Limits(max_connections=cfg.concurrency + 2),
+        headers={"Accept-Encoding": "gzip", "User-Agent": "junction-alphax"},
+        follow_redirects=False,
+    )
+
+
+def error_text(response: httpx.Response, token: str) -> str:
+    """``HTTP <status>: <error> (code <code>)`` from the JSON error body, redacted."""
+    try:
+        body = codec.decode_error_body(response.content)
+        detail = f"{body.error} (code {body.code})"
+    except codec.CodecError:
+        detail = logs.truncate(response.text.strip() or response.reason_phrase, 200)
+    return codec.redact(f"HTTP {response.status_code}: {detail}", token)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    ok: bool
+    retry: bool
+    reason: str = ""
+    status: int | None = None
+
+
+class HttpWriter:
+    """Posts uplink documents: ``concurrency`` at a time, paced to the tier, retried."""
+
+    def __init__(
+        self,
+        cfg: AlphaXConfig,
+        client: httpx.AsyncClient,
+        status: AdapterStatus,
+        log: logging.Logger,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.status = status
+        self.log = log
+        self.token = cfg.token
+        self.host = urlsplit(cfg.base_url).netloc
+        self.pacer = WritePacer(cfg.write_limit_per_s, margin_s=cfg.pace_margin_s)
+        self.limiter = trio.CapacityLimiter(cfg.concurrency)
+        self.posts = 0
+        self.gzipped = 0
+        self.retries = 0
+        self.rejected = 0
+        self.statuses: dict[int, int] = {}
+        self._last_logged: dict[str, float] = {}
+
+    async def send(self, docs: Sequence[Doc]) -> list[Failure]:
+        """Post every doc (retrying as configured); returns what could not be stored."""
+        failures: list[Failure] = []
+        if len(docs) == 1:
+            await self._deliver(docs[0], failures)
+            return failures
+        async with trio.open_nursery() as nursery:
+            for doc in docs:
+                nursery.start_soon(self._deliver, doc, failures)
+        return failures
+
+    async def _deliver(self, doc: Doc, failures: list[Failure]) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            async with self.limiter:
+                await self.pacer.acquire()
+                try:
+                    outcome = await self._post(doc)
+                finally:
+                    self.pacer.release()
+            if outcome.ok:
+                if attempt > 1:
+                    self.log.info("post/%s stored after %d attempts", doc.form, attempt)
+                self.status.set("connected", f"posting to {self.host}")
+                return
+            if not outcome.retry:
+                self.rejected += 1
+                if outcome.status in (401, 403):
+                    self.status.set("auth-failed", outcome.reason)
+                text = f"post/{doc.form} rejected, not retried: {outcome.reason}"
+                self._log_once(logging.ERROR, text)
+                reason = f"AlphaX post/{doc.form} rejected: {outcome.reason}"
+                failures += [(env, reason) for env in doc.envelopes]
+                return
+            if self.cfg.max_attempts and attempt >= self.cfg.max_attempts:
+                reason = f"AlphaX post/{doc.form} failed {attempt} times: {outcome.reason}"
+                self._log_once(logging.ERROR, reason)
+                failures += [(env, reason) for env in doc.envelopes]
+                return
+            self.retries += 1
+            delay = backoff_delay(attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
+            self.status.set("retrying", f"{outcome.reason}; retrying in {delay:.1f} s")
+            self._log_once(
+                logging.WARNING,
+                f"post/{doc.form} to {self.host}: {outcome.reason}; retrying with back-off "
+                "(the values are kept)",
+            )
+            await trio.sleep(delay)
+
+    async def _post(self, doc: Doc) -> _Outcome:
+        body = doc.body
+        headers = {"Content-Type": "application/json"}
+        if len(body) > self.cfg.gzip_over_bytes:
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+            self.gzipped += 1
+        url = f"{self.cfg.base_url.rstrip('/')}/post/{doc.form}"
+        self.posts += 1
+        try:
+            response = await self.client.post(url, content=body, headers=headers)
+        except httpx.TransportError as err:
+            reason = codec.redact(f"network error: {type(err).__name__}: {err}", self.token)
+            return _Outcome(False, True, reason)
+        code = response.status_code
+        self.statuses[code] = self.statuses.get(code, 0) + 1
+        if 200 <= code < 300:
+            return _Outcome(True, False, status=code)
+        retry = code in _RETRY_STATUSES or code >= 500
+        return _Outcome(False, retry, error_text(response, self.token), code)
+
+    def _log_once(self, level: int, text: str, every_s: float = 30.0) -> None:
+        """Log ``text`` unless the same line was logged in the last ``every_s`` seconds."""
+        now = time.monotonic()
+        if now - self._last_logged.get(text, -every_s) >= every_s:
+            self._last_logged[text] = now
+            if len(self._last_logged) > 200:
+                self._last_logged.clear()
+            self.log.log(level, "%s", codec.redact(text, self.token))
+
+
+async def get_records(
+    client: httpx.AsyncClient, cfg: AlphaXConfig, api: str, params: Mapping[str, str | int]
+) -> httpx.Response:
+    """``GET {read_url}/conduit{api}?token=...&...``; transport errors propagate (httpx)."""
+    url = f"{cfg.read_url.rstrip('/')}/conduit{api}"
+    return await client.get(url, params={"token": cfg.token, **params})

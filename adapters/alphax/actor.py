@@ -1,0 +1,85 @@
+"""The AlphaX Conduit adapter: channel writes go up, channel readings come back.
+
+Outbound (from routes): ``channel_write`` envelopes (``network_id``, ``channel`` 1..32 or
+252..255, ``value``, ``timestamp`` epoch s, else the envelope's ``ts``), written over the
+configured transport (see :mod:`adapters.alphax.connection`). A delivery returns once AlphaX
+has the data (HTTP 2xx, MQTT PUBACK; UDP/TCP: sent, best effort). What can never be sent is
+dead-lettered with the reason: a value the codec cannot encode, an envelope of another kind,
+or an HTTP 400/401/403/404/405/413 with the status and the server's error body. 429, 5xx and
+network trouble are retried, the data kept.
+
+Inbound (to the router), with ``[poll]`` configured: ``channel_reading`` envelopes, subject
+``<network_id>/<channel>``, each record read exactly once across polls and restarts (marks
+persisted in the state directory).
+
+The token (and MQTT password) are registered as secrets, so every log line redacts them;
+URLs, topics and bodies are also passed through ``codec.redact`` before any message is built.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import trio
+
+from adapters.alphax.config import AlphaXConfig
+from adapters.alphax.connection import Conduit
+from broker import logs
+from broker.adapter import Adapter
+from broker.envelope import Envelope
+
+
+class AlphaXAdapter(Adapter):
+    """AlphaX Conduit writer and (optionally) poller; see the module docstring."""
+
+    config: AlphaXConfig
+    max_batch = 512
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.config
+        for secret in (cfg.token, cfg.password):
+            if secret:
+                logs.register_secret(secret)
+        self.conduit = Conduit(cfg, self.name, self.status, self.log)
+        self._poll_scope: trio.CancelScope | None = None
+        self.failed = 0
+
+    async def run(self) -> None:
+        """Start the transport, run the poller (if configured), and stay up for deliveries."""
+        self.conduit.start()
+        poller = self.conduit.poller(self.name, self.ctx.state_dir, self.publish)
+        if self.config.transport != "mqtt":
+            self.status.set("ready", f"{self.config.transport} to AlphaX")
+        if poller is not None:
+            with trio.CancelScope() as scope:
+                self._poll_scope = scope
+                await poller.run()
+        await trio.sleep_forever()
+
+    def quiesce(self) -> bool:
+        """Shutdown began: stop reading; the connection stays for queued deliveries."""
+        if self._poll_scope is not None:
+            self._poll_scope.cancel()
+        return True
+
+    async def deliver(self, route: str, batch: list[Envelope]) -> None:
+        """Write ``batch``; envelopes that can never be written are dead-lettered by reason."""
+        failures = await self.conduit.deliver(batch)
+        if not failures:
+            return
+        self.failed += len(failures)
+        by_reason: dict[str, list[Envelope]] = defaultdict(list)
+        for env, reason in failures:
+            by_reason[reason].append(env)
+        for reason, envs in by_reason.items():
+            self.fail(route, envs, reason)
+
+    async def aclose(self) -> None:
+        """Close the transports."""
+        await self.conduit.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        """The conduit's counters plus envelopes failed (for tests and status views)."""
+        return {**self.conduit.stats(), "failed": self.failed}
