@@ -75,6 +75,7 @@ class RouteSpec(
     to: str | list[str]
     kind: str | list[str] | None = None
     match: dict[str, Any] = {}
+    match_any: list[dict[str, Any]] = []
     map: dict[str, Any] = {}
     transforms: list[str | TransformRef] = []
     overflow: OverflowPolicy = "drop_oldest"

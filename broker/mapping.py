@@ -13,6 +13,7 @@ A route's ``map`` builds the outgoing envelope::
     channel = 1
     value = { from = "body.value", scale = 1.0, offset = 273.15, round = 2 }
     timestamp = "{ts}"                      # a lone placeholder keeps the value's type
+    args = ["{body.params.level}", 30]      # a list: each item compiled the same way
 
 A template is a string with ``{path}`` or ``{path:format-spec}`` placeholders; a
 string that is exactly one placeholder yields the value itself (a number stays a
@@ -221,4 +222,7 @@ def _compile_value(value: Any) -> Getter:
         return compile_template(value)
     if isinstance(value, dict):
         return compile_scaled(value)
+    if isinstance(value, list):  # e.g. exec args = ["{body.params.power}", 30]
+        items = [_compile_value(v) for v in value]
+        return lambda env: [get(env) for get in items]
     return lambda env: value

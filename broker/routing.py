@@ -10,6 +10,8 @@ A route::
     match = { "body.name" = "temperature",          # equality
               subject = "sys-*/Room*",              # glob (a string with * ? or [)
               "body.value" = { gt = -40, le = 85 } }  # gt ge lt le eq ne in glob exists
+    match_any = [{ kind = "config_update" },        # and, besides every ``match`` entry,
+                 { "body.name" = "temperature" }]   # at least one of these tables
     map = { kind = "channel_write", ... }           # see broker.mapping
     transforms = ["celsius_to_kelvin", { name = "threshold_alert", options = { above = 30 } }]
     overflow = "drop_oldest"            # block | drop_oldest | drop_newest, per target queue
@@ -148,6 +150,10 @@ def _compare(get: Callable[[Envelope], Any], op: str, limit: float) -> Predicate
     if op == "lt":
         return lambda env: (v := number(env)) is not None and v < limit
     return lambda env: (v := number(env)) is not None and v <= limit
+
+
+def _all_of(preds: list[Predicate]) -> Predicate:
+    return lambda env: all(p(env) for p in preds)
 
 
 class _Bucket:
@@ -318,6 +324,19 @@ def _compile_route(
         explain.append((f"{path} {rule!r}", pred))
         if eq is not MISSING:
             equalities[path] = eq
+    alternatives: list[list[Predicate]] = []
+    for k, table in enumerate(spec.match_any):
+        group: list[Predicate] = []
+        for path, rule in table.items():
+            try:
+                group.append(compile_predicate(path, rule)[0])
+            except ValueError as err:
+                bad(f'match_any[{k}]."{path}"', str(err), rule)
+        alternatives.append(group)
+        explain.append((f"any of: {table!r}", _all_of(group)))
+    if alternatives:
+        groups = [_all_of(g) for g in alternatives]
+        predicates.append(lambda env: any(g(env) for g in groups))
     mapping: FieldMapping | None = None
     if spec.map:
         known_kinds = [k for k in (kinds or []) if k in KINDS]

@@ -220,3 +220,32 @@ match = { "body.value" = { lt = 5 } }
     assert "1 of 2 routes match" in text
     assert '"alarm":"overheat"' in text and '"message":"30.0 C"' in text
     assert "FAIL body.value {'lt': 5}" in text
+
+
+def test_match_any_is_an_or_of_tables(load_config: Callable[[str], Loaded]) -> None:
+    loaded = table(
+        load_config,
+        """
+[[routes]]
+name = "r"
+from = ["src", "other"]
+to = "sink"
+match = { subject = "room-*" }
+match_any = [{ "body.name" = "t" }, { "body.value" = { gt = 100 } }]
+""",
+    )
+    assert names(loaded, metric(1.0)) == ["r"]
+    assert names(loaded, metric(1.0, name="u")) == []
+    assert names(loaded, metric(101.0, name="u")) == ["r"]
+    assert names(loaded, metric(101.0, name="u", subject="hall/u")) == []
+
+
+def test_mapping_lists_compile_each_item(load_config: Callable[[str], Loaded]) -> None:
+    loaded = table(
+        load_config,
+        '[[routes]]\nname = "r"\nfrom = "src"\nto = "sink"\n'
+        'map = { kind = "exec_request", system = "sys-1", module = "Display", '
+        'method = "level", args = ["{body.value}", "{body.name}!", 3] }\n',
+    )
+    (out,) = run_route(loaded.table.routes[0], metric(7.5))
+    assert out.body.args == [7.5, "t!", 3]  # type: ignore[union-attr]
