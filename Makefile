@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install lint typecheck pytest mosquitto bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml plugins_example/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Junction needs Python 3.11+"'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 	  echo "python3 -m venv failed: installing python3-venv"; \
@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	  && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e plugins_example
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -33,11 +34,11 @@ mosquitto:
 	fi
 
 lint: install
-	$(BIN)/ruff check broker adapters tests bench
-	$(BIN)/ruff format --check broker adapters tests bench
+	$(BIN)/ruff check broker adapters tests bench plugins_example
+	$(BIN)/ruff format --check broker adapters tests bench plugins_example
 
 typecheck: install
-	$(BIN)/mypy broker adapters
+	$(BIN)/mypy broker adapters plugins_example/junction_example
 
 pytest: install mosquitto
 	$(BIN)/python -m pytest
