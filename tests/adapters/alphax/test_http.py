@@ -105,10 +105,15 @@ async def test_gzip_both_ways(load_alphax: Callable[[str], Loaded], start_runtim
     channels = list(range(1, 33))
     with trio.fail_after(20):
         async with open_alphax_simulator([TOKEN]) as sim:
-            # the poller starts reading at "now": the writes are stamped a little later
+            # the poller starts reading at its own "now", which on a loaded machine can be a
+            # second or more after this line: stamp the writes safely after it
             cfg = (
                 source(
-                    devices=["dev-g"], channels=channels, ticks=5, batch=32, start_ts=time.time()
+                    devices=["dev-g"],
+                    channels=channels,
+                    ticks=5,
+                    batch=32,
+                    start_ts=time.time() + 3,
                 )
                 + alphax(
                     sim.url,
