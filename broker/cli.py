@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,9 +221,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_until_stopped(
-    loaded: Loaded, status_every: float = 0, duration: float = 0, live: bool = False
+    loaded: Loaded,
+    status_every: float = 0,
+    duration: float = 0,
+    live: bool = False,
+    extra: Callable[[], str] | None = None,
 ) -> int:
-    """Start the runtime, wait for a signal (or ``duration``), stop it cleanly."""
+    """Start the runtime, wait for a signal (or ``duration``), stop it cleanly.
+
+    ``extra`` adds text under the status table each time it is shown (the demo's values).
+    """
     stop = threading.Event()
     received: list[str] = []
 
@@ -247,7 +254,7 @@ def run_until_stopped(
             if duration and time.monotonic() - began >= duration:
                 break
             if status_every:
-                _show(runtime, live, recent)
+                _show(runtime, live, recent, extra)
         if received:
             log.info(
                 "%s received: stopping (grace %.1f s)",
@@ -269,11 +276,18 @@ def run_until_stopped(
     return EXIT_OK if not report.left else EXIT_FAIL
 
 
-def _show(runtime: Runtime, live: bool, recent: logs.RecentLines | None = None) -> None:
+def _show(
+    runtime: Runtime,
+    live: bool,
+    recent: logs.RecentLines | None = None,
+    extra: Callable[[], str] | None = None,
+) -> None:
     snap = runtime.snapshot()
     if recent is not None:
         snap["recent_log"] = list(recent.lines)
     text = status.render(snap)
+    if extra is not None:
+        text += "\n\n" + extra()
     if live:
         where = Path(runtime.loaded.config.junction.state_dir) / "junction.log"
         sys.stdout.write(f"\x1b[H\x1b[2J{text}\n\n(full log: {where}; Ctrl-C to stop)\n")
@@ -283,24 +297,11 @@ def _show(runtime: Runtime, live: bool, recent: logs.RecentLines | None = None) 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from broker import demo
+
     path = args.config or _demo_path()
-    loaded = load(path)
-    if args.duration:
-        runtime = Runtime(loaded)
-        runtime.start()
-        try:
-            time.sleep(args.duration)
-        finally:
-            snap = runtime.stop().snapshot
-        print(status.render(snap))
-        idle = [n for n, c in snap.get("routes", {}).items() if c["delivered"] == 0]
-        if idle:
-            print(f"\ndemo FAILED: these routes delivered nothing: {', '.join(idle)}")
-            return EXIT_FAIL
-        print("\ndemo OK: every route delivered")
-        return EXIT_OK
-    live = sys.stdout.isatty()
-    return run_until_stopped(loaded, status_every=1.0, live=live)
+    live = sys.stdout.isatty() and not args.duration
+    return demo.run_demo(path, duration=args.duration, live=live)
 
 
 def _demo_path() -> str:

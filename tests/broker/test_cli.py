@@ -14,22 +14,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def junction(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def junction(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "broker.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ if env is None else env, PYTHONPATH=str(ROOT)),
     )
 
 
-def test_check_demo_table_passes() -> None:
-    out = junction("check", "routes/demo.toml")
+def test_check_demo_table_passes_with_no_environment_set() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUNCTION_DEMO_")}
+    out = junction("check", "routes/demo.toml", env=env)
     assert out.returncode == 0, out.stderr
     assert "routes/demo.toml: OK" in out.stdout
-    assert "temp-to-historian: room_temp [metric] -> historian" in out.stdout
+    assert "temp-to-alphax: placeos [status_change] -> alphax" in out.stdout
+    assert "too-hot-alert: placeos,allxon [status_change,config_update] -> allxon" in out.stdout
+    assert "alphax-readback: alphax [channel_reading] -> allxon" in out.stdout
+    assert "transforms threshold_alert" in out.stdout  # the example plugin, by entry point
+    assert "overflow=drop_oldest queue_size=1000 expects_reply" in out.stdout
 
 
 def test_check_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
@@ -50,16 +57,25 @@ def test_check_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
 def test_explain_shows_matches_and_outputs() -> None:
     env = json.dumps(
         {
-            "source": "room_temp",
-            "subject": "room-1/temperature",
-            "body": {"kind": "metric", "module": "room-1", "name": "temperature", "value": 26.0},
+            "source": "placeos",
+            "subject": "sys-boardroom/Environment_1/temperature",
+            "body": {
+                "kind": "status_change",
+                "system": "sys-boardroom",
+                "module": "Environment",
+                "name": "temperature",
+                "value": 26.0,
+            },
         }
     )
     out = junction("explain", "routes/demo.toml", env)
     assert out.returncode == 0, out.stderr
-    assert "3 of 4 routes match" in out.stdout
-    assert '"message":"room-1 is at 26.0 C"' in out.stdout
-    assert '"value":299.15' in out.stdout
+    assert "3 of 9 routes match" in out.stdout
+    assert '"kind":"channel_write","network_id":"4106","channel":1,"value":26.0' in out.stdout
+    assert '"module":"sys-boardroom","name":"temperature","value":299.15' in out.stdout
+    assert '"action":"trigger","message":"sys-boardroom/Environment_1/temperature at 26.0 C' in (
+        out.stdout
+    )
 
 
 def test_explain_rejects_a_non_envelope_with_an_example() -> None:
@@ -114,3 +130,29 @@ queue_size = 100000
     delivered = int(re.search(r"delivered=(\d+)", stopped).group(1))  # type: ignore[union-attr]
     lines = sink.read_text().count("\n")
     assert 0 < matched == delivered == lines
+
+
+SITE_ENV = {
+    "PLACEOS_URL": "wss://placeos.example.com/api/engine/v2/systems/control",
+    "PLACEOS_API_KEY": "dummy-placeos-key-0123",
+    "ALPHAX_TOKEN": "dummy-alphax-token-4567",
+    "ALPHAX_PASSWORD": "dummy-mqtt-password-89",
+}
+
+
+def test_site_example_checks_once_its_environment_is_set(tmp_path: Path) -> None:
+    cred = tmp_path / "plugin_credential.json"
+    cred.write_text('{"app_guid": "6f1c2d3e-0000-4000-8000-000000000001", "access_key": "k" }')
+    bare = {k: v for k, v in os.environ.items() if k not in SITE_ENV}
+    out = junction("check", "routes/site-example.toml", env=dict(bare, **SITE_ENV))
+    assert "cannot read" in out.stderr  # /etc/junction/plugin_credential.json is not here
+    env = dict(bare, **SITE_ENV, ALLXON_CREDENTIALS=str(cred))
+    out = junction("check", "routes/site-example.toml", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "display-command: allxon [command_request] -> placeos" in out.stdout
+    for secret in SITE_ENV.values():
+        assert secret not in out.stdout + out.stderr
+    missing = junction("check", "routes/site-example.toml", env=bare)
+    assert missing.returncode == 2
+    for name in SITE_ENV:
+        assert f"environment variable {name} is not set" in missing.stderr
