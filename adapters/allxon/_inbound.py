@@ -71,6 +71,8 @@ class InboundHandling:
         _recent: deque[tuple[float, Frame]]
 
         def emit(self, envelopes: Sequence[Envelope]) -> None: ...
+
+        def _replay_held_alerts(self) -> None: ...
         def _set_phase(self, phase: str) -> None: ...
         def _schedule_announce(self, after_s: float) -> None: ...
 
@@ -177,6 +179,7 @@ class InboundHandling:
         enabled = sorted(f"{m}/{a}" for m, a in self.alarms.enabled)
         self.log.info("alarm settings from the Portal: enabled %s", enabled or "none")
         self._emit_settings([(f"{b.module}/alarms", b) for b in bodies])
+        self._replay_held_alerts()
 
     def _on_configs(self, params: ConfigUpdateParams) -> None:
         self._confirmed.set()

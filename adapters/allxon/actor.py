@@ -78,6 +78,7 @@ from broker.router import REPLY_SUFFIX
 
 OFFLINE_REQUEUE_S = 2.0
 STABLE_AFTER_S = 30.0
+MAX_HELD_ALERTS = 100  # alerts kept while the Portal's alarm settings have not come yet
 
 
 class AllxonAdapter(InboundHandling, Adapter):
@@ -97,6 +98,7 @@ class AllxonAdapter(InboundHandling, Adapter):
         self.declared = Declared(cfg.modules)
         self.modules: list[Module] = list(cfg.modules)
         self.alarms = AlarmView()
+        self.held_alerts: list[Envelope] = []
         self.outbox = Outbox(
             self.app_guid,
             max_metrics=cfg.max_buffered_metrics,
@@ -402,10 +404,30 @@ class AllxonAdapter(InboundHandling, Adapter):
                     )
                     self.outbox.add(kind, module, item)
             except AlarmNotEnabled as err:
-                self._alarm_not_enabled(err.body)
+                if self.alarms.updates == 0 and len(self.held_alerts) < MAX_HELD_ALERTS:
+                    # The Portal has not said yet which alarms are on: keep the alert until
+                    # it does, rather than lose a first trigger sent before the settings.
+                    self.held_alerts.append(env)
+                else:
+                    self._alarm_not_enabled(err.body)
             except Rejected as err:
                 self.stats.rejected_envelopes += 1
                 self.fail(route, [env], str(err))
+
+    def _replay_held_alerts(self) -> None:
+        """The Portal's alarm settings arrived: send the held alerts of enabled alarms."""
+        held, self.held_alerts = self.held_alerts, []
+        allow = self.config.undeclared == "send"
+        for env in held:
+            try:
+                kind, module, item = data_item(env, self.declared, self.alarms, self.outbox, allow)
+                self.outbox.add(kind, module, item)
+            except AlarmNotEnabled as err:
+                self._alarm_not_enabled(err.body)
+        if held:
+            self.log.info(
+                "%d alert(s) held until the Portal's alarm settings came: replayed", len(held)
+            )
 
     def _alarm_not_enabled(self, body: Alert) -> None:
         self.outbox.dropped["alarm not enabled"] += 1

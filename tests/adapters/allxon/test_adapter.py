@@ -441,6 +441,29 @@ async def test_alerts_are_sent_only_for_alarms_the_portal_enabled(setup: Any) ->
             assert allxon.stats.ignored_settings == 1
 
 
+async def test_an_alert_before_the_portals_alarm_settings_is_held_not_lost(setup: Any) -> None:
+    with trio.fail_after(30):
+        async with open_allxon_simulator(send_initial_updates=False) as sim, setup(sim) as rt:
+            await connected(rt, sim)
+            allxon = adapter("allxon")
+            inject(
+                "probe", data(Alert(module=MODULE, alarm="hot", action="trigger", message="31 C"))
+            )
+            await wait_for(lambda: len(allxon.held_alerts) == 1, what="the alert held")
+            assert allxon.outbox.dropped["alarm not enabled"] == 0
+            await sim.send_alarm_update(
+                [
+                    AlarmModuleSettings(
+                        module_name=MODULE, alarms=[AlarmSetting(name="hot", enabled=True)]
+                    )
+                ]
+            )
+            await sim.wait_for(lambda s: len(s.modules[MODULE].alerts) == 1, timeout=10)
+            (alert,) = sim.modules[MODULE].alerts
+            assert alert.item.name == "hot" and alert.item.message == "31 C"
+            assert allxon.held_alerts == [] and allxon.outbox.dropped["alarm not enabled"] == 0
+
+
 async def test_config_update_reaches_a_route(setup: Any) -> None:
     with trio.fail_after(30):
         async with open_allxon_simulator() as sim, setup(sim) as rt:
