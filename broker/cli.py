@@ -188,7 +188,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     plugins = plugins_mod.load(disabled=args.disable)
     print("plugins:")
     for name in plugins.names():
-        types = [t.name for t in plugins.adapter_types.values() if _owner(plugins, t) == name]
+        types = [t.name for t in plugins.adapter_types.values() if t.plugin == name]
         trans = [t.name for t in plugins.transforms.values() if t.plugin == name]
         print(f"  {name}")
         if types:
@@ -206,13 +206,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for tr in plugins.transforms.values():
         print(f"  {tr.name:<18} {tr.description.strip().splitlines()[0] if tr.description else ''}")
     return EXIT_FAIL if plugins.failures else EXIT_OK
-
-
-def _owner(plugins: Any, adapter_type: Any) -> str:
-    for impl in plugins.pm.hook.junction_adapter_types.get_hookimpls():
-        if any(t is adapter_type or t.name == adapter_type.name for t in impl.function() or ()):
-            return str(impl.plugin_name)
-    return ""
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -33,7 +33,6 @@ ENTRY_POINT_GROUP = "junction.plugins"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-TransformResult = "Envelope | Sequence[Envelope] | None"
 TransformFn = Callable[["Envelope"], "Envelope | Sequence[Envelope] | None"]
 """A transform takes one envelope and returns it (changed or not), several, or None
 to filter it out (counted as dropped with reason ``filtered``).  Raising dead-letters
@@ -48,6 +47,7 @@ class AdapterType:
     config: type[AdapterConfig]
     factory: Callable[[str, Any, AdapterContext], Adapter]
     description: str = ""
+    plugin: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

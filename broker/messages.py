@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.envelope import Envelope
+from broker.errors import unwrap
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class Backlog:
 
 def describe(obj: Any) -> str:
     """A short text for an exception (single-error groups unwrapped), for a log line."""
-    while isinstance(obj, BaseExceptionGroup) and len(obj.exceptions) == 1:
-        obj = obj.exceptions[0]
+    if isinstance(obj, BaseExceptionGroup):
+        obj = unwrap(obj)
     text = f"{type(obj).__name__}: {obj}" if isinstance(obj, BaseException) else str(obj)
     return text if len(text) <= 300 else text[:297] + "..."

@@ -129,7 +129,9 @@ def _collect(plugins: Plugins) -> None:
                     f"adapter type {item.name!r} is registered twice "
                     f"(again by plugin {impl.plugin_name!r})"
                 )
-            plugins.adapter_types[item.name] = item
+            plugins.adapter_types[item.name] = AdapterType(
+                item.name, item.config, item.factory, item.description, plugin=impl.plugin_name
+            )
     for impl in pm.hook.junction_transforms.get_hookimpls():
         for item in _returned(impl):
             if not isinstance(item, Transform):

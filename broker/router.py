@@ -225,12 +225,12 @@ class Router(pykka.ThreadingActor):
             self._drop(name, env, reason, target)
 
     def _delivered(self, msg: Delivered) -> None:
-        name, _, part = msg.route.partition(REPLY_SUFFIX)
+        name = msg.route.removesuffix(REPLY_SUFFIX)
         c = self.counters.get(name)
         if c is not None:
-            if part == "" and msg.route == name:
+            if name == msg.route:
                 c.delivered += msg.count
-            else:
+            else:  # "<route>::reply": an answer handed back to the asker
                 c.replies += msg.count
         if self._observe[1] and self.hooks is not None:
             self.hooks.junction_envelopes_delivered(
