@@ -1,8 +1,13 @@
-"""A bench-only plugin: the ``file`` sink, timed.
+"""Bench-only plugins: the ``file`` sink and the AlphaX adapter, timed.
 
 ``timed_file`` writes exactly like the ``file`` adapter (JSON Lines, flushed per batch)
 and then records, for every envelope whose value carries the moment its peer produced
 it (``{"t": epoch_s, ...}`` in ``body.value``), how long it took to reach the file.
+
+``alphax_e2e`` is the real AlphaX adapter; after each delivery returns (HTTP 2xx, or
+every PUBACK of the batch) it records, per adapter name, ``now - body.value`` -- the
+bench maps the PlaceOS simulator's set-time into the written value, so this is the
+whole path from the peer that produced the change to the peer that acknowledged it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+from adapters.alphax.actor import AlphaXAdapter
+from adapters.alphax.config import AlphaXConfig
 from adapters.utility.file import FileAdapter, FileConfig
 from broker.envelope import Envelope
 from broker.hookspecs import AdapterType, hookimpl
@@ -18,12 +25,22 @@ from broker.hookspecs import AdapterType, hookimpl
 LOCK = threading.Lock()
 LATENCIES: list[float] = []
 WRITTEN = [0]
+#: adapter name -> [acknowledged count, latencies in seconds] (``alphax_e2e``)
+ACKED: dict[str, tuple[list[int], list[float]]] = {}
 
 
 def reset() -> None:
     with LOCK:
         LATENCIES.clear()
         WRITTEN[0] = 0
+        ACKED.clear()
+
+
+def acked(name: str) -> tuple[int, list[float]]:
+    """How many writes adapter ``name`` got acknowledged, and their latencies (a copy)."""
+    with LOCK:
+        count, lat = ACKED.get(name, ([0], []))
+        return count[0], list(lat)
 
 
 class TimedFileAdapter(FileAdapter):
@@ -40,8 +57,21 @@ class TimedFileAdapter(FileAdapter):
             WRITTEN[0] += len(batch)
 
 
+class E2ETimedAlphaX(AlphaXAdapter):
+    async def deliver(self, route: str, batch: list[Envelope]) -> None:
+        await super().deliver(route, batch)
+        acked = len(batch) - (self._failed_in_deliver or 0)
+        now = time.time()
+        lat = [now - float(getattr(env.body, "value", now)) for env in batch]
+        with LOCK:
+            count, latencies = ACKED.setdefault(self.name, ([0], []))
+            count[0] += acked
+            latencies.extend(lat)
+
+
 @hookimpl
 def junction_adapter_types() -> Sequence[AdapterType]:
     return [
-        AdapterType("timed_file", FileConfig, TimedFileAdapter, "file sink that times arrivals")
+        AdapterType("timed_file", FileConfig, TimedFileAdapter, "file sink that times arrivals"),
+        AdapterType("alphax_e2e", AlphaXConfig, E2ETimedAlphaX, "AlphaX, timed end to end"),
     ]

@@ -1,0 +1,416 @@
+"""End to end: PlaceOS notifications fanned out to AlphaX (MQTT QoS 1 and HTTP) and Allxon.
+
+    .venv/bin/python bench/e2e.py [--statuses 100] [--flood-s 6] [--flood-rate 30000]
+                                  [--rate 1000] [--rate-s 5] [--repeat 3]
+
+Four processes besides the bridge: the PlaceOS simulator (the producer), one process with
+the AlphaX simulator (HTTP server and MQTT subscriber) and the Allxon agent simulator (TLS
+WebSocket), and a mosquitto this bench starts on a free loopback port. The bridge runs in
+this process, with three routes from the same PlaceOS ``status_change``:
+
+- ``to-mqtt``: a mapping to ``channel_write`` (device ``dev-mqtt``, channel from the status,
+  value = the simulator's set-time) -> AlphaX over MQTT QoS 1, topic form ``bulk``;
+- ``to-http``: the same mapping (device ``dev-http``) -> AlphaX over HTTP v2, 8 posts in
+  flight;
+- ``to-allxon``: a mapping to a ``metric`` -> the Allxon adapter (paced by its call budget,
+  500 an hour: it keeps the latest value per metric, so it is not a throughput leg).
+
+The simulator sets ``--statuses`` bound variables round robin, each value
+``{"t": <epoch s when set>, "n": <seq>, "c": <channel 1..32>}``; the AlphaX routes carry ``t`` as
+the written value so the timed adapter (``alphax_e2e``, the real adapter) can tell, when the
+peer acknowledged a write (PUBACK from mosquitto; HTTP 200 from the simulator, which stores
+before answering), how long ago the simulator set it.
+
+- flood: the simulator offers ``--flood-rate`` changes per second for ``--flood-s`` seconds.
+  ``msgs_per_s`` is notifications per second acknowledged on the MQTT leg in the steady part
+  (1 s in to the end); the HTTP leg (``http_per_s``) shares the router, and both routes
+  block rather than drop, so the slower leg paces the whole bridge. Every change must reach
+  both legs' peers: the AlphaX simulator's store is checked per device after each run;
+- fixed rate: ``--rate`` changes per second for ``--rate-s`` seconds; ``p50_ms`` / ``p99_ms``
+  on the PlaceOS -> AlphaX MQTT path, from the simulator setting a value to its PUBACK;
+- ``peak_rss_mb``: this process's peak resident set (the bridge; the simulators and
+  mosquitto are other processes), from ``getrusage``.
+
+All of them share the machine's two cores, so the rates are floors for the bridge alone.
+Last line: a JSON object with ``msgs_per_s``, ``p50_ms``, ``p99_ms``, ``peak_rss_mb`` (medians
+of ``--repeat`` runs; peak RSS is the process's, over all runs) and the per-leg figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio
+
+from bench import _timing
+from broker import logs
+from broker.runtime import Runtime, load
+from tests.support.mosquitto import MosquittoBroker, find_mosquitto
+
+PLACEOS_KEY = "bench.key"
+ALPHAX_TOKEN = "bench-token-0001"
+MODULE = "bench"
+
+
+def placeos_process(conn: Connection, statuses: int) -> None:
+    """Serve the PlaceOS simulator; obey ("rate", hz, seconds) and ("stop",)."""
+    from adapters.placeos.simulator import open_placeos_simulator
+
+    status = {f"s{i}": {"t": 0, "n": -1, "c": i % 32 + 1} for i in range(statuses)}
+    model = {
+        "systems": [{"id": "sys-B", "modules": [{"id": "mod-S", "name": "Sensors", "index": 1}]}]
+    }
+    model["systems"][0]["modules"][0]["status"] = status  # type: ignore[index]
+
+    async def main() -> None:
+        async with open_placeos_simulator(
+            model, api_key=PLACEOS_KEY, drift=False, pong_interval=None
+        ) as sim:
+            conn.send(sim.url)
+            n = 0
+            while True:
+                cmd = await trio.to_thread.run_sync(conn.recv)
+                if cmd[0] == "stop":
+                    return
+                _, hz, seconds = cmd
+                total, sent, changed = int(hz * seconds), 0, 0
+                start = trio.current_time()
+                while sent < total:
+                    due = min(total, int((trio.current_time() - start) * hz) + 1)
+                    while sent < due:  # what the schedule says is due by now, never a burst
+                        n += 1
+                        sent += 1
+                        i = n % statuses
+                        value = {"t": time.time(), "n": n, "c": i % 32 + 1}
+                        changed += sim.set_status("sys-B", "Sensors", 1, f"s{i}", value)
+                    await trio.sleep_until(start + sent / hz)
+                conn.send(changed)
+
+    trio.run(main)
+
+
+def sinks_process(conn: Connection, mqtt_url: str) -> None:
+    """Serve the AlphaX and Allxon simulators; answer ("count",), ("allxon",), ("stop",)."""
+    import logging
+
+    from adapters.allxon.simulator import open_allxon_simulator
+    from adapters.alphax.simulator import open_alphax_simulator
+
+    logging.basicConfig(level=logging.WARNING)
+
+    async def main() -> None:
+        async with (
+            open_alphax_simulator(
+                [ALPHAX_TOKEN], mqtt_url=mqtt_url, udp_port=None, tcp_port=None
+            ) as ax,
+            open_allxon_simulator(budget=500) as ox,
+        ):
+            cred = ox.credential
+            conn.send((ax.url, ox.url, ox.ca_pem, cred.app_guid, cred.access_key))
+            while True:
+                cmd = await trio.to_thread.run_sync(conn.recv)
+                if cmd[0] == "stop":
+                    return
+                if cmd[0] == "count":
+                    conn.send(
+                        {
+                            "mqtt": ax.store.count(network_id="dev-mqtt"),
+                            "http": ax.store.count(network_id="dev-http"),
+                        }
+                    )
+                elif cmd[0] == "allxon":
+                    record = ox.modules.get(MODULE)
+                    conn.send(
+                        {
+                            "calls": ox.store.calls,
+                            "samples": len(record.metrics) if record else 0,
+                            "rejected": {r.value: n for r, n in ox.store.rejected.items()},
+                        }
+                    )
+
+    trio.run(main)
+
+
+def ask(conn: Connection, *cmd: Any) -> Any:
+    conn.send(cmd)
+    return conn.recv()
+
+
+def config_text(
+    peers: dict[str, Any], statuses: int, tmp: Path, mqtt_url: str, legs: list[str]
+) -> str:
+    bindings = ",\n  ".join(
+        f'{{ sys = "sys-B", mod = "Sensors", name = "s{i}" }}' for i in range(statuses)
+    )
+    to_channel = (
+        'kind = "channel_write", network_id = "{device}", channel = "{{body.value.c}}", '
+        'value = "{{body.value.t}}"'
+    )
+    text = f"""
+[junction]
+state_dir = "{tmp / "state"}"
+queue_size = 100000
+log_level = "warning"
+
+[adapters.placeos]
+type = "placeos"
+url = "{peers["placeos"]}"
+api_key = "{PLACEOS_KEY}"
+bindings = [
+  {bindings}
+]
+
+[adapters.ax_mqtt]
+type = "alphax_e2e"
+token = "{ALPHAX_TOKEN}"
+tier = "enterprise"
+transport = "mqtt"
+mqtt_url = "{mqtt_url}"
+topic_form = "bulk"
+base_url = "{peers["alphax"]}"
+read_url = "{peers["alphax"]}"
+max_inflight = 200
+max_queued = 2000
+
+[adapters.ax_http]
+type = "alphax_e2e"
+token = "{ALPHAX_TOKEN}"
+tier = "enterprise"
+transport = "http"
+base_url = "{peers["alphax"]}"
+read_url = "{peers["alphax"]}"
+concurrency = 8
+
+[adapters.allxon]
+type = "allxon"
+url = "{peers["allxon"]}"
+credentials = "{tmp / "cred.json"}"
+ca_file = "{tmp / "ca.pem"}"
+app_name = "junction-bench"
+undeclared = "send"
+[[adapters.allxon.modules]]
+moduleName = "{MODULE}"
+
+[[routes]]
+name = "to-mqtt"
+from = "placeos"
+kind = "status_change"
+to = "ax_mqtt"
+overflow = "block"
+map = {{ {to_channel.format(device="dev-mqtt")} }}
+
+[[routes]]
+name = "to-http"
+from = "placeos"
+kind = "status_change"
+to = "ax_http"
+overflow = "block"
+map = {{ {to_channel.format(device="dev-http")} }}
+
+[[routes]]
+name = "to-allxon"
+from = "placeos"
+kind = "status_change"
+to = "allxon"
+map = {{ kind = "metric", module = "{MODULE}", name = "{{body.name}}", value = "{{body.value.n}}" }}
+"""
+    head, *routes = text.split("[[routes]]")
+    kept = [r for r in routes if any(f'name = "to-{leg}"' in r for leg in legs)]
+    return "[[routes]]".join([head, *kept])
+
+
+def wait_acked(names: tuple[str, ...], target: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(_timing.acked(n)[0] >= target for n in names):
+            return
+        time.sleep(0.01)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[max(0, int(len(sorted_values) * q) - 1)]
+
+
+def one_run(
+    args: argparse.Namespace, pconn: Connection, sconn: Connection, peers: dict[str, Any], tmp: Path
+) -> dict[str, Any]:
+    legs = tuple(f"ax_{leg}" for leg in args.legs if leg != "allxon")
+    cfg = tmp / "e2e.toml"
+    cfg.write_text(config_text(peers, args.statuses, tmp, peers["mqtt"], args.legs))
+    before = ask(sconn, "count")
+    rt = Runtime(load(str(cfg), extra_plugins=("bench._timing",)))
+    _timing.reset()
+    rt.start()
+    try:
+        wait_acked(legs, args.statuses, 30)  # every binding's initial value
+        initial = {n: _timing.acked(n)[0] for n in ("ax_mqtt", "ax_http")}
+        pconn.send(("rate", args.flood_rate, args.flood_s))
+        time.sleep(1.0)
+        m0, h0, t0 = _timing.acked("ax_mqtt")[0], _timing.acked("ax_http")[0], time.perf_counter()
+        time.sleep(args.flood_s - 1.0)
+        m1, h1, t1 = _timing.acked("ax_mqtt")[0], _timing.acked("ax_http")[0], time.perf_counter()
+        flood_sent = pconn.recv()
+        wait_acked(legs, initial["ax_mqtt"] + flood_sent, 120)
+        after_flood = {n: _timing.acked(n)[0] for n in ("ax_mqtt", "ax_http")}
+        _timing.reset()
+        pconn.send(("rate", args.rate, args.rate_s))
+        rate_sent = pconn.recv()
+        wait_acked(legs, rate_sent, 60)
+        _, lat = _timing.acked("ax_mqtt")
+        _, http_lat = _timing.acked("ax_http")
+        snap = rt.snapshot()
+    finally:
+        rt.stop(grace_s=5)
+    # every acknowledged write must be in the simulator's store (MQTT: give it a moment)
+    expect = {
+        "mqtt": initial["ax_mqtt"] + flood_sent + rate_sent,
+        "http": initial["ax_http"] + flood_sent + rate_sent if "http" in args.legs else 0,
+    }
+    deadline = time.monotonic() + 20
+    stored = ask(sconn, "count")
+    while time.monotonic() < deadline and any(stored[k] - before[k] < expect[k] for k in expect):
+        time.sleep(0.1)
+        stored = ask(sconn, "count")
+    lat.sort()
+    http_lat.sort()
+    routes = snap["routes"]
+    return {
+        "msgs_per_s": (m1 - m0) / (t1 - t0),
+        "http_per_s": (h1 - h0) / (t1 - t0),
+        "flood_sent": flood_sent,
+        "flood_acked_mqtt": after_flood["ax_mqtt"] - initial["ax_mqtt"],
+        "flood_acked_http": after_flood["ax_http"] - initial["ax_http"],
+        "stored_mqtt": stored["mqtt"] - before["mqtt"],
+        "stored_http": stored["http"] - before["http"],
+        "expected": expect["mqtt"],
+        "expected_http": expect["http"],
+        "p50_ms": 1000 * percentile(lat, 0.5),
+        "p99_ms": 1000 * percentile(lat, 0.99),
+        "http_p50_ms": 1000 * percentile(http_lat, 0.5),
+        "http_p99_ms": 1000 * percentile(http_lat, 0.99),
+        "failed": sum(routes[r]["failed"] for r in routes),
+        "dropped": sum(routes[r]["dropped_total"] for r in routes),
+        "allxon_delivered": routes.get("to-allxon", {}).get("delivered", 0),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--statuses", type=int, default=100)
+    ap.add_argument("--flood-s", type=float, default=6.0)
+    ap.add_argument("--flood-rate", type=float, default=30000.0)
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--rate-s", type=float, default=5.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--legs",
+        default="mqtt,http,allxon",
+        help="which routes to run (comma separated; the MQTT leg is always measured)",
+    )
+    args = ap.parse_args()
+    args.legs = sorted(set(args.legs.split(",")) | {"mqtt"})
+    logs.setup("warning")
+    sys.setswitchinterval(0.001)
+    binary = find_mosquitto()
+    if binary is None:
+        sys.exit("mosquitto is not installed (apt-get install mosquitto): MQTT cannot be measured")
+    from adapters.allxon.codec import PluginCredential, encode_credential
+
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        broker = MosquittoBroker(binary, tmp / "mosquitto")
+        broker.start()
+        pconn, pchild = multiprocessing.Pipe()
+        sconn, schild = multiprocessing.Pipe()
+        procs = [
+            multiprocessing.Process(
+                target=placeos_process, args=(pchild, args.statuses), daemon=True
+            ),
+            multiprocessing.Process(target=sinks_process, args=(schild, broker.url), daemon=True),
+        ]
+        for proc in procs:
+            proc.start()
+        try:
+            placeos_url = pconn.recv()
+            alphax_url, allxon_url, ca_pem, guid, key = sconn.recv()
+            (tmp / "cred.json").write_bytes(
+                encode_credential(PluginCredential(app_guid=guid, access_key=key))
+            )
+            (tmp / "ca.pem").write_bytes(ca_pem)
+            peers = {
+                "placeos": placeos_url,
+                "alphax": alphax_url,
+                "allxon": allxon_url,
+                "mqtt": broker.url,
+            }
+            for _ in range(args.repeat):
+                runs.append(one_run(args, pconn, sconn, peers, tmp))
+            allxon = ask(sconn, "allxon")
+        finally:
+            pconn.send(("stop",))
+            sconn.send(("stop",))
+            for proc in procs:
+                proc.join(10)
+            broker.stop()
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"{'run':<4} {'offered':>8} {'mqtt/s':>8} {'http/s':>8} {'acked m/h':>13} "
+        f"{'stored m/h':>13} {'p50 ms':>7} {'p99 ms':>7} {'http p99':>8} {'fail':>4} {'drop':>4}"
+    )
+    for i, r in enumerate(runs, 1):
+        print(
+            f"{i:<4} {r['flood_sent']:>8} {r['msgs_per_s']:>8,.0f} {r['http_per_s']:>8,.0f} "
+            f"{r['flood_acked_mqtt']:>6}/{r['flood_acked_http']:<6} "
+            f"{r['stored_mqtt']:>6}/{r['stored_http']:<6} {r['p50_ms']:>7.2f} "
+            f"{r['p99_ms']:>7.2f} {r['http_p99_ms']:>8.2f} {r['failed']:>4} {r['dropped']:>4}"
+        )
+    print(
+        f"allxon: {allxon['calls']} calls accepted by the agent simulator "
+        f"(budget 500/h), {allxon['samples']} metric samples, rejected {allxon['rejected']}"
+    )
+    lost = sum(
+        max(0, r["expected"] - r["stored_mqtt"]) + max(0, r["expected_http"] - r["stored_http"])
+        for r in runs
+    )
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    print(
+        json.dumps(
+            {
+                "msgs_per_s": round(med("msgs_per_s")),
+                "p50_ms": round(med("p50_ms"), 2),
+                "p99_ms": round(med("p99_ms"), 2),
+                "peak_rss_mb": round(peak_rss_mb, 1),
+                "http_per_s": round(med("http_per_s")),
+                "http_p50_ms": round(med("http_p50_ms"), 2),
+                "http_p99_ms": round(med("http_p99_ms"), 2),
+                "offered_flood_rate": args.flood_rate,
+                "offered_rate": args.rate,
+                "not_stored": lost,
+                "failed": sum(r["failed"] for r in runs),
+                "dropped": sum(r["dropped"] for r in runs),
+                "repeat": args.repeat,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
