@@ -60,7 +60,7 @@ class TimedFileAdapter(FileAdapter):
 class E2ETimedAlphaX(AlphaXAdapter):
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
         await super().deliver(route, batch)
-        acked = len(batch) - (self._failed_in_deliver or 0)
+        acked = len(batch) - len(self._settled_in_deliver or ())
         now = time.time()
         lat = [now - float(getattr(env.body, "value", now)) for env in batch]
         with LOCK:

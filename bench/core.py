@@ -130,7 +130,7 @@ def router_rate(routes: int, n: int, batch: int) -> float:
                 time.sleep(0.0002)
                 continue
             taken += len(item[1])
-            sink.done(len(item[1]))
+            sink.done(item[0], len(item[1]))
         done.set()
 
     worker = threading.Thread(target=consume, daemon=True)

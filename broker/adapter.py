@@ -55,6 +55,8 @@ class AdapterStatus:
     last_error: str = ""
     sent: int = 0
     received: int = 0
+    #: False for an adapter whose state does not decide readiness (``required = false``).
+    required: bool = True
 
     def set(self, state: str, detail: str = "") -> None:
         if state != self.state or detail != self.detail:
@@ -96,9 +98,9 @@ class Adapter:
         self.ctx = ctx
         self.status = ctx.status
         self.log = logging.getLogger(f"junction.adapter.{name}")
-        # envelopes fail()ed during the current deliver() call, so they are not also
-        # counted as delivered (None outside a deliver call)
-        self._failed_in_deliver: int | None = None
+        # ids of the envelopes fail()ed or defer()red during the current deliver() call,
+        # so they are not also counted as delivered (None outside a deliver call)
+        self._settled_in_deliver: set[int] | None = None
 
     async def run(self) -> None:
         """Produce envelopes until cancelled.  Returning ends production, not the adapter."""
@@ -107,8 +109,10 @@ class Adapter:
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
         """Send ``batch`` (envelopes of ``route``) to the peer.
 
-        Return normally once they are sent; call :meth:`fail` for envelopes that can
-        never be sent.  Raising counts the whole batch as failed and restarts the adapter.
+        Return normally once the peer acknowledged them (that is when a ``persist`` route
+        deletes them from the outbox); call :meth:`fail` for envelopes that can never be
+        sent, and :meth:`defer` for those the peer will acknowledge later (then :meth:`ack`).
+        Raising counts the whole batch as a transient failure and restarts the adapter.
         """
         raise NotImplementedError(f"adapter {self.name!r} does not accept envelopes")
 
@@ -140,12 +144,35 @@ class Adapter:
             await trio.sleep(0.002)
         self.emit(envelopes)
 
-    def fail(self, route: str, envelopes: Sequence[Envelope], reason: str) -> None:
-        """Report envelopes that cannot be sent; the router dead-letters them with ``reason``."""
+    def fail(
+        self, route: str, envelopes: Sequence[Envelope], reason: str, permanent: bool = True
+    ) -> None:
+        """Report envelopes that cannot be sent; the router dead-letters them with ``reason``.
+
+        ``permanent=False`` says another attempt may succeed: a ``persist`` route retries
+        it under its redelivery policy.
+        """
         if envelopes:
-            if self._failed_in_deliver is not None:
-                self._failed_in_deliver += len(envelopes)
-            self.ctx.router.tell(Failed(route, self.name, list(envelopes), reason))
+            if self._settled_in_deliver is not None:
+                self._settled_in_deliver.update(id(e) for e in envelopes)
+            self.ctx.router.tell(
+                Failed(route, self.name, list(envelopes), reason, retry=not permanent)
+            )
+
+    def defer(self, route: str, envelopes: Sequence[Envelope]) -> None:
+        """Inside :meth:`deliver`: these are not acknowledged yet; :meth:`ack` them later.
+
+        For a peer that acknowledges after ``deliver`` returns (a paced send): the envelopes
+        stay pending -- in the outbox on a ``persist`` route -- until then.
+        """
+        if self._settled_in_deliver is not None:
+            self._settled_in_deliver.update(id(e) for e in envelopes)
+
+    def ack(self, route: str, envelopes: Sequence[Envelope]) -> None:
+        """The peer acknowledged envelopes :meth:`defer`red earlier."""
+        if envelopes:
+            self.status.sent += len(envelopes)
+            self.ctx.router.tell(Delivered(route, self.name, len(envelopes), list(envelopes)))
 
 
 class AdapterHost(pykka.ThreadingActor):
@@ -279,22 +306,43 @@ class AdapterHost(pykka.ThreadingActor):
                 await self._wake_event.wait()
                 continue
             route, batch = item
-            adapter._failed_in_deliver = 0
+            batch = self._drop_expired(route, batch)
+            if not batch:
+                continue
+            settled: set[int] = set()
+            adapter._settled_in_deliver = settled
             try:
                 await adapter.deliver(route, batch)
             except trio.Cancelled:
-                inlet.requeue(route, batch)
+                adapter._settled_in_deliver = None
+                inlet.requeue(route, [e for e in batch if id(e) not in settled])
                 raise
             except BaseException as err:
-                inlet.done(len(batch))
-                router.tell(Failed(route, adapter.name, batch, f"adapter raised {describe(err)}"))
+                adapter._settled_in_deliver = None
+                rest = [e for e in batch if id(e) not in settled]
+                router.tell(
+                    Failed(route, adapter.name, rest, f"adapter raised {describe(err)}", retry=True)
+                )
                 raise
-            sent = len(batch) - (adapter._failed_in_deliver or 0)
-            adapter._failed_in_deliver = None
-            inlet.done(len(batch))
-            adapter.status.sent += sent
-            if sent > 0:
-                router.tell(Delivered(route, adapter.name, sent))
+            adapter._settled_in_deliver = None
+            sent = batch if not settled else [e for e in batch if id(e) not in settled]
+            adapter.status.sent += len(sent)
+            if sent:
+                router.tell(Delivered(route, adapter.name, len(sent), sent))
+
+    def _drop_expired(self, route: str, batch: list[Envelope]) -> list[Envelope]:
+        """Fail envelopes whose deadline passed while they waited (stale); keep the rest."""
+        now = 0.0
+        expired: list[Envelope] = []
+        for env in batch:
+            if env.deadline is not None:
+                now = now or time.time()
+                if env.deadline <= now:
+                    expired.append(env)
+        if not expired:
+            return batch
+        self.adapter.fail(route, expired, "stale: its deadline passed before it could be sent")
+        return [e for e in batch if e.deadline is None or e.deadline > now]
 
     # --- stopping ---------------------------------------------------------------
 

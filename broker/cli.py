@@ -2,8 +2,10 @@
 
 ::
 
-    junction run CONFIG          run the bridge until Ctrl-C / SIGTERM
+    junction run CONFIG          run the bridge until Ctrl-C / SIGTERM (SIGHUP: reload CONFIG)
+    junction reload CONFIG       validate CONFIG, then have the running bridge apply it live
     junction check CONFIG        validate; print adapters and compiled routes (exit 0 or 2)
+    junction status CONFIG       the live table of a running bridge, from its /status endpoint
     junction explain CONFIG ENV  which routes take an envelope and what they make of it
     junction plugins             what is loaded and what each plugin registers
     junction demo                run the built-in demo (routes/demo.toml) with a live view
@@ -29,7 +31,9 @@ import msgspec
 from broker import envelope as env_mod
 from broker import explain as explain_mod
 from broker import logs, status
+from broker import reload as reload_mod
 from broker.errors import ConfigError, PluginError
+from broker.routing import resolve_policies
 from broker.runtime import Loaded, Runtime, load
 
 log = logging.getLogger("junction")
@@ -96,9 +100,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+    rel = sub.add_parser(
+        "reload", help="validate CONFIG, then have the bridge running it apply it without a restart"
+    )
+    rel.add_argument("config", help="the TOML configuration the bridge was started with")
+    rel.set_defaults(func=cmd_reload)
+
     check = sub.add_parser("check", help="validate a configuration and show the compiled routes")
     check.add_argument("config")
     check.set_defaults(func=cmd_check)
+
+    stat = sub.add_parser(
+        "status", help="show a running bridge's live table (from its [junction.http] endpoint)"
+    )
+    stat.add_argument("config", help="the TOML configuration the bridge runs")
+    stat.add_argument(
+        "--url", default=None, help="ask this endpoint instead of the config's listen address"
+    )
+    stat.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
+    stat.set_defaults(func=cmd_status)
 
     exp = sub.add_parser(
         "explain", help="show which routes take an envelope and what each produces"
@@ -145,6 +165,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     for name, acfg in loaded.config.adapters.items():
         print(f"  {name:<20} type={acfg.type}{'' if acfg.required else ' (optional)'}")
     print(f"\nroutes ({len(loaded.table.routes)}):")
+    kinds_of = {
+        name: loaded.plugins.adapter_types[acfg.type].persist_kinds
+        for name, acfg in loaded.config.adapters.items()
+        if acfg.type in loaded.plugins.adapter_types
+    }
+    policies = resolve_policies(loaded.table, kinds_of)
     for r in loaded.table.routes:
         kinds = ",".join(r.kinds) if r.kinds else "*"
         print(f"  {r.name}: {','.join(r.sources)} [{kinds}] -> {','.join(r.targets)}")
@@ -154,7 +180,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"      map   {json.dumps(r.mapping.spec, default=str)}")
         if r.transforms:
             print(f"      transforms {' -> '.join(name for name, _ in r.transforms)}")
-        extra = f"overflow={r.overflow} queue_size={r.queue_size}"
+        chosen = sorted({policies[(r.name, t)] for t in r.targets})
+        overflow = "/".join(chosen) + (" (by target)" if r.overflow == "auto" else "")
+        extra = f"overflow={overflow} queue_size={r.queue_size}"
         if r.spec.expects_reply:
             extra += " expects_reply"
         print(f"      {extra}")
@@ -208,9 +236,48 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return EXIT_FAIL if plugins.failures else EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from broker import ops_http
+
+    url = args.url
+    if url is None:
+        loaded = load(args.config)  # validates only: nothing is started
+        listen = loaded.config.junction.http.listen
+        if not listen:
+            print(
+                f"{args.config}: {ops_http.LISTEN_KEY} is not set, so this bridge has no "
+                'operations endpoint to ask; set it (e.g. listen = "127.0.0.1:9464") and '
+                "restart the bridge, or pass --url",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        url = ops_http.base_url(listen, origin=args.config)
+    try:
+        snap = ops_http.fetch_status(url)
+    except ops_http.EndpointError as err:
+        print(err, file=sys.stderr)
+        return EXIT_FAIL
+    print(json.dumps(snap, indent=1) if args.json else status.render(snap))
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     loaded = load(args.config)
     return run_until_stopped(loaded, status_every=args.status_every, duration=args.duration)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    loaded = load(args.config)  # an invalid file stops here (exit 2); the bridge is not touched
+    try:
+        pid = reload_mod.request_reload(loaded.config.junction.state_dir)
+    except reload_mod.BridgeUnreachable as err:
+        print(f"{args.config}: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    print(
+        f"{args.config}: OK; sent SIGHUP to junction (pid {pid}), which applies it now "
+        "and logs what changed"
+    )
+    return EXIT_OK
 
 
 def run_until_stopped(
@@ -224,14 +291,21 @@ def run_until_stopped(
 
     ``extra`` adds text under the status table each time it is shown (the demo's values).
     """
-    stop = threading.Event()
+    stop = threading.Event()  # set by each signal handled here: wakes the loop below
     received: list[str] = []
+    hangups: list[str] = []  # SIGHUP: reload, on the loop below (never inside the handler)
+    sighup = getattr(signal, "SIGHUP", None)  # not on Windows
 
     def on_signal(signum: int, _frame: Any) -> None:
-        received.append(signal.Signals(signum).name)
+        if signum == sighup:
+            hangups.append("SIGHUP")
+        else:
+            received.append(signal.Signals(signum).name)
         stop.set()
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    handled = (signal.SIGINT, signal.SIGTERM, *([sighup] if sighup is not None else []))
+    old = {s: signal.signal(s, on_signal) for s in handled}
+    pid_file: Path | None = None
     recent: logs.RecentLines | None = None
     if live:
         state = Path(loaded.config.junction.state_dir)
@@ -241,9 +315,17 @@ def run_until_stopped(
     runtime = Runtime(loaded)
     try:
         runtime.start()
+        pid_file = reload_mod.write_pid_file(loaded.config.junction.state_dir)
         began = time.monotonic()
         every = status_every or 0.5
-        while not stop.wait(every):
+        while not stop.wait(every) or hangups:
+            if hangups:
+                hangups.clear()
+                stop.clear()
+                if received:  # a stop signal came with it
+                    break
+                reload_mod.reload_logged(runtime)
+                continue
             if duration and time.monotonic() - began >= duration:
                 break
             if status_every:
@@ -252,10 +334,12 @@ def run_until_stopped(
             log.info(
                 "%s received: stopping (grace %.1f s)",
                 received[0],
-                loaded.config.junction.shutdown_grace_s,
+                runtime.loaded.config.junction.shutdown_grace_s,
             )
     finally:
         report = runtime.stop()
+        if pid_file is not None:
+            reload_mod.remove_pid_file(pid_file)
         for s, handler in old.items():
             signal.signal(s, handler)
     if live:

@@ -33,7 +33,40 @@ from broker.errors import ConfigError, ConfigProblem
 
 T = TypeVar("T")
 
-OverflowPolicy = Literal["block", "drop_oldest", "drop_newest"]
+OverflowPolicy = Literal["block", "drop_oldest", "drop_newest", "persist"]
+
+
+class RedeliveryPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How a ``persist`` route retries what its target could not take, and when to give up.
+
+    A failure the target calls permanent (a peer's 4xx, a value it cannot encode) is
+    dead-lettered at once; a transient one (the adapter crashed mid-batch) is retried
+    ``attempts`` times in all with capped, jittered exponential back-off. An envelope
+    older than ``stale_after_s`` is dead-lettered instead of delivered (a command to a
+    room an hour late does more harm than good); None: never stale.
+    """
+
+    attempts: int = 5
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    stale_after_s: float | None = None
+
+
+class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The durable outbox (``[junction.outbox]``): a SQLite file in the state directory."""
+
+    file: str = "outbox.sqlite3"
+    max_rows: int = 1_000_000
+    max_bytes: int = 512 * 1024 * 1024
+
+
+class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The operations endpoint (``[junction.http]``): /metrics, /healthz, /readyz, /status."""
+
+    #: ``host:port`` to listen on; empty: no endpoint. Keep it on loopback.
+    listen: str = ""
+    #: /readyz fails while any route's oldest pending envelope is older than this.
+    ready_max_pending_age_s: float = 60.0
 
 
 class JunctionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -49,6 +82,9 @@ class JunctionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     restart_backoff_s: float = 0.5
     restart_backoff_max_s: float = 30.0
     reply_timeout_s: float = 10.0
+    redelivery: RedeliveryPolicy = msgspec.field(default_factory=RedeliveryPolicy)
+    outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
 
 
 class AdapterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -78,8 +114,11 @@ class RouteSpec(
     match_any: list[dict[str, Any]] = []
     map: dict[str, Any] = {}
     transforms: list[str | TransformRef] = []
-    overflow: OverflowPolicy = "drop_oldest"
+    #: None: ``persist`` for the kinds the target keeps durable by default (AlphaX writes,
+    #: Allxon events, alerts and command results), ``drop_oldest`` for the rest.
+    overflow: OverflowPolicy | None = None
     queue_size: int | None = None
+    redelivery: RedeliveryPolicy | None = None
     expects_reply: bool = False
     reply_timeout_s: float | None = None
     reply_map: dict[str, Any] = {}

@@ -48,6 +48,9 @@ class AdapterType:
     factory: Callable[[str, Any, AdapterContext], Adapter]
     description: str = ""
     plugin: str = field(default="", compare=False)
+    #: Envelope kinds a route to this adapter keeps in the durable outbox unless the route
+    #: says otherwise (``overflow``): data whose loss matters, not latest-value samples.
+    persist_kinds: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +59,7 @@ class Inlet:
         self._waker: Callable[[], None] | None = None
         self._wake_scheduled = False
         self._in_flight = 0
+        self._in_flight_by_route: Counter[str] = Counter()
 
     # --- router side ------------------------------------------------------------
 
@@ -94,6 +95,21 @@ class Inlet:
                     self._wake_locked()
         return result
 
+    def push(self, route: str, envelopes: list[Envelope], capacity: int = 1) -> None:
+        """Queue ``envelopes`` past any bound: the caller (the outbox window) bounds them."""
+        if not envelopes:
+            return
+        with self._lock:
+            q = self._queues.get(route)
+            if q is None:
+                q = self._queues[route] = _RouteQueue(deque(), capacity, "persist")
+            if not q.items:
+                self._ready.append(route)
+            q.items.extend(envelopes)
+            if not self._wake_scheduled and self._waker is not None:
+                self._wake_scheduled = True
+                self._wake_locked()
+
     def _wait_for_room(self, q: _RouteQueue, deadline: float) -> bool:
         if self._waker is not None and not self._wake_scheduled:
             self._wake_scheduled = True
@@ -126,11 +142,14 @@ class Inlet:
                 self._wake_locked()
 
     def detach(self) -> None:
-        """Disconnect the adapter; queued envelopes stay for its successor."""
+        """Disconnect the adapter; queued envelopes stay for its successor.
+
+        What it had taken stays counted in flight until the router settles it (the
+        adapter's ``Failed`` or ``Delivered`` message is on its way).
+        """
         with self._lock:
             self._waker = None
             self._wake_scheduled = False
-            self._in_flight = 0
 
     def take(self, limit: int = 512) -> tuple[str, list[Envelope]] | None:
         """Up to ``limit`` envelopes of the next route with data (round robin), or None.
@@ -148,15 +167,25 @@ class Inlet:
                 if q.items:
                     self._ready.append(route)
                 self._in_flight += n
+                self._in_flight_by_route[route] += n
                 self._room.notify_all()
                 return route, batch
             self._wake_scheduled = False
             return None
 
-    def done(self, count: int) -> None:
-        """The adapter finished with ``count`` envelopes it took (sent or failed)."""
+    def done(self, route: str, count: int) -> None:
+        """``count`` envelopes of ``route`` that the adapter took are settled (sent or failed).
+
+        Called by the router when it counts them, so an envelope is always either pending
+        here or counted there -- the route's ledger balances at every moment.
+        """
         with self._lock:
             self._in_flight = max(0, self._in_flight - count)
+            left = self._in_flight_by_route[route] - count
+            if left > 0:
+                self._in_flight_by_route[route] = left
+            else:
+                self._in_flight_by_route.pop(route, None)
 
     def requeue(self, route: str, envelopes: list[Envelope]) -> None:
         """Put a taken batch back at the front of its route's queue (no loss on stop)."""
@@ -166,6 +195,11 @@ class Inlet:
                 self._ready.appendleft(route)
             q.items.extendleft(reversed(envelopes))
             self._in_flight = max(0, self._in_flight - len(envelopes))
+            left = self._in_flight_by_route[route] - len(envelopes)
+            if left > 0:
+                self._in_flight_by_route[route] = left
+            else:
+                self._in_flight_by_route.pop(route, None)
 
     # --- inspection -------------------------------------------------------------
 
@@ -173,6 +207,18 @@ class Inlet:
         """Envelopes queued or being delivered right now."""
         with self._lock:
             return self._in_flight + sum(len(q.items) for q in self._queues.values())
+
+    def depth(self, route: str) -> int:
+        """Envelopes of ``route`` queued (not yet taken)."""
+        with self._lock:
+            q = self._queues.get(route)
+            return len(q.items) if q is not None else 0
+
+    def route_pending(self, route: str) -> int:
+        """Envelopes of ``route`` queued or taken and not yet settled."""
+        with self._lock:
+            q = self._queues.get(route)
+            return (len(q.items) if q is not None else 0) + self._in_flight_by_route.get(route, 0)
 
     def depths(self) -> dict[str, int]:
         """Queued envelopes per route."""
@@ -186,5 +232,7 @@ class Inlet:
             for q in self._queues.values():
                 q.items.clear()
             self._ready.clear()
+            self._in_flight = 0
+            self._in_flight_by_route.clear()
             self._room.notify_all()
             return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.envelope import Envelope
@@ -20,11 +20,12 @@ class Inbound:
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """A target adapter sent ``count`` envelopes of ``route`` to its peer."""
+    """A target adapter's peer acknowledged ``count`` envelopes of ``route`` (those listed)."""
 
     route: str
     target: str
     count: int
+    envelopes: list[Envelope] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class Failed:
     target: str
     envelopes: list[Envelope]
     reason: str
+    #: True: a transient failure (the adapter crashed mid-batch) that a persist route retries.
+    retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)

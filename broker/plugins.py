@@ -9,6 +9,7 @@ then makes a misspelt hook function a loud error instead of a silent no-op.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import logging
@@ -129,9 +130,7 @@ def _collect(plugins: Plugins) -> None:
                     f"adapter type {item.name!r} is registered twice "
                     f"(again by plugin {impl.plugin_name!r})"
                 )
-            plugins.adapter_types[item.name] = AdapterType(
-                item.name, item.config, item.factory, item.description, plugin=impl.plugin_name
-            )
+            plugins.adapter_types[item.name] = dataclasses.replace(item, plugin=impl.plugin_name)
     for impl in pm.hook.junction_transforms.get_hookimpls():
         for item in _returned(impl):
             if not isinstance(item, Transform):

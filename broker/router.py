@@ -7,8 +7,17 @@ inlet in one batch per (target, route).  Targets confirm what they sent
 
 Per route it counts ``matched``, ``queued``, ``delivered``, ``failed`` (dead-lettered)
 and ``dropped`` by reason.  A mapping or transform that raises is contained: the
-envelope is dead-lettered (logged with route and reason, counted, and sent to the
-``dead_letter`` adapter when one is configured) and the router carries on.
+envelope is dead-lettered (logged with route and reason, counted, stored in the
+dead-letter store of the outbox, and sent to the ``dead_letter`` adapter when one is
+configured) and the router carries on.
+
+The loss ledger of a route: every item it hands a target (one per envelope and target,
+replies included), every input it filters and every input it dead-letters is
+``received``; at every moment ``received = delivered + pending + dead_lettered +
+dropped``, where ``pending`` is measured where the items are (the target's queue and
+what the adapter holds, or the outbox rows of a ``persist`` route), not derived.
+
+``persist`` routes go through :mod:`broker.durable` and the outbox (:mod:`broker.outbox`).
 
 Request/reply: a route with ``expects_reply = true`` records each request's
 correlation id, the asker and a deadline.  An envelope that comes back carrying
@@ -18,6 +27,7 @@ asker.  A request with no reply by its deadline gets a timeout result instead.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import logging
 import time
@@ -29,18 +39,39 @@ import msgspec
 import pluggy
 import pykka
 
-from broker.config import JunctionSettings
+from broker.config import JunctionSettings, RedeliveryPolicy
+from broker.durable import DurableQueues
 from broker.envelope import CommandResult, Envelope, ExecResult, LogLine
 from broker.errors import TransformError
 from broker.inlet import Inlet
 from broker.mapping import MappingError
 from broker.messages import Backlog, Delivered, Failed, Inbound, Snapshot, Tick, describe
-from broker.routing import CompiledRoute, RoutingTable, run_route
+from broker.outbox import DeadLetter, Outbox, OutboxError
+from broker.routing import CompiledRoute, RoutingTable, resolve_policies, run_route
 
 log = logging.getLogger(__name__)
 
 REPLY_SUFFIX = "::reply"
 DEAD_LETTER_ROUTE = "dead_letter"
+#: Upper bounds (seconds) of the delivery latency histogram: envelope ``ts`` to acknowledged.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+#: Dead letters taken from the replay queue per tick (4 ticks a second).
+REPLAYS_PER_TICK = 250
 
 
 @dataclass
@@ -54,6 +85,21 @@ class RouteCounters:
     dropped: Counter[str] = field(default_factory=Counter)
     replies: int = 0
     reply_timeouts: int = 0
+    received: int = 0
+    recovered: int = 0
+    retries: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def observe(self, envelopes: list[Envelope], now: float) -> None:
+        """Add each envelope's age (``ts`` to now) to the latency histogram."""
+        counts = self.latency
+        total = 0.0
+        for env in envelopes:
+            age = now - env.ts
+            total += age
+            counts[bisect.bisect_left(LATENCY_BUCKETS, age)] += 1
+        self.latency_sum += total
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +113,14 @@ class RouteCounters:
             "dropped_total": sum(n for reason, n in self.dropped.items() if reason != "filtered"),
             "replies": self.replies,
             "reply_timeouts": self.reply_timeouts,
+            "recovered": self.recovered,
+            "retries": self.retries,
+            "latency": {
+                "le": list(LATENCY_BUCKETS),
+                "counts": list(self.latency),
+                "sum": round(self.latency_sum, 6),
+                "count": sum(self.latency),
+            },
         }
 
 
@@ -80,9 +134,16 @@ class _Pending:
 
 @dataclass(frozen=True, slots=True)
 class Swap:
-    """Replace the routing table in one step (hot reload)."""
+    """Replace the routing table in one step (hot reload; see broker.reload).
+
+    ``settings``, ``inlets`` (by adapter name) and ``persist_kinds`` replace the router's
+    when given, in the same step, so no envelope sees a new table with old targets.
+    """
 
     table: RoutingTable
+    settings: JunctionSettings | None = None
+    inlets: dict[str, Inlet] | None = None
+    persist_kinds: dict[str, frozenset[str]] | None = None
 
 
 class _Throttle:
@@ -117,6 +178,8 @@ class Router(pykka.ThreadingActor):
         settings: JunctionSettings,
         hooks: pluggy.HookRelay | None = None,
         backlog: Backlog | None = None,
+        outbox: Outbox | None = None,
+        persist_kinds: dict[str, frozenset[str]] | None = None,
     ) -> None:
         super().__init__()
         self.table = table
@@ -131,6 +194,37 @@ class Router(pykka.ThreadingActor):
         self._deadlines: list[tuple[float, str]] = []
         self._throttle = _Throttle()
         self._observe = self._observers()
+        self.outbox = outbox
+        self.persist_kinds = persist_kinds or {}
+        self._policies = self._resolve_policies(table)
+        self._graveyard: list[DeadLetter] = []
+        self.durable: DurableQueues | None = None
+        if outbox is not None:
+            self.durable = DurableQueues(outbox, inlets, self._redelivery, self._capacity)
+            for (_target, route), n in self.durable.recover().items():
+                c = self.counters.setdefault(route.removesuffix(REPLY_SUFFIX), RouteCounters())
+                c.received += n
+                c.recovered += n
+                log.info("outbox: %d envelopes of route %s left by the last run", n, route)
+
+    # --- policies -----------------------------------------------------------------
+
+    def _resolve_policies(self, table: RoutingTable) -> dict[tuple[str, str], str]:
+        return resolve_policies(table, self.persist_kinds, durable=self.outbox is not None)
+
+    def _route_by_name(self, name: str) -> CompiledRoute | None:
+        for route in self.table.routes:
+            if route.name == name:
+                return route
+        return None
+
+    def _redelivery(self, name: str) -> RedeliveryPolicy:
+        route = self._route_by_name(name.removesuffix(REPLY_SUFFIX))
+        return route.redelivery if route is not None else self.settings.redelivery
+
+    def _capacity(self, name: str) -> int:
+        route = self._route_by_name(name.removesuffix(REPLY_SUFFIX))
+        return route.queue_size if route is not None else self.settings.queue_size
 
     def _observers(self) -> tuple[bool, bool, bool]:
         if self.hooks is None:
@@ -145,23 +239,87 @@ class Router(pykka.ThreadingActor):
     # --- dispatch ---------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
-        if type(message) is Inbound:
-            self._route(message.source, message.envelopes)
-        elif type(message) is Delivered:
-            self._delivered(message)
-        elif type(message) is Failed:
-            name = message.route.removesuffix(REPLY_SUFFIX)
-            for env in message.envelopes:
-                self._dead_letter(name, env, f"{message.target}: {message.reason}")
-        elif type(message) is Tick:
-            self._expire_replies(time.time())
-        elif type(message) is Snapshot:
-            return self.snapshot()
-        elif type(message) is Swap:
-            self._swap(message.table)
-        else:
-            log.warning("router ignored an unknown message %r", type(message).__name__)
+        try:
+            if type(message) is Inbound:
+                self._route(message.source, message.envelopes)
+            elif type(message) is Delivered:
+                self._delivered(message)
+            elif type(message) is Failed:
+                self._failed(message)
+            elif type(message) is Tick:
+                now = time.time()
+                self._expire_replies(now)
+                if self.durable is not None:
+                    self.durable.tick(now)
+                    self._take_replays()
+            elif type(message) is Snapshot:
+                return self.snapshot()
+            elif type(message) is Swap:
+                self._swap(message.table, message.settings, message.inlets, message.persist_kinds)
+            else:
+                log.warning("router ignored an unknown message %r", type(message).__name__)
+        finally:
+            if self._graveyard or (self.durable is not None and self.durable.stale_buried):
+                self._bury()
         return None
+
+    def _failed(self, msg: Failed) -> None:
+        inlet = self.inlets.get(msg.target)
+        if inlet is not None:
+            inlet.done(msg.route, len(msg.envelopes))
+        name = msg.route.removesuffix(REPLY_SUFFIX)
+        durable = self.durable
+        if durable is not None and durable.pending(msg.target, msg.route) is not None:
+            settled = durable.failed(
+                msg.target, msg.route, msg.envelopes, f"{msg.target}: {msg.reason}", msg.retry
+            )
+            c = self.counters.setdefault(name, RouteCounters())
+            c.retries += settled.retrying
+            for env, why in settled.buried:
+                self._dead_letter(name, env, why, store=False)
+            return
+        for env in msg.envelopes:
+            self._dead_letter(
+                name, env, f"{msg.target}: {msg.reason}", stage="deliver", target=msg.target
+            )
+
+    def _bury(self) -> None:
+        """Write the dead letters gathered while handling one message (one transaction)."""
+        letters, self._graveyard = self._graveyard, []
+        if self.durable is not None:
+            for env, route, why in self.durable.stale_buried:
+                self._dead_letter(route.removesuffix(REPLY_SUFFIX), env, why, store=False)
+            self.durable.stale_buried.clear()
+        if self.outbox is None or not letters:
+            return
+        try:
+            self.outbox.bury(letters)
+        except OutboxError as err:
+            log.error("%d dead letters could not be stored: %s", len(letters), err)
+
+    def _take_replays(self) -> None:
+        """Feed dead letters queued by ``junction dlq replay`` back in, a few per tick."""
+        assert self.outbox is not None
+        try:
+            rows = self.outbox.take_replays(REPLAYS_PER_TICK)
+        except OutboxError as err:
+            log.error("replay queue unreadable: %s", err)
+            return
+        batches: dict[tuple[str, CompiledRoute], list[Envelope]] = {}
+        for row in rows:
+            route = self._route_by_name(row.route)
+            if route is None:
+                self._dead_letter(row.route, row.envelope, "replay: the route no longer exists")
+                continue
+            if row.stage == "deliver" and row.target in route.targets:
+                batches.setdefault((row.target, route), []).append(row.envelope)
+            else:
+                self.counters[route.name].matched += 1
+                self._run_one(route, row.envelope, batches)
+        if rows:
+            log.info("replaying %d dead letters", len(rows))
+        for (target, route), batch in batches.items():
+            self._offer(target, route.name, batch, route.queue_size, self._policy(route, target))
 
     def _route(self, source: str, envelopes: list[Envelope]) -> None:
         self.backlog.sub(len(envelopes))
@@ -184,47 +342,82 @@ class Router(pykka.ThreadingActor):
                 self._unrouted(env)
                 continue
             for route in routes:
-                c = counters[route.name]
-                c.matched += 1
-                if route.mapping is None and not route.transforms:
-                    outs = [env]
-                else:
-                    try:
-                        outs = run_route(route, env)
-                    except (MappingError, TransformError) as err:
-                        self._dead_letter(route.name, env, describe(err))
-                        continue
-                    except Exception as err:  # anything else in mapping: same containment
-                        self._dead_letter(route.name, env, f"route raised {describe(err)}")
-                        continue
-                    if not outs:
-                        self._drop(route.name, env, "filtered")
-                        continue
-                if route.spec.expects_reply:
-                    outs = [self._expect_reply(route, out) for out in outs]
-                for target in route.targets:
-                    key = (target, route)
-                    batch = batches.get(key)
-                    if batch is None:
-                        batches[key] = list(outs)
-                    else:
-                        batch.extend(outs)
+                counters[route.name].matched += 1
+                self._run_one(route, env, batches)
         for (target, route), batch in batches.items():
-            self._offer(target, route.name, batch, route.queue_size, route.overflow)
+            self._offer(target, route.name, batch, route.queue_size, self._policy(route, target))
+
+    def _run_one(
+        self,
+        route: CompiledRoute,
+        env: Envelope,
+        batches: dict[tuple[str, CompiledRoute], list[Envelope]],
+    ) -> None:
+        """Map and transform ``env`` on ``route``; add the results to the per-target batches."""
+        if route.mapping is None and not route.transforms:
+            outs = [env]
+        else:
+            try:
+                outs = run_route(route, env)
+            except (MappingError, TransformError) as err:
+                self.counters[route.name].received += 1
+                self._dead_letter(route.name, env, describe(err))
+                return
+            except Exception as err:  # anything else in mapping: same containment
+                self.counters[route.name].received += 1
+                self._dead_letter(route.name, env, f"route raised {describe(err)}")
+                return
+            if not outs:
+                self.counters[route.name].received += 1
+                self._drop(route.name, env, "filtered")
+                return
+        if route.spec.expects_reply:
+            outs = [self._expect_reply(route, out) for out in outs]
+        for target in route.targets:
+            key = (target, route)
+            batch = batches.get(key)
+            if batch is None:
+                batches[key] = list(outs)
+            else:
+                batch.extend(outs)
+
+    def _policy(self, route: CompiledRoute, target: str) -> str:
+        return self._policies.get((route.name, target)) or (
+            route.overflow if route.overflow != "auto" else "drop_oldest"
+        )
 
     def _offer(self, target: str, name: str, batch: list[Envelope], size: int, policy: str) -> None:
-        counters = self.counters[name.removesuffix(REPLY_SUFFIX)]
+        counters = self.counters.setdefault(name.removesuffix(REPLY_SUFFIX), RouteCounters())
+        counters.received += len(batch)
+        if policy == "persist" and self.durable is not None:
+            try:
+                stored, refused = self.durable.offer(target, name, batch)
+            except OutboxError as err:
+                log.error("outbox write failed for route %s: %s", name, err)
+                stored, refused = 0, batch
+            counters.queued += stored
+            for env in refused:
+                self._drop(name, env, "outbox_full", target)
+            return
         inlet = self.inlets.get(target)
         if inlet is None:  # validated at load time; only reachable after a bad swap
             for env in batch:
                 self._drop(name, env, f"no adapter {target!r}")
             return
-        result = inlet.offer(name, batch, size, policy)
+        result = inlet.offer(name, batch, size, "block" if policy == "persist" else policy)
         counters.queued += result.accepted
         for env, reason in result.dropped:
             self._drop(name, env, reason, target)
 
     def _delivered(self, msg: Delivered) -> None:
+        inlet = self.inlets.get(msg.target)
+        if inlet is not None:
+            inlet.done(msg.route, msg.count)
+        if self.durable is not None and self.durable.pending(msg.target, msg.route) is not None:
+            try:
+                self.durable.delivered(msg.target, msg.route, msg.envelopes)
+            except OutboxError as err:  # delivered twice after a restart, never lost
+                log.error("outbox: acknowledged rows not deleted: %s", err)
         name = msg.route.removesuffix(REPLY_SUFFIX)
         c = self.counters.get(name)
         if c is not None:
@@ -232,6 +425,8 @@ class Router(pykka.ThreadingActor):
                 c.delivered += msg.count
             else:  # "<route>::reply": an answer handed back to the asker
                 c.replies += msg.count
+            if msg.envelopes:
+                c.observe(msg.envelopes, time.time())
         if self._observe[1] and self.hooks is not None:
             self.hooks.junction_envelopes_delivered(
                 route=msg.route, target=msg.target, count=msg.count
@@ -266,7 +461,9 @@ class Router(pykka.ThreadingActor):
             except MappingError as err:
                 self._dead_letter(route.name, reply, f"reply_map: {describe(err)}")
                 return
-        self._offer(waiting.asker, route.name + REPLY_SUFFIX, [reply], route.queue_size, "block")
+        keep = self.persist_kinds.get(waiting.asker, frozenset())
+        policy = "persist" if reply.kind in keep and self.durable is not None else "block"
+        self._offer(waiting.asker, route.name + REPLY_SUFFIX, [reply], route.queue_size, policy)
 
     def _expire_replies(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -319,11 +516,22 @@ class Router(pykka.ThreadingActor):
         if self._observe[2] and self.hooks is not None:
             self.hooks.junction_envelope_dropped(route=route, envelope=env, reason=reason)
 
-    def _dead_letter(self, route: str, env: Envelope, reason: str) -> None:
+    def _dead_letter(
+        self,
+        route: str,
+        env: Envelope,
+        reason: str,
+        *,
+        stage: str = "route",
+        target: str = "",
+        store: bool = True,
+    ) -> None:
         c = self.counters.get(route)
         if c is not None:
             c.failed += 1
         self.dead_letters += 1
+        if store and self.outbox is not None:
+            self._graveyard.append(DeadLetter(route, target, stage, env, reason))
         ok, held = self._throttle.allow(f"dead:{route}")
         if ok:
             log.warning(
@@ -365,18 +573,90 @@ class Router(pykka.ThreadingActor):
 
     # --- table and introspection -----------------------------------------------
 
-    def _swap(self, table: RoutingTable) -> None:
+    def _swap(
+        self,
+        table: RoutingTable,
+        settings: JunctionSettings | None = None,
+        inlets: dict[str, Inlet] | None = None,
+        persist_kinds: dict[str, frozenset[str]] | None = None,
+    ) -> None:
+        if settings is not None:
+            self.settings = settings
+        if inlets is not None and inlets is not self.inlets:
+            # in place, on this thread: the durable queues hold this same dict
+            self.inlets.clear()
+            self.inlets.update(inlets)
+        if persist_kinds is not None:
+            self.persist_kinds = persist_kinds
         self.table = table
+        self._policies = self._resolve_policies(table)
         for r in table.routes:
             self.counters.setdefault(r.name, RouteCounters())
         log.info("routing table replaced: %d routes", len(table.routes))
 
     def snapshot(self) -> dict[str, Any]:
-        """Counters per route, unrouted counts, pending replies and queue depths."""
+        """Counters and ledger per route, unrouted counts, pending replies, queues, outbox."""
+        now = time.time()
+        routes = {}
+        for name, c in self.counters.items():
+            entry = c.as_dict()
+            pending, oldest = self._pending_of(name, now)
+            dropped = sum(c.dropped.values())
+            delivered = c.delivered + c.replies
+            entry["ledger"] = {
+                "received": c.received,
+                "delivered": delivered,
+                "pending": pending,
+                "dead_lettered": c.failed,
+                "dropped": dropped,
+                "balanced": c.received == delivered + pending + c.failed + dropped,
+            }
+            entry["outbox"] = {
+                "pending": pending if oldest is not None else 0,
+                "oldest_age_s": oldest,
+            }
+            routes[name] = entry
+        outbox: dict[str, Any] = {}
+        if self.outbox is not None:
+            ages = [r["outbox"]["oldest_age_s"] for r in routes.values()]
+            known = [a for a in ages if a is not None]
+            outbox = {
+                "path": str(self.outbox.path),
+                "rows": self.outbox.rows,
+                "bytes": self.outbox.bytes,
+                "oldest_age_s": max(known) if known else None,
+                "dead_letters": self.outbox.dead_count(),
+                "replays_waiting": self.outbox.replay_waiting(),
+            }
         return {
-            "routes": {name: c.as_dict() for name, c in self.counters.items()},
+            "routes": routes,
             "unrouted": {f"{s}/{k}": n for (s, k), n in self.unrouted.items()},
             "dead_letters": self.dead_letters,
             "pending_replies": len(self._pending),
             "queues": {name: inlet.depths() for name, inlet in self.inlets.items()},
+            "outbox": outbox,
+            "persist_queues": [f"{t}/{r}" for t, r in self.durable.queues]
+            if self.durable is not None
+            else [],
         }
+
+    def _pending_of(self, name: str, now: float) -> tuple[int, float | None]:
+        """Items of route ``name`` not settled yet, where they are; and the oldest persisted."""
+        pending = 0
+        oldest: float | None = None
+        for queue in (name, name + REPLY_SUFFIX):
+            for target, inlet in self.inlets.items():
+                rows = self.durable.pending(target, queue) if self.durable is not None else None
+                if rows is None:
+                    pending += inlet.route_pending(queue)
+                    continue
+                pending += rows
+                assert self.durable is not None
+                age = self.durable.oldest_age_s(target, queue, now)
+                if age is not None:
+                    oldest = age if oldest is None else max(oldest, age)
+        if self.durable is not None:  # rows for adapters this configuration lacks
+            for (target, queue), q in self.durable.queues.items():
+                if target not in self.inlets and queue.removesuffix(REPLY_SUFFIX) == name:
+                    pending += q.rows
+        return pending, oldest

@@ -14,8 +14,13 @@ A route::
                  { "body.name" = "temperature" }]   # at least one of these tables
     map = { kind = "channel_write", ... }           # see broker.mapping
     transforms = ["celsius_to_kelvin", { name = "threshold_alert", options = { above = 30 } }]
-    overflow = "drop_oldest"            # block | drop_oldest | drop_newest, per target queue
-    queue_size = 1000                   # bound of each target's queue for this route
+    overflow = "persist"                # block | drop_oldest | drop_newest | persist
+    queue_size = 1000                   # bound of each target's in-memory queue for this route
+    redelivery = { attempts = 5, stale_after_s = 3600 }   # persist routes: retries, staleness
+
+``overflow`` left out means ``persist`` for the kinds the target keeps durable by default
+(its adapter type's ``persist_kinds``: AlphaX writes; Allxon events, alerts and command
+results) and ``drop_oldest`` for the rest (latest-value data such as metrics and states).
 
 Every route whose source, kind and predicates match gets the envelope (fan-out), in
 table order.  Matching cost stays flat as routes grow: routes are indexed by (source,
@@ -31,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.config import Config, RouteSpec, TransformRef, as_list, suggest
+from broker.config import Config, RedeliveryPolicy, RouteSpec, TransformRef, as_list, suggest
 from broker.envelope import KINDS, Envelope
 from broker.errors import ConfigError, ConfigProblem
 from broker.hookspecs import Transform, TransformFn
@@ -56,8 +61,10 @@ class CompiledRoute:
     mapping: FieldMapping | None
     transforms: list[tuple[str, TransformFn]]
     spec: RouteSpec
+    #: ``block`` | ``drop_oldest`` | ``drop_newest`` | ``persist`` | ``auto`` (by target and kind)
     overflow: str
     queue_size: int
+    redelivery: RedeliveryPolicy = field(default_factory=RedeliveryPolicy)
     reply_mapping: FieldMapping | None = None
     explain: list[tuple[str, Predicate]] = field(default_factory=list)
 
@@ -381,6 +388,8 @@ def _compile_route(
     size = spec.queue_size if spec.queue_size is not None else config.junction.queue_size
     if size < 1:
         bad("queue_size", "must be at least 1", size)
+    redelivery = spec.redelivery or config.junction.redelivery
+    _check_redelivery(redelivery, bad)
     if len(problems) > before:
         return None
     return CompiledRoute(
@@ -394,8 +403,62 @@ def _compile_route(
         mapping=mapping,
         transforms=fns,
         spec=spec,
-        overflow=spec.overflow,
+        overflow=spec.overflow or "auto",
         queue_size=size,
+        redelivery=redelivery,
         reply_mapping=reply_mapping,
         explain=explain,
     )
+
+
+def _check_redelivery(policy: RedeliveryPolicy, bad: Callable[[str, str, Any], None]) -> None:
+    if policy.attempts < 1:
+        bad(
+            "redelivery.attempts", "must be at least 1 (the first delivery counts)", policy.attempts
+        )
+    if policy.backoff_initial_s <= 0 or policy.backoff_max_s < policy.backoff_initial_s:
+        bad(
+            "redelivery.backoff_initial_s",
+            "must be above 0 and at most backoff_max_s",
+            policy.backoff_initial_s,
+        )
+    if policy.stale_after_s is not None and policy.stale_after_s <= 0:
+        bad(
+            "redelivery.stale_after_s",
+            "must be above 0 (or left out: never stale)",
+            policy.stale_after_s,
+        )
+
+
+def resolve_policies(
+    table: RoutingTable, persist_kinds: Mapping[str, frozenset[str]], durable: bool = True
+) -> dict[tuple[str, str], str]:
+    """The overflow policy of each (route, target).
+
+    ``auto`` (``overflow`` left out) becomes ``persist`` when the route hands the target a
+    kind its adapter type keeps durable (or kinds unknown until a transform runs), else
+    ``drop_oldest``. Without an outbox (``durable=False``) ``persist`` degrades to ``block``.
+    """
+    policies: dict[tuple[str, str], str] = {}
+    for route in table.routes:
+        out_kinds = _output_kinds(route)
+        for target in route.targets:
+            policy = route.overflow
+            if policy == "auto":
+                keep = persist_kinds.get(target, frozenset())
+                kept = bool(keep) and (out_kinds is None or bool(out_kinds & keep))
+                policy = "persist" if kept else "drop_oldest"
+            if policy == "persist" and not durable:
+                policy = "block"
+            policies[(route.name, target)] = policy
+    return policies
+
+
+def _output_kinds(route: CompiledRoute) -> frozenset[str] | None:
+    """The kinds a route hands its targets, when known without running it (None: any)."""
+    kind = route.spec.map.get("kind") if route.spec.map else None
+    if isinstance(kind, str):
+        return frozenset({kind})
+    if route.transforms:
+        return None
+    return frozenset(route.kinds) if route.kinds else None

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -26,10 +26,15 @@ from broker.config import Config
 from broker.envelope import Envelope
 from broker.errors import ConfigProblem
 from broker.inlet import Inlet
-from broker.messages import Backlog, Snapshot, Tick
+from broker.messages import Backlog, Failed, Snapshot, Tick
+from broker.ops_http import OpsServer
+from broker.outbox import Outbox
 from broker.router import Router
 from broker.routing import RoutingTable, compile_table
 from broker.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from broker.reload import ReloadReport
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,8 @@ class StopReport:
 
     left: dict[str, int]
     snapshot: dict[str, Any]
+    #: Envelopes of persist routes still in the outbox (delivered after the next start).
+    kept: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,6 +95,12 @@ class Runtime:
     router: pykka.ActorRef[Any] | None = None
     supervisor: pykka.ActorRef[Any] | None = None
     started_at: float = 0.0
+    #: The durable outbox and dead-letter store (``<state_dir>/<[junction.outbox] file>``).
+    outbox: Outbox | None = None
+    #: The operations HTTP endpoint, when ``[junction.http] listen`` is set.
+    ops: OpsServer | None = None
+    #: Each adapter's context, so a reload can hand running adapters new settings.
+    contexts: dict[str, AdapterContext] = field(default_factory=dict)
     _ticker: threading.Thread | None = None
     _ticking: threading.Event = field(default_factory=threading.Event)
 
@@ -98,9 +111,18 @@ class Runtime:
         state_dir.mkdir(parents=True, exist_ok=True)
         for name, acfg in cfg.adapters.items():
             self.inlets[name] = Inlet(name, settings.block_timeout_s)
-            self.statuses[name] = AdapterStatus(name=name, type=acfg.type)
+            self.statuses[name] = AdapterStatus(name=name, type=acfg.type, required=acfg.required)
+        self.outbox = Outbox(
+            state_dir / settings.outbox.file, settings.outbox.max_rows, settings.outbox.max_bytes
+        )
         self.router = Router.start(
-            self.loaded.table, self.inlets, settings, self.loaded.plugins.hook, self.backlog
+            self.loaded.table,
+            self.inlets,
+            settings,
+            self.loaded.plugins.hook,
+            self.backlog,
+            outbox=self.outbox,
+            persist_kinds=self._persist_kinds(),
         )
         self.supervisor = Supervisor.start(
             settings.restart_backoff_s, settings.restart_backoff_max_s
@@ -119,6 +141,17 @@ class Runtime:
             len(self.loaded.table.routes),
             cfg.path,
         )
+        if settings.http.listen:
+            # Last, so /readyz and /metrics never see a half-built runtime. A bind failure
+            # raises ConfigError; the caller's stop() cleans up what already started.
+            self.ops = OpsServer(
+                self.snapshot,
+                settings.http.listen,
+                settings.http.ready_max_pending_age_s,
+                origin=str(cfg.path),
+            )
+            self.ops.start()
+            log.info("operations endpoint on %s (/metrics /healthz /readyz /status)", self.ops.url)
 
     def _factory(self, name: str, state_dir: Path) -> Any:
         acfg = self.loaded.config.adapters[name]
@@ -132,11 +165,21 @@ class Runtime:
             state_dir=state_dir,
             routes_for=self._routes_for,
         )
+        self.contexts[name] = ctx
 
         def make() -> Adapter:
             return atype.factory(name, acfg, ctx)
 
         return make
+
+    def _persist_kinds(self) -> dict[str, frozenset[str]]:
+        """Per adapter name, the kinds its type keeps durable by default."""
+        types = self.loaded.plugins.adapter_types
+        return {
+            name: types[acfg.type].persist_kinds
+            for name, acfg in self.loaded.config.adapters.items()
+            if acfg.type in types
+        }
 
     def _routes_for(self, env: Envelope) -> list[str]:
         return [r.name for r in self.loaded.table.match(env)]
@@ -150,6 +193,15 @@ class Runtime:
                 router.tell(Tick())
             except pykka.ActorDeadError:
                 return
+
+    def reload(self, path: str | None = None) -> ReloadReport:
+        """Apply a changed config file (default: the running one's) live; see broker.reload.
+
+        An invalid file raises ConfigError / PluginError and changes nothing.
+        """
+        from broker import reload as reload_mod  # it builds on this module
+
+        return reload_mod.reload(self, path)
 
     def snapshot(self) -> dict[str, Any]:
         """The live picture: adapters, routes and their counters, queue depths."""
@@ -174,6 +226,8 @@ class Runtime:
         """Stop everything, draining queues for up to ``grace_s``; says what was left."""
         grace = self.loaded.config.junction.shutdown_grace_s if grace_s is None else grace_s
         deadline = time.monotonic() + grace
+        if self.ops is not None:
+            self.ops.stop()  # first: nothing scrapes a runtime that is shutting down
         if self.supervisor is not None:
             self.supervisor.proxy().quiesce().get()
         quiet = 0
@@ -191,22 +245,41 @@ class Runtime:
         if self.supervisor is not None:
             self.supervisor.stop()
         left: dict[str, int] = {}
+        kept: dict[str, int] = {}
+        durable = set(self.snapshot().get("persist_queues", []))
+        router_alive = self.router is not None and self.router.is_alive()
         for name, inlet in self.inlets.items():
             for route, envs in inlet.drain_all().items():
-                left[f"{name}/{route}"] = len(envs)
+                key = f"{name}/{route}"
+                if key in durable:
+                    kept[key] = len(envs)  # their outbox rows stay for the next start
+                    continue
+                left[key] = len(envs)
+                if router_alive and self.router is not None:
+                    reason = f"shutdown: not delivered within the {grace:.1f} s grace period"
+                    self.router.tell(Failed(route, name, envs, reason))
         if left:
             log.error(
-                "shutdown: %d envelopes were still queued after the %.1f s grace period "
-                "and are lost: %s",
+                "shutdown: %d envelopes were still queued after the %.1f s grace period; "
+                "they are in the dead-letter store (junction dlq list): %s",
                 sum(left.values()),
                 grace,
                 ", ".join(f"{k}={v}" for k, v in sorted(left.items())),
             )
+        if kept:
+            log.warning(
+                "shutdown: %d envelopes of persist routes wait in the outbox for the next "
+                "start: %s",
+                sum(kept.values()),
+                ", ".join(f"{k}={v}" for k, v in sorted(kept.items())),
+            )
         final = self.snapshot()
         if self.router is not None and self.router.is_alive():
             self.router.stop()
+        if self.outbox is not None:
+            self.outbox.close()
         log.info("junction stopped: %s", _summary(final))
-        return StopReport(left=left, snapshot=final)
+        return StopReport(left=left, snapshot=final, kept=kept)
 
 
 def _summary(snapshot: dict[str, Any]) -> str:

@@ -40,6 +40,8 @@ def render(snapshot: dict[str, Any]) -> str:
                 f"{name:<22} {c['matched']:>9} {c['delivered']:>9} {depth:>7} "
                 f"{c['filtered']:>8} {c['dropped_total']:>8} {c['failed']:>7}  {', '.join(notes)}"
             )
+    lines.extend(_ledgers(routes))
+    lines.extend(_outbox(snapshot.get("outbox")))
     unrouted = snapshot.get("unrouted", {})
     if unrouted:
         lines.append("")
@@ -52,6 +54,55 @@ def render(snapshot: dict[str, Any]) -> str:
         lines.append("recent log:")
         lines.extend(f"  {line}" for line in recent)
     return "\n".join(lines)
+
+
+def _ledgers(routes: dict[str, Any]) -> list[str]:
+    """Per route: where every envelope it took in went, and what waits in the outbox.
+
+    Only routes whose snapshot carries a ledger or an outbox entry are shown; a missing
+    number reads as 0, a missing verdict as "-".
+    """
+    shown = {n: c for n, c in routes.items() if "ledger" in c or "outbox" in c}
+    if not shown:
+        return []
+    lines = [
+        "",
+        f"{'ROUTE LEDGER':<22} {'RECEIVED':>9} {'DELIVERED':>9} {'PENDING':>7} {'DEAD':>6} "
+        f"{'DROPPED':>8} {'BALANCED':>8} {'OUTBOX':>7} {'OLDEST':>7}",
+    ]
+    for name, c in shown.items():
+        led = c.get("ledger") or {}
+        box = c.get("outbox") or {}
+        balanced = "-" if "balanced" not in led else "yes" if led["balanced"] else "NO"
+        oldest = box.get("oldest_age_s")
+        lines.append(
+            f"{name:<22} {led.get('received', 0):>9} {led.get('delivered', 0):>9} "
+            f"{led.get('pending', 0):>7} {led.get('dead_lettered', 0):>6} "
+            f"{led.get('dropped', 0):>8} {balanced:>8} {box.get('pending', 0):>7} "
+            f"{'-' if oldest is None else _dur(oldest):>7}"
+        )
+    return lines
+
+
+def _outbox(box: dict[str, Any] | None) -> list[str]:
+    """One line about the durable outbox as a whole, when the snapshot has one."""
+    if not box:
+        return []
+    oldest = box.get("oldest_age_s")
+    return [
+        "",
+        f"outbox: {box.get('rows', 0)} rows, {_size(box.get('bytes', 0))}, oldest "
+        f"{'-' if oldest is None else _dur(oldest)}, dead letters {box.get('dead_letters', 0)}"
+        + (f"  ({box['path']})" if box.get("path") else ""),
+    ]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _dur(seconds: float) -> str:

@@ -26,7 +26,7 @@ import heapq
 import itertools
 import math
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -138,11 +138,17 @@ def alert_item(body: Alert, ts: float, declared: Declared) -> AlertItem:
 
 @dataclass(slots=True)
 class Entry:
-    """One buffered item; ``seq`` orders all entries by arrival."""
+    """One buffered item; ``seq`` orders all entries by arrival.
+
+    ``handle`` is (route, envelope) for an item whose route waits for it to be sent (the
+    adapter acknowledges it to the router when its frame goes out, or fails it when the
+    item is dropped); None for latest-value data acknowledged on arrival.
+    """
 
     seq: int
     module: str
     item: Any  # the DataItem of its kind
+    handle: tuple[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -210,6 +216,8 @@ class Outbox:
         self.dropped: Counter[str] = Counter()
         self.coalesced_states = 0
         self._seq = itertools.count(1)
+        #: Called with (entry, reason) for each dropped entry that has a ``handle``.
+        self.on_drop: Callable[[Entry, str], None] | None = None
 
     def __len__(self) -> int:
         return len(self.states) + len(self.metrics) + len(self.events) + len(self.alerts)
@@ -229,9 +237,11 @@ class Outbox:
 
     # --- adding ------------------------------------------------------------------------------
 
-    def add(self, kind: Kind, module: str, item: DataItem) -> None:
+    def add(
+        self, kind: Kind, module: str, item: DataItem, handle: tuple[str, Any] | None = None
+    ) -> None:
         """Buffer one item (the caller checked that it fits a frame on its own)."""
-        entry = Entry(next(self._seq), module, item)
+        entry = Entry(next(self._seq), module, item, handle)
         if kind == "state":
             key = (module, item.name)
             if self.states.pop(key, None) is not None:
@@ -249,8 +259,12 @@ class Outbox:
     def _bounded_append(self, buf: deque[Entry], entry: Entry, bound: int, reason: str) -> None:
         buf.append(entry)
         while len(buf) > bound:
-            buf.popleft()
-            self.dropped[reason] += 1
+            self._dropped(buf.popleft(), reason)
+
+    def _dropped(self, entry: Entry, reason: str) -> None:
+        self.dropped[reason] += 1
+        if entry.handle is not None and self.on_drop is not None:
+            self.on_drop(entry, reason)
 
     def _bound_metrics(self) -> None:
         """Coalesce; if still near the bound, drop the oldest down to 90 % of it (so that the
@@ -364,10 +378,8 @@ class Outbox:
             elif kind == "event":
                 self.events = merged
                 while len(self.events) > self.max_events:
-                    self.events.popleft()
-                    self.dropped["event buffer full"] += 1
+                    self._dropped(self.events.popleft(), "event buffer full")
             else:
                 self.alerts = merged
                 while len(self.alerts) > self.max_alerts:
-                    self.alerts.popleft()
-                    self.dropped["alert buffer full"] += 1
+                    self._dropped(self.alerts.popleft(), "alert buffer full")

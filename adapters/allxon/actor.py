@@ -52,7 +52,7 @@ from adapters.allxon._commands import CommandDesk
 from adapters.allxon._declared import AlarmView, Declared, Rejected
 from adapters.allxon._inbound import InboundHandling
 from adapters.allxon._intake import AlarmNotEnabled, data_item, property_modules
-from adapters.allxon._outbox import Frame, Outbox
+from adapters.allxon._outbox import Entry, Frame, Outbox
 from adapters.allxon._stats import AllxonStats, LogGate
 from adapters.allxon.cards import Module
 from adapters.allxon.codec import (
@@ -81,6 +81,10 @@ STABLE_AFTER_S = 30.0
 MAX_HELD_ALERTS = 100  # alerts kept while the Portal's alarm settings have not come yet
 
 
+#: Kinds acknowledged to the router when their frame is sent, not when buffered.
+ACKED_ON_SEND = frozenset({"event", "alert"})
+
+
 class AllxonAdapter(InboundHandling, Adapter):
     """Allxon Octo plugin (see the module docstring)."""
 
@@ -98,13 +102,14 @@ class AllxonAdapter(InboundHandling, Adapter):
         self.declared = Declared(cfg.modules)
         self.modules: list[Module] = list(cfg.modules)
         self.alarms = AlarmView()
-        self.held_alerts: list[Envelope] = []
+        self.held_alerts: list[tuple[str, Envelope]] = []
         self.outbox = Outbox(
             self.app_guid,
             max_metrics=cfg.max_buffered_metrics,
             max_events=cfg.max_buffered_events,
             max_alerts=cfg.max_buffered_alerts,
         )
+        self.outbox.on_drop = self._entry_dropped
         self._budget_file = self.ctx.state_dir / f"allxon-{self.name}-calls.json"
         self.budget = CallBudget(
             cfg.budget_per_hour,
@@ -328,7 +333,9 @@ class AllxonAdapter(InboundHandling, Adapter):
                     sent = False
                 if not sent:
                     break
-                self._recent.append((trio.current_time(), frames.pop(0)))
+                frame = frames.pop(0)
+                self._acknowledge_sent(frame)
+                self._recent.append((trio.current_time(), frame))
         finally:
             if frames:
                 self.outbox.put_back(frames)
@@ -390,7 +397,13 @@ class AllxonAdapter(InboundHandling, Adapter):
     # --- outbound -------------------------------------------------------------------------
 
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
-        """Buffer data (returns at once), apply properties, turn replies into acks."""
+        """Buffer data (returns at once), apply properties, turn replies into acks.
+
+        Events and alerts are acknowledged to the router only when their frame is sent
+        (:meth:`defer` now, :meth:`ack` then), so a ``persist`` route keeps them in the
+        outbox until the agent has them; latest-value states and metrics are acknowledged
+        when buffered.
+        """
         allow = self.config.undeclared == "send"
         for env in batch:
             try:
@@ -402,14 +415,18 @@ class AllxonAdapter(InboundHandling, Adapter):
                     kind, module, item = data_item(
                         env, self.declared, self.alarms, self.outbox, allow
                     )
-                    self.outbox.add(kind, module, item)
+                    handle = (route, env) if kind in ACKED_ON_SEND else None
+                    if handle is not None:
+                        self.defer(route, [env])
+                    self.outbox.add(kind, module, item, handle)
             except AlarmNotEnabled as err:
                 if self.alarms.updates == 0 and len(self.held_alerts) < MAX_HELD_ALERTS:
                     # The Portal has not said yet which alarms are on: keep the alert until
                     # it does, rather than lose a first trigger sent before the settings.
-                    self.held_alerts.append(env)
+                    self.defer(route, [env])
+                    self.held_alerts.append((route, env))
                 else:
-                    self._alarm_not_enabled(err.body)
+                    self._alarm_not_enabled(err.body, route, env)
             except Rejected as err:
                 self.stats.rejected_envelopes += 1
                 self.fail(route, [env], str(err))
@@ -418,18 +435,38 @@ class AllxonAdapter(InboundHandling, Adapter):
         """The Portal's alarm settings arrived: send the held alerts of enabled alarms."""
         held, self.held_alerts = self.held_alerts, []
         allow = self.config.undeclared == "send"
-        for env in held:
+        for route, env in held:
             try:
                 kind, module, item = data_item(env, self.declared, self.alarms, self.outbox, allow)
-                self.outbox.add(kind, module, item)
+                self.outbox.add(kind, module, item, (route, env))
             except AlarmNotEnabled as err:
-                self._alarm_not_enabled(err.body)
+                self._alarm_not_enabled(err.body, route, env)
         if held:
             self.log.info(
                 "%d alert(s) held until the Portal's alarm settings came: replayed", len(held)
             )
 
-    def _alarm_not_enabled(self, body: Alert) -> None:
+    def _acknowledge_sent(self, frame: Frame) -> None:
+        """A frame went out: acknowledge its deferred items to the router (once each)."""
+        by_route: dict[str, list[Envelope]] = {}
+        for entry in frame.entries:
+            if entry.handle is not None:
+                route, env = entry.handle
+                by_route.setdefault(route, []).append(env)
+                entry.handle = None
+        for route, envs in by_route.items():
+            self.ack(route, envs)
+
+    def _entry_dropped(self, entry: Entry, reason: str) -> None:
+        """A deferred item fell out of a full buffer: fail it, so the route counts it."""
+        if entry.handle is not None:
+            route, env = entry.handle
+            entry.handle = None
+            self.fail(route, [env], f"Allxon adapter: {reason}")
+
+    def _alarm_not_enabled(self, body: Alert, route: str, env: Envelope) -> None:
+        # Not silently "delivered": the route dead-letters it, replayable once enabled.
+        self.fail(route, [env], f"alarm {body.module}/{body.alarm} is not enabled in the Portal")
         self.outbox.dropped["alarm not enabled"] += 1
         allowed, held = self._gate.allow(f"alarm:{body.module}/{body.alarm}")
         if allowed:

@@ -17,5 +17,6 @@ def junction_adapter_types() -> Sequence[AdapterType]:
             AllxonConfig,
             AllxonAdapter,
             "Allxon Octo plugin: signed cards, states, metrics, alerts and Portal commands",
+            persist_kinds=frozenset({"event", "alert"}),
         ),
     ]

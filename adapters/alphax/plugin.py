@@ -17,5 +17,6 @@ def junction_adapter_types() -> Sequence[AdapterType]:
             AlphaXConfig,
             AlphaXAdapter,
             "AlphaX Conduit: write channels over HTTP/MQTT/UDP/TCP, poll them back",
+            persist_kinds=frozenset({"channel_write"}),
         ),
     ]

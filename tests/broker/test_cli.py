@@ -36,7 +36,8 @@ def test_check_demo_table_passes_with_no_environment_set() -> None:
     assert "too-hot-alert: placeos,allxon [status_change,config_update] -> allxon" in out.stdout
     assert "alphax-readback: alphax [channel_reading] -> allxon" in out.stdout
     assert "transforms threshold_alert" in out.stdout  # the example plugin, by entry point
-    assert "overflow=drop_oldest queue_size=1000 expects_reply" in out.stdout
+    assert "overflow=drop_oldest (by target) queue_size=1000 expects_reply" in out.stdout
+    assert "overflow=persist (by target)" in out.stdout  # temp-to-alphax: channel writes
 
 
 def test_check_reports_every_problem_and_exits_2(tmp_path: Path) -> None:

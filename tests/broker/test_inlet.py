@@ -62,7 +62,7 @@ def test_block_waits_for_the_consumer_and_loses_nothing() -> None:
                 time.sleep(0.001)
                 continue
             got.extend(values(item[1]))
-            inlet.done(len(item[1]))
+            inlet.done(item[0], len(item[1]))
 
     worker = threading.Thread(target=consume)
     worker.start()
@@ -80,7 +80,7 @@ def test_routes_are_served_round_robin() -> None:
     order = []
     while (item := inlet.take(limit=2)) is not None:
         order.append(item[0])
-        inlet.done(len(item[1]))
+        inlet.done(item[0], len(item[1]))
     assert order == ["a", "b", "a", "b"]
 
 

@@ -90,6 +90,12 @@ class Responder(Adapter):
 @hookimpl
 def junction_adapter_types() -> Sequence[AdapterType]:
     return [
-        AdapterType("allxon_recorded", AllxonConfig, RecordedAllxon, "allxon, kept for tests"),
+        AdapterType(
+            "allxon_recorded",
+            AllxonConfig,
+            RecordedAllxon,
+            "allxon, kept for tests",
+            persist_kinds=frozenset({"event", "alert"}),
+        ),
         AdapterType("responder", ResponderConfig, Responder, "test command responder"),
     ]

@@ -439,6 +439,21 @@ async def test_alerts_are_sent_only_for_alarms_the_portal_enabled(setup: Any) ->
                 ("cold", False, {}),
             ]  # the undeclared "ghost" is ignored
             assert allxon.stats.ignored_settings == 1
+            # the alerts of disabled alarms are dead letters of the route, not "delivered";
+            # the sent one left the outbox when its frame went out
+            await wait_for(
+                lambda: rt.snapshot()["routes"]["data"]["ledger"]["pending"] == 0,
+                what="the data route settled",
+            )
+            ledger = rt.snapshot()["routes"]["data"]["ledger"]
+            assert ledger["balanced"], ledger
+            assert (ledger["delivered"], ledger["dead_lettered"]) == (1, 2)
+            assert rt.outbox is not None and rt.outbox.rows == 0
+            reasons = {why for _r, _s, why, *_ in rt.outbox.dead_summary()}
+            assert reasons == {
+                f"allxon: alarm room/{name} is not enabled in the Portal"
+                for name in ("hot", "cold")
+            }
 
 
 async def test_an_alert_before_the_portals_alarm_settings_is_held_not_lost(setup: Any) -> None:
@@ -451,6 +466,10 @@ async def test_an_alert_before_the_portals_alarm_settings_is_held_not_lost(setup
             )
             await wait_for(lambda: len(allxon.held_alerts) == 1, what="the alert held")
             assert allxon.outbox.dropped["alarm not enabled"] == 0
+            # held, so not acknowledged: still pending, and in the outbox (alerts persist)
+            ledger = rt.snapshot()["routes"]["data"]["ledger"]
+            assert (ledger["pending"], ledger["delivered"], ledger["balanced"]) == (1, 0, True)
+            assert rt.outbox is not None and rt.outbox.rows == 1
             await sim.send_alarm_update(
                 [
                     AlarmModuleSettings(
@@ -462,6 +481,11 @@ async def test_an_alert_before_the_portals_alarm_settings_is_held_not_lost(setup
             (alert,) = sim.modules[MODULE].alerts
             assert alert.item.name == "hot" and alert.item.message == "31 C"
             assert allxon.held_alerts == [] and allxon.outbox.dropped["alarm not enabled"] == 0
+            await wait_for(
+                lambda: rt.snapshot()["routes"]["data"]["ledger"]["delivered"] == 1,
+                what="the alert acknowledged once its frame was sent",
+            )
+            assert rt.outbox.rows == 0
 
 
 async def test_config_update_reaches_a_route(setup: Any) -> None:

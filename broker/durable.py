@@ -1,0 +1,262 @@
+"""The router's side of ``persist`` routes: outbox rows in, acknowledged rows out.
+
+For each (target, route) whose policy is ``persist`` the outbox holds every envelope not
+yet acknowledged; the target's inlet holds a bounded *window* of them in memory. While the
+window has room, new envelopes go to the outbox and straight into the window; once it is
+full the queue is *spilled*: new envelopes go to the outbox only, and are loaded into the
+window, oldest first, as the target acknowledges what it holds. So a target that is down
+for an hour costs disk, not memory, and order per (target, route) is kept.
+
+A transient failure (the adapter crashed mid-batch) is retried after a back-off up to the
+route's ``redelivery.attempts``; a permanent one, the last attempt, or an envelope past its
+``stale_after_s`` is buried in the dead-letter store with the reason.
+
+Runs on the router's thread only; the router tells it what happened and asks it what is
+pending. Envelopes in the window are known by object identity (``id()``): the same object
+comes back in ``Delivered``/``Failed``, and is kept alive by the window meanwhile.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from broker.backoff import backoff_delay
+from broker.config import RedeliveryPolicy
+from broker.envelope import Envelope
+from broker.inlet import Inlet
+from broker.outbox import DeadLetter, Outbox
+
+log = logging.getLogger(__name__)
+
+#: Refill a spilled window once this share of it is free (fewer, larger loads).
+_REFILL_SHARE = 4
+
+
+@dataclass
+class _Queue:
+    """One persist (target, route): rows in the outbox and which of them are in memory."""
+
+    rows: int = 0
+    spilled: bool = False
+    loaded_upto: int = 0
+    seq_of: dict[int, int] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)
+    waiting: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What a Delivered/Failed meant for the ledger: delivered, and dead-lettered reasons."""
+
+    delivered: int = 0
+    buried: tuple[tuple[Envelope, str], ...] = ()
+    retrying: int = 0
+
+
+class DurableQueues:
+    """All persist queues of one router (see the module docstring)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        inlets: dict[str, Inlet],
+        policy_of: Callable[[str], RedeliveryPolicy],
+        capacity_of: Callable[[str], int],
+    ) -> None:
+        self.outbox = outbox
+        self.inlets = inlets
+        self.policy_of = policy_of
+        self.capacity_of = capacity_of
+        self.queues: dict[tuple[str, str], _Queue] = {}
+        self._retries: list[tuple[float, int, str, str, Envelope]] = []
+        self._order = itertools.count()
+        self.refused = 0
+        #: (envelope, route, reason) buried while refilling; the router drains it for its ledger
+        self.stale_buried: list[tuple[Envelope, str, str]] = []
+
+    # --- start-up -----------------------------------------------------------------
+
+    def recover(self) -> dict[tuple[str, str], int]:
+        """Adopt the rows a previous run left; returns them per (target, route)."""
+        found = self.outbox.keys()
+        for key, n in found.items():
+            q = self.queues.setdefault(key, _Queue())
+            q.rows, q.spilled, q.loaded_upto = n, True, 0
+            target, route = key
+            if target not in self.inlets:
+                log.warning(
+                    "outbox: %d envelopes of route %s wait for adapter %r, which this "
+                    "configuration does not have; they stay in %s",
+                    n,
+                    route,
+                    target,
+                    self.outbox.path,
+                )
+        return found
+
+    # --- the flow -----------------------------------------------------------------
+
+    def offer(self, target: str, route: str, batch: list[Envelope]) -> tuple[int, list[Envelope]]:
+        """Commit ``batch`` and put what fits into the window; returns (stored, refused)."""
+        policy = self.policy_of(route)
+        if policy.stale_after_s is not None:
+            limit = policy.stale_after_s
+            batch = [
+                e if e.deadline is not None else msgspec.structs.replace(e, deadline=e.ts + limit)
+                for e in batch
+            ]
+        seqs, refused = self.outbox.append(target, route, batch)
+        if refused:
+            self.refused += len(refused)
+        if not seqs:
+            return 0, refused
+        q = self.queues.setdefault((target, route), _Queue())
+        q.rows += len(seqs)
+        inlet = self.inlets.get(target)
+        if q.spilled or inlet is None:
+            q.spilled = True
+            return len(seqs), refused
+        room = max(0, self.capacity_of(route) - inlet.depth(route))
+        take = min(room, len(seqs))
+        for env, seq in zip(batch[:take], seqs[:take], strict=True):
+            q.seq_of[id(env)] = seq
+        if take:
+            inlet.push(route, batch[:take])
+            q.loaded_upto = seqs[take - 1]
+        if take < len(seqs):
+            q.spilled = True
+        return len(seqs), refused
+
+    def delivered(self, target: str, route: str, envelopes: list[Envelope]) -> int:
+        """The target acknowledged these; delete their rows. Returns how many were ours."""
+        q = self.queues.get((target, route))
+        if q is None:
+            return 0
+        seqs = [s for s in (q.seq_of.pop(id(e), None) for e in envelopes) if s is not None]
+        for s in seqs:
+            q.attempts.pop(s, None)
+        q.rows -= self.outbox.remove(seqs)
+        self._refill(target, route, q)
+        return len(seqs)
+
+    def failed(
+        self, target: str, route: str, envelopes: list[Envelope], reason: str, retry: bool
+    ) -> Settled:
+        """Retry what may be retried; bury the rest (one transaction)."""
+        q = self.queues.get((target, route))
+        if q is None:
+            return Settled()
+        policy = self.policy_of(route)
+        now = time.time()
+        letters: list[DeadLetter] = []
+        buried: list[tuple[Envelope, str]] = []
+        retried: list[int] = []
+        for env in envelopes:
+            seq = q.seq_of.get(id(env))
+            if seq is None:
+                continue
+            attempts = q.attempts.get(seq, 0) + 1
+            stale = env.deadline is not None and env.deadline <= now
+            if retry and not stale and attempts < policy.attempts:
+                q.attempts[seq] = attempts
+                delay = backoff_delay(attempts, policy.backoff_initial_s, policy.backoff_max_s)
+                heapq.heappush(self._retries, (now + delay, next(self._order), target, route, env))
+                q.waiting += 1
+                retried.append(seq)
+                continue
+            why = reason if not retry else f"{reason} (after {attempts} attempts)"
+            if stale:
+                why = f"stale: its deadline passed ({reason})"
+            q.seq_of.pop(id(env), None)
+            q.attempts.pop(seq, None)
+            letters.append(DeadLetter(route, target, "deliver", env, why, attempts, seq))
+            buried.append((env, why))
+        if retried:
+            self.outbox.count_attempt(retried)
+        if letters:
+            before = self.outbox.rows
+            self.outbox.bury(letters)
+            q.rows -= before - self.outbox.rows
+        self._refill(target, route, q)
+        return Settled(buried=tuple(buried), retrying=len(retried))
+
+    def tick(self, now: float) -> None:
+        """Re-offer retries that are due; refill spilled windows."""
+        while self._retries and self._retries[0][0] <= now:
+            _, _, target, route, env = heapq.heappop(self._retries)
+            q = self.queues.get((target, route))
+            inlet = self.inlets.get(target)
+            if q is None:
+                continue
+            q.waiting -= 1
+            if inlet is None:
+                continue
+            inlet.push(route, [env])
+        for (target, route), q in self.queues.items():
+            if q.spilled:
+                self._refill(target, route, q)
+
+    def _refill(self, target: str, route: str, q: _Queue) -> None:
+        if not q.spilled:
+            return
+        inlet = self.inlets.get(target)
+        if inlet is None:
+            return
+        capacity = self.capacity_of(route)
+        room = capacity - inlet.depth(route)
+        if room < max(1, capacity // _REFILL_SHARE):
+            return
+        rows = self.outbox.load(target, route, q.loaded_upto, room)
+        now = time.time()
+        fresh: list[Envelope] = []
+        stale: list[DeadLetter] = []
+        for row in rows:
+            q.loaded_upto = row.seq
+            env = row.envelope
+            if env.deadline is not None and env.deadline <= now:
+                stale.append(
+                    DeadLetter(
+                        route,
+                        target,
+                        "deliver",
+                        env,
+                        "stale: its deadline passed in the outbox",
+                        row.attempts,
+                        row.seq,
+                    )
+                )
+                continue
+            q.seq_of[id(env)] = row.seq
+            if row.attempts:
+                q.attempts[row.seq] = row.attempts
+            fresh.append(env)
+        if stale:
+            before = self.outbox.rows
+            self.outbox.bury(stale)
+            q.rows -= before - self.outbox.rows
+            self.stale_buried.extend((d.envelope, route, d.reason) for d in stale)
+        if fresh:
+            inlet.push(route, fresh)
+        if len(rows) < room:
+            q.spilled = False
+
+    # --- inspection ---------------------------------------------------------------
+
+    def pending(self, target: str, route: str) -> int | None:
+        """Rows not yet acknowledged for (target, route); None if it is not a persist queue."""
+        q = self.queues.get((target, route))
+        return None if q is None else q.rows
+
+    def oldest_age_s(self, target: str, route: str, now: float) -> float | None:
+        q = self.queues.get((target, route))
+        if q is None or q.rows <= 0:
+            return None
+        created = self.outbox.oldest(target, route)
+        return None if created is None else max(0.0, now - created)

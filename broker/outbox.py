@@ -1,0 +1,379 @@
+"""The durable outbox and the dead-letter store: one SQLite file (WAL) in the state directory.
+
+``pending``  envelopes of ``persist`` routes, committed before the router counts them
+             accepted and deleted only when their target acknowledged them; after a crash
+             or restart they are delivered again, in ``seq`` order per (target, route), with
+             their original ids.
+``dead``     envelopes that will not be delivered, with the route, the stage where they
+             failed (``route``: matching, mapping or a transform; ``deliver``: the target
+             refused them or they went stale) and the reason.
+``replay``   dead letters a person asked to replay (``junction dlq replay``); the running
+             bridge takes them a few at a time, so a backfill is paced.
+
+The router thread is the only writer while the bridge runs (one transaction per batch, never
+one per envelope; ``synchronous=NORMAL`` in WAL mode survives a killed process, only a power
+cut can lose the last commits). The ``junction dlq`` commands open the same file from another
+process; SQLite's locking and ``busy_timeout`` keep the two apart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.envelope import Envelope, decode, encode
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    target   TEXT NOT NULL,
+    route    TEXT NOT NULL,
+    env_id   TEXT NOT NULL,
+    created  REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    size     INTEGER NOT NULL,
+    body     BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pending_by_key ON pending (target, route, seq);
+CREATE TABLE IF NOT EXISTS dead (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    route     TEXT NOT NULL,
+    target    TEXT NOT NULL DEFAULT '',
+    stage     TEXT NOT NULL,
+    env_id    TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    body      BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_by_route ON dead (route, reason);
+CREATE TABLE IF NOT EXISTS replay (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    dead_seq INTEGER NOT NULL,
+    route    TEXT NOT NULL,
+    target   TEXT NOT NULL DEFAULT '',
+    stage    TEXT NOT NULL,
+    body     BLOB NOT NULL
+);
+"""
+
+
+class OutboxError(RuntimeError):
+    """The outbox file cannot be opened or written (the message names the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    """One envelope waiting in the outbox."""
+
+    seq: int
+    target: str
+    route: str
+    created: float
+    attempts: int
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class DeadRow:
+    """One dead letter, as stored."""
+
+    seq: int
+    route: str
+    target: str
+    stage: str
+    env_id: str
+    kind: str
+    reason: str
+    failed_at: float
+    attempts: int
+    body: bytes
+
+    @property
+    def envelope(self) -> Envelope:
+        return decode(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead letter to store: ``seq`` is its outbox row when it was pending, else None."""
+
+    route: str
+    target: str
+    stage: str
+    envelope: Envelope
+    reason: str
+    attempts: int = 0
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRow:
+    """A dead letter queued for replay."""
+
+    seq: int
+    route: str
+    target: str
+    stage: str
+    envelope: Envelope
+
+
+class Outbox:
+    """The store (see the module docstring). Not thread-safe: one thread at a time uses it."""
+
+    def __init__(self, path: Path, max_rows: int = 1_000_000, max_bytes: int = 512 << 20) -> None:
+        self.path = path
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending"
+            ).fetchone()
+        except sqlite3.Error as err:
+            raise OutboxError(f"outbox {path}: {err}") from err
+        self.rows, self.bytes = int(row[0]), int(row[1])
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- pending ------------------------------------------------------------------
+
+    def append(
+        self, target: str, route: str, envelopes: Sequence[Envelope]
+    ) -> tuple[list[int], list[Envelope]]:
+        """Commit ``envelopes`` for (target, route) in one transaction.
+
+        Returns the new rows' seqs, in order, and the envelopes refused because the outbox
+        is at its bound of rows or bytes (a prefix is stored, the rest refused).
+        """
+        now = time.time()
+        rows: list[tuple[str, str, str, float, int, bytes]] = []
+        room_rows = self.max_rows - self.rows
+        room_bytes = self.max_bytes - self.bytes
+        refused: list[Envelope] = []
+        added_bytes = 0
+        for i, env in enumerate(envelopes):
+            body = encode(env)
+            if len(rows) >= room_rows or added_bytes + len(body) > room_bytes:
+                refused = list(envelopes[i:])
+                break
+            added_bytes += len(body)
+            rows.append((target, route, env.id, env.ts or now, len(body), body))
+        if not rows:
+            return [], refused
+        with self._write():
+            self._db.executemany(
+                "INSERT INTO pending (target, route, env_id, created, size, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            # AUTOINCREMENT under BEGIN IMMEDIATE (the only writer of ``pending``): consecutive
+            last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
+        seqs = list(range(last - len(rows) + 1, last + 1))
+        self.rows += len(rows)
+        self.bytes += added_bytes
+        return seqs, refused
+
+    def remove(self, seqs: Iterable[int]) -> int:
+        """Delete acknowledged rows (one transaction); returns how many were deleted."""
+        keys = [(s,) for s in seqs]
+        if not keys:
+            return 0
+        with self._write():
+            sizes = [
+                r[0]
+                for k in keys
+                for r in self._db.execute("DELETE FROM pending WHERE seq = ? RETURNING size", k)
+            ]
+        self.rows -= len(sizes)
+        self.bytes -= sum(sizes)
+        return len(sizes)
+
+    def load(self, target: str, route: str, after_seq: int, limit: int) -> list[PendingRow]:
+        """Up to ``limit`` rows of (target, route) after ``after_seq``, oldest first."""
+        cur = self._db.execute(
+            "SELECT seq, created, attempts, body FROM pending "
+            "WHERE target = ? AND route = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (target, route, after_seq, limit),
+        )
+        return [PendingRow(s, target, route, c, a, decode(b)) for s, c, a, b in cur.fetchall()]
+
+    def keys(self) -> dict[tuple[str, str], int]:
+        """Rows waiting per (target, route)."""
+        cur = self._db.execute("SELECT target, route, COUNT(*) FROM pending GROUP BY target, route")
+        return {(t, r): n for t, r, n in cur.fetchall()}
+
+    def oldest(self, target: str, route: str) -> float | None:
+        """When the oldest row of (target, route) was created (epoch s), or None."""
+        row = self._db.execute(
+            "SELECT MIN(created) FROM (SELECT created FROM pending "
+            "WHERE target = ? AND route = ? ORDER BY seq LIMIT 64)",
+            (target, route),
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def count_attempt(self, seqs: Iterable[int]) -> None:
+        """Record one more failed delivery attempt for these rows."""
+        with self._write():
+            self._db.executemany(
+                "UPDATE pending SET attempts = attempts + 1 WHERE seq = ?", [(s,) for s in seqs]
+            )
+
+    # --- dead letters -------------------------------------------------------------
+
+    def bury(self, letters: Sequence[DeadLetter]) -> None:
+        """Store dead letters (and delete their pending rows) in one transaction."""
+        if not letters:
+            return
+        now = time.time()
+        removed: list[int] = []
+        with self._write():
+            for d in letters:
+                env = d.envelope
+                self._db.execute(
+                    "INSERT INTO dead (route, target, stage, env_id, kind, reason, failed_at, "
+                    "attempts, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        d.route,
+                        d.target,
+                        d.stage,
+                        env.id,
+                        env.kind,
+                        d.reason,
+                        now,
+                        d.attempts,
+                        encode(env),
+                    ),
+                )
+                if d.seq is not None:
+                    removed += [
+                        r[0]
+                        for r in self._db.execute(
+                            "DELETE FROM pending WHERE seq = ? RETURNING size", (d.seq,)
+                        )
+                    ]
+        self.rows -= len(removed)
+        self.bytes -= sum(removed)
+
+    def dead_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
+
+    def dead_summary(self) -> list[tuple[str, str, str, int, float, float]]:
+        """(route, stage, reason, count, first failed_at, last failed_at), biggest first."""
+        cur = self._db.execute(
+            "SELECT route, stage, reason, COUNT(*), MIN(failed_at), MAX(failed_at) FROM dead "
+            "GROUP BY route, stage, reason ORDER BY COUNT(*) DESC, route"
+        )
+        return [(r, s, why, int(n), float(a), float(b)) for r, s, why, n, a, b in cur.fetchall()]
+
+    def dead_rows(
+        self,
+        route: str | None = None,
+        reason: str | None = None,
+        ids: Sequence[int] = (),
+        limit: int = 100,
+    ) -> list[DeadRow]:
+        """Dead letters, oldest first, filtered by route, reason (substring) or seqs."""
+        where, args = self._dead_filter(route, reason, ids)
+        cur = self._db.execute(
+            "SELECT seq, route, target, stage, env_id, kind, reason, failed_at, attempts, body "
+            f"FROM dead{where} ORDER BY seq LIMIT ?",
+            (*args, limit),
+        )
+        return [DeadRow(*r) for r in cur.fetchall()]
+
+    def purge(
+        self, route: str | None = None, reason: str | None = None, ids: Sequence[int] = ()
+    ) -> int:
+        """Delete dead letters (all, or those matching); returns how many."""
+        where, args = self._dead_filter(route, reason, ids)
+        with self._write():
+            cur = self._db.execute(f"DELETE FROM dead{where}", args)
+        return cur.rowcount
+
+    def queue_replay(self, rows: Sequence[DeadRow]) -> int:
+        """Move dead letters to the replay queue (one transaction); returns how many."""
+        with self._write():
+            for r in rows:
+                self._db.execute(
+                    "INSERT INTO replay (dead_seq, route, target, stage, body) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (r.seq, r.route, r.target, r.stage, r.body),
+                )
+                self._db.execute("DELETE FROM dead WHERE seq = ?", (r.seq,))
+        return len(rows)
+
+    def replay_waiting(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM replay").fetchone()[0])
+
+    def take_replays(self, limit: int) -> list[ReplayRow]:
+        """Remove and return up to ``limit`` queued replays, oldest first."""
+        with self._write():
+            cur = self._db.execute(
+                "DELETE FROM replay WHERE seq IN (SELECT seq FROM replay ORDER BY seq LIMIT ?) "
+                "RETURNING seq, route, target, stage, body",
+                (limit,),
+            )
+            rows = cur.fetchall()
+        rows.sort()
+        return [ReplayRow(s, r, t, st, decode(b)) for s, r, t, st, b in rows]
+
+    # --- helpers ------------------------------------------------------------------
+
+    @staticmethod
+    def _dead_filter(
+        route: str | None, reason: str | None, ids: Sequence[int]
+    ) -> tuple[str, tuple[object, ...]]:
+        clauses: list[str] = []
+        args: list[object] = []
+        if route is not None:
+            clauses.append("route = ?")
+            args.append(route)
+        if reason is not None:
+            clauses.append("reason LIKE ?")
+            args.append(f"%{reason}%")
+        if ids:
+            clauses.append(f"seq IN ({','.join('?' * len(ids))})")
+            args += list(ids)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+    def _write(self) -> _Transaction:
+        return _Transaction(self._db, self.path)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error), errors naming the file."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    def __enter__(self) -> None:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise OutboxError(f"outbox {self.path}: {err}") from err
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as err:
+                self.db.execute("ROLLBACK")
+                raise OutboxError(f"outbox {self.path}: {err}") from err
+        self.db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise OutboxError(f"outbox {self.path}: {exc}") from exc

@@ -1,0 +1,458 @@
+"""Hot reload: apply a changed configuration to a running bridge without a restart.
+
+:func:`reload` (``Runtime.reload``) parses and validates the new file with the same
+:func:`broker.runtime.load` as start-up; an invalid file raises ConfigError / PluginError
+and changes nothing.  A valid one is diffed against the running configuration:
+
+adapters   *added* ones start (new inlet, status, supervisor slot); *removed* ones get up
+           to ``shutdown_grace_s`` to empty their inlet, then stop, and what is still
+           queued for them is reported as left; *changed* ones (config struct differs by
+           msgspec equality -- a rotated ``${file:...}`` secret counts) restart with the new
+           config on the inlet they had, so nothing queued is lost; *unchanged* ones are
+           not touched (same instance, same connection, same bindings).
+routes     the router swaps to the new compiled table in one message; counters are kept by
+           route name, so routes that remain keep counting.
+settings   ``[junction]`` keys in :data:`LIVE_SETTINGS` apply at once; any other change
+           (state_dir, outbox, http, restart back-off, disabled_plugins) needs a restart:
+           it is reported and the running value is kept.  That is not an error.
+
+The outcome is a :class:`ReloadReport`, logged at INFO as one line.
+
+``junction run`` reloads on SIGHUP (on its main loop, never inside the handler) and
+keeps ``<state_dir>/junction.pid`` while it runs; ``junction reload CONFIG`` validates
+the file in its own process first, then signals the pid found there
+(:func:`request_reload`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from broker import plugins as plugins_mod
+from broker.adapter import AdapterStatus
+from broker.config import JunctionSettings
+from broker.errors import ConfigError, JunctionError, PluginError
+from broker.inlet import Inlet
+from broker.messages import describe
+from broker.router import Swap
+from broker.routing import CompiledRoute
+from broker.runtime import Loaded, Runtime, load
+
+log = logging.getLogger(__name__)
+
+#: ``[junction]`` keys a reload applies to the running bridge; a change to any other
+#: key needs a restart (it is reported, and the running value is kept).
+LIVE_SETTINGS: tuple[str, ...] = (
+    "log_level",
+    "queue_size",
+    "block_timeout_s",
+    "reply_timeout_s",
+    "redelivery",
+    "dead_letter",
+    "shutdown_grace_s",
+)
+
+PID_FILE = "junction.pid"
+#: Slack for comparing a process's start time with the pid file's mtime (boot-time rounding).
+_CLOCK_SLACK_S = 2.0
+
+_reloading = threading.Lock()  # one reload at a time (two SIGHUPs, or a test and a signal)
+
+
+class BridgeUnreachable(JunctionError):
+    """No running bridge to signal: no pid file, a stale one, or not ours to signal."""
+
+
+@dataclass
+class ReloadReport:
+    """What a reload changed; ``str()`` is one line for the log."""
+
+    path: str
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    routes_added: list[str] = field(default_factory=list)
+    routes_removed: list[str] = field(default_factory=list)
+    routes_changed: list[str] = field(default_factory=list)
+    #: ``[junction]`` changes applied now, as ``key old -> new``.
+    settings_applied: list[str] = field(default_factory=list)
+    #: ``[junction]`` changes that need a restart (the running value is kept).
+    needs_restart: list[str] = field(default_factory=list)
+    #: Envelopes still queued for a removed adapter when it stopped, per ``adapter/route``.
+    left: dict[str, int] = field(default_factory=dict)
+    #: Adapters that could not be (re)started, with the reason.
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        """True when the reload changed anything (or found something it could not apply)."""
+        return any(
+            (
+                self.added,
+                self.removed,
+                self.restarted,
+                self.routes_added,
+                self.routes_removed,
+                self.routes_changed,
+                self.settings_applied,
+                self.needs_restart,
+            )
+        )
+
+    def __str__(self) -> str:
+        if not self.changed:
+            return f"{self.path}: no changes"
+        parts = []
+        adapters = [f"+{n}" for n in self.added] + [f"-{n}" for n in self.removed]
+        adapters += [f"~{n} (restarted)" for n in self.restarted]
+        if adapters or self.unchanged:
+            parts.append(
+                f"adapters {' '.join(adapters) or 'same'}, {len(self.unchanged)} untouched"
+            )
+        routes = [f"+{n}" for n in self.routes_added] + [f"-{n}" for n in self.routes_removed]
+        routes += [f"~{n}" for n in self.routes_changed]
+        if routes:
+            parts.append(f"routes {' '.join(routes)}")
+        if self.settings_applied:
+            parts.append(f"settings applied: {', '.join(self.settings_applied)}")
+        if self.needs_restart:
+            parts.append(f"needs a restart (running value kept): {', '.join(self.needs_restart)}")
+        if self.left:
+            parts.append(
+                "left undelivered by removed adapters: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(self.left.items()))
+            )
+        if self.failed:
+            parts.append(
+                "failed to start: "
+                + ", ".join(f"{k} ({v})" for k, v in sorted(self.failed.items()))
+            )
+        return f"{self.path}: " + "; ".join(parts)
+
+
+# --- the diff (pure) ---------------------------------------------------------------
+
+
+def plan(running: Loaded, new: Loaded) -> tuple[ReloadReport, Loaded]:
+    """Compare ``new`` with the ``running`` configuration.
+
+    Returns the report (without ``left`` / ``failed``, which only applying can tell)
+    and the configuration to run: ``new`` with the running value of every
+    ``[junction]`` key that cannot change live.
+    """
+    report = ReloadReport(path=new.config.path)
+    old_adapters, new_adapters = running.config.adapters, new.config.adapters
+    for name, acfg in new_adapters.items():
+        if name not in old_adapters:
+            report.added.append(name)
+        elif old_adapters[name] != acfg:
+            report.restarted.append(name)
+        else:
+            report.unchanged.append(name)
+    report.removed = [n for n in old_adapters if n not in new_adapters]
+
+    old_routes = {r.name: r for r in running.table.routes}
+    new_routes = {r.name: r for r in new.table.routes}
+    for name, route in new_routes.items():
+        if name not in old_routes:
+            report.routes_added.append(name)
+        elif _route_key(old_routes[name]) != _route_key(route):
+            report.routes_changed.append(name)
+    report.routes_removed = [n for n in old_routes if n not in new_routes]
+
+    old_s, new_s = running.config.junction, new.config.junction
+    for path, before, after in _setting_changes(old_s, new_s):
+        text = f"{path} {_show(before)} -> {_show(after)}"
+        if path.split(".", 1)[0] in LIVE_SETTINGS:
+            report.settings_applied.append(text)
+        else:
+            report.needs_restart.append(text)
+    settings = msgspec.structs.replace(old_s, **{k: getattr(new_s, k) for k in LIVE_SETTINGS})
+    config = msgspec.structs.replace(new.config, junction=settings)
+    return report, dataclasses.replace(new, config=config)
+
+
+def _route_key(route: CompiledRoute) -> tuple[Any, ...]:
+    # queue_size and overflow also follow [junction] defaults, so compare the compiled values
+    return (route.spec, route.queue_size, route.overflow)
+
+
+def _setting_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every differing field; needs-restart tables itemised."""
+    out: list[tuple[str, Any, Any]] = []
+    for f in msgspec.structs.fields(type(old)):
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if before == after:
+            continue
+        key = prefix + f.name
+        nested = isinstance(before, msgspec.Struct) and type(before) is type(after)
+        if nested and key not in LIVE_SETTINGS:
+            out.extend(_setting_changes(before, after, key + "."))
+        else:
+            out.append((key, before, after))
+    return out
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 160 else f"{text[:100]}...{text[-50:]}"  # paths end telling
+
+
+# --- applying it -------------------------------------------------------------------
+
+
+def reload(runtime: Runtime, path: str | None = None) -> ReloadReport:
+    """Validate ``path`` (default: the running config's file) and apply it to ``runtime``.
+
+    Raises ConfigError / PluginError, with nothing changed, when the file is invalid.
+    """
+    with _reloading:
+        running = runtime.loaded
+        file = path or running.config.path
+        new = load(file, extra_plugins=_extra_plugins(running.plugins))
+        report, merged = plan(running, new)
+        if report.changed:
+            _apply(runtime, report, merged)
+        else:
+            runtime.loaded = merged  # same content; adopt it so the file's path is current
+        log.info("reload: %s", report)
+        if report.needs_restart:
+            log.warning(
+                "reload: %s changed but only applies at a restart; still running with the old "
+                "value",
+                ", ".join(t.split(" ", 1)[0] for t in report.needs_restart),
+            )
+        return report
+
+
+def reload_logged(runtime: Runtime) -> ReloadReport | None:
+    """:func:`reload` for a signal: an invalid file is logged and the bridge runs on."""
+    file = runtime.loaded.config.path
+    try:
+        return reload(runtime)
+    except ConfigError as err:
+        log.error(
+            "reload of %s refused, still running the previous configuration: %s",
+            file,
+            "; ".join(str(p) for p in err.problems),
+        )
+    except PluginError as err:
+        log.error(
+            "reload of %s refused (plugin error), still running the previous configuration: %s",
+            file,
+            err,
+        )
+    return None
+
+
+def _extra_plugins(plugins: plugins_mod.Plugins) -> list[str]:
+    """Modules registered beside the built-ins when the running config was loaded."""
+    builtin = set(plugins_mod.BUILTIN_MODULES)
+    names = (n.removeprefix("builtin:") for n in plugins.names() if n.startswith("builtin:"))
+    return [n for n in names if n not in builtin]
+
+
+def _apply(runtime: Runtime, report: ReloadReport, merged: Loaded) -> None:
+    router, supervisor = runtime.router, runtime.supervisor
+    if router is None or supervisor is None:
+        raise RuntimeError("reload needs a started runtime")
+    settings = merged.config.junction
+    adapters = merged.config.adapters
+    gone = set(report.removed)
+
+    # New dicts, never mutated in place: other threads (ops endpoint, router) read them.
+    inlets = dict(runtime.inlets)
+    statuses = dict(runtime.statuses)
+    for name in report.added:
+        inlets[name] = inlets.get(name) or Inlet(name, settings.block_timeout_s)
+        statuses[name] = statuses.get(name) or AdapterStatus(name=name, type=adapters[name].type)
+    for name in (*report.added, *report.restarted):
+        statuses[name].type = adapters[name].type
+        statuses[name].required = adapters[name].required
+    for inlet in inlets.values():
+        inlet.block_timeout_s = settings.block_timeout_s
+    runtime.statuses = statuses
+    runtime.inlets = inlets
+    runtime.loaded = merged  # from here _factory and _routes_for see the new config and table
+
+    routed = {n: i for n, i in inlets.items() if n not in gone}
+    # One message: every envelope routed before it used the old table, every one after the new.
+    router.ask(Swap(merged.table, settings, routed, runtime._persist_kinds()), timeout=60)
+    for name, ctx in runtime.contexts.items():
+        if name not in gone:
+            ctx.settings = settings  # untouched adapters (and their later restarts) see them
+
+    sup = supervisor.proxy()
+    state_dir = Path(settings.state_dir)
+    for name in report.restarted:
+        sup.remove(name).get()
+        _start(runtime, name, state_dir, report)
+    for name in report.added:
+        _start(runtime, name, state_dir, report)
+    if gone:
+        _remove(runtime, sorted(gone), settings, report)
+        runtime.inlets = routed
+        runtime.statuses = {n: s for n, s in statuses.items() if n not in gone}
+        for name in gone:
+            runtime.contexts.pop(name, None)
+
+    if any(t.startswith("log_level ") for t in report.settings_applied):
+        logging.getLogger().setLevel(settings.log_level.upper())
+
+
+def _start(runtime: Runtime, name: str, state_dir: Path, report: ReloadReport) -> None:
+    """Add adapter ``name`` to the supervisor with a factory built from the new config."""
+    assert runtime.supervisor is not None
+    sup = runtime.supervisor.proxy()
+    status = runtime.statuses[name]
+    try:
+        sup.add(name, runtime._factory(name, state_dir), runtime.inlets[name], status).get()
+    except Exception as err:  # its constructor refused the config: the others go on
+        text = describe(err)
+        report.failed[name] = text
+        status.set("crashed", f"reload could not start it: {text}")
+        status.last_error = text
+        log.error("reload: adapter %s could not be started: %s", name, text)
+        sup.remove(name).get()
+
+
+def _remove(
+    runtime: Runtime, names: list[str], settings: JunctionSettings, report: ReloadReport
+) -> None:
+    """Give removed adapters the grace period to empty their inlets, then stop them."""
+    assert runtime.supervisor is not None
+    sup = runtime.supervisor.proxy()
+    deadline = time.monotonic() + settings.shutdown_grace_s
+    for name in names:
+        inlet = runtime.inlets[name]
+        while inlet.pending() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sup.remove(name).get()
+        for route, envs in inlet.drain_all().items():
+            report.left[f"{name}/{route}"] = len(envs)
+    if report.left:
+        log.error(
+            "reload: %d envelopes were still queued for removed adapters after the %.1f s "
+            "grace period and are lost: %s",
+            sum(report.left.values()),
+            settings.shutdown_grace_s,
+            ", ".join(f"{k}={v}" for k, v in sorted(report.left.items())),
+        )
+
+
+# --- the pid file and `junction reload` --------------------------------------------
+
+
+def pid_path(state_dir: str | os.PathLike[str]) -> Path:
+    """Where a bridge with this state directory keeps its process id."""
+    return Path(state_dir) / PID_FILE
+
+
+def write_pid_file(state_dir: str | os.PathLike[str]) -> Path:
+    """Record this process as the bridge of ``state_dir`` (atomically); returns the path."""
+    path = pid_path(state_dir)
+    try:
+        other = running_pid(state_dir)
+    except BridgeUnreachable:
+        other = None
+    if other is not None and other != os.getpid():
+        log.warning(
+            "%s names another running junction (pid %d); this one (pid %d) takes it over: "
+            "two bridges should not share a state_dir",
+            path,
+            other,
+            os.getpid(),
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(PID_FILE + ".tmp")
+    tmp.write_text(f"{os.getpid()}\n", encoding="ascii")
+    os.replace(tmp, path)
+    return path
+
+
+def remove_pid_file(path: Path) -> None:
+    """Remove the pid file if it still names this process."""
+    try:
+        if int(path.read_text(encoding="ascii").strip()) == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def running_pid(state_dir: str | os.PathLike[str]) -> int:
+    """The pid of the bridge running with ``state_dir``; BridgeUnreachable says why not."""
+    path = pid_path(state_dir)
+    where = path.resolve()
+    try:
+        text = path.read_text(encoding="ascii")
+        written = path.stat().st_mtime
+    except FileNotFoundError:
+        raise BridgeUnreachable(
+            f"no junction is running with this state_dir: {where} does not exist "
+            "(is the bridge started, from the same working directory?)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BridgeUnreachable(f"cannot read {where}: {err}") from err
+    try:
+        pid = int(text.strip())
+    except ValueError:
+        pid = 0
+    if pid <= 0:
+        raise BridgeUnreachable(f"{where} does not hold a process id (got {text.strip()!r})")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise BridgeUnreachable(
+            f"no junction is running: {where} is stale (process {pid} has ended)"
+        ) from None
+    except PermissionError:
+        pass  # it exists; signalling it will say whether we may
+    started = _process_started_at(pid)
+    if started is not None and started > written + _CLOCK_SLACK_S:
+        raise BridgeUnreachable(
+            f"no junction is running: {where} is stale (process {pid} started after the file "
+            "was written, so it is another program)"
+        )
+    return pid
+
+
+def request_reload(state_dir: str | os.PathLike[str]) -> int:
+    """Send SIGHUP to the bridge of ``state_dir``; returns its pid."""
+    pid = running_pid(state_dir)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise BridgeUnreachable(
+            f"junction (pid {pid}) ended before it could be signalled"
+        ) from None
+    except PermissionError:
+        raise BridgeUnreachable(
+            f"not allowed to signal junction (pid {pid}): run this as the user running the bridge"
+        ) from None
+    return pid
+
+
+def _process_started_at(pid: int) -> float | None:
+    """When ``pid`` started (epoch seconds), from /proc; None where that is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
+            if line.startswith("btime ")
+        )
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None

@@ -1,0 +1,291 @@
+"""The durable outbox: the store itself, and persist routes through a running bridge."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.envelope import Envelope, Metric
+from broker.outbox import DeadLetter, Outbox
+from broker.runtime import Loaded, Runtime
+from tests.conftest import wait_until
+from tests.support import core_plugin
+
+
+def metric(i: int) -> Envelope:
+    return Envelope(source="t", subject=f"m{i}", body=Metric(module="m", name="n", value=i))
+
+
+def ledgers_balanced(rt: Runtime) -> dict[str, Any]:
+    routes = rt.snapshot()["routes"]
+    for name, r in routes.items():
+        assert r["ledger"]["balanced"], (name, r["ledger"])
+    return routes
+
+
+# --- the store --------------------------------------------------------------------------
+
+
+def test_rows_survive_reopening_in_order_with_their_ids(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    envs = [metric(i) for i in range(10)]
+    seqs, refused = box.append("sink", "r", envs)
+    assert refused == [] and seqs == sorted(seqs) and len(set(seqs)) == 10
+    box.remove(seqs[:3])
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite3")
+    assert again.rows == 7
+    assert again.keys() == {("sink", "r"): 7}
+    rows = again.load("sink", "r", 0, 100)
+    assert [r.envelope.id for r in rows] == [e.id for e in envs[3:]]
+    assert [r.envelope.body.value for r in rows] == list(range(3, 10))  # type: ignore[union-attr]
+
+
+def test_bounds_refuse_what_does_not_fit_and_count_bytes(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3", max_rows=4)
+    seqs, refused = box.append("sink", "r", [metric(i) for i in range(6)])
+    assert len(seqs) == 4 and [e.body.value for e in refused] == [4, 5]  # type: ignore[union-attr]
+    assert box.bytes > 0
+    box.remove(seqs)
+    assert box.rows == 0 and box.bytes == 0
+    small = Outbox(tmp_path / "b.sqlite3", max_bytes=300)
+    seqs, refused = small.append("sink", "r", [metric(i) for i in range(6)])
+    assert 0 < len(seqs) < 6 and len(refused) == 6 - len(seqs)
+
+
+def test_dead_letters_are_summarised_replayed_and_purged(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    seqs, _ = box.append("sink", "r", [metric(1), metric(2)])
+    box.bury(
+        [
+            DeadLetter("r", "sink", "deliver", metric(1), "HTTP 400: bad", 1, seqs[0]),
+            DeadLetter("r2", "", "route", metric(3), "ValueError: odd value 3"),
+        ]
+    )
+    assert box.rows == 1  # the buried pending row is gone with it
+    summary = {(r, why): n for r, _stage, why, n, _a, _b in box.dead_summary()}
+    assert summary == {("r", "HTTP 400: bad"): 1, ("r2", "ValueError: odd value 3"): 1}
+    rows = box.dead_rows(reason="odd")
+    assert [r.route for r in rows] == ["r2"] and rows[0].envelope.subject == "m3"
+    assert box.queue_replay(rows) == 1
+    taken = box.take_replays(10)
+    assert [(t.route, t.stage, t.envelope.id) for t in taken] == [("r2", "route", rows[0].env_id)]
+    assert box.take_replays(10) == []
+    assert box.purge(route="r") == 1 and box.dead_count() == 0
+
+
+# --- persist routes in a running bridge ----------------------------------------------------
+
+
+PERSIST = """
+[adapters.src]
+type = "burst"
+count = {count}
+batch = 50
+[adapters.sink]
+type = "collector"
+gated = {gated}
+{sink_extra}
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+overflow = "persist"
+queue_size = 100
+{route_extra}
+"""
+
+
+def persist_config(
+    count: int = 1000, gated: bool = False, sink_extra: str = "", route_extra: str = ""
+) -> str:
+    return PERSIST.format(
+        count=count,
+        gated=str(gated).lower(),
+        sink_extra=sink_extra,
+        route_extra=route_extra,
+    )
+
+
+def test_a_stalled_target_spills_to_disk_and_drains_in_order(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(load_config(persist_config(count=1000, gated=True)))
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["ledger"]["received"] == 1000)
+    routes = ledgers_balanced(rt)
+    assert routes["r"]["ledger"]["pending"] == 1000
+    assert routes["r"]["outbox"]["oldest_age_s"] is not None
+    assert rt.outbox is not None and rt.outbox.rows == 1000
+    # the window in memory stays bounded by queue_size while the rest waits on disk
+    assert sum(rt.inlets["sink"].depths().values()) <= 100
+    core_plugin.GATES.setdefault("sink", threading.Event()).set()
+    wait_until(lambda: len(core_plugin.received("sink")) == 1000)
+    values = [e.body.value for e in core_plugin.received("sink")]  # type: ignore[union-attr]
+    assert values == [float(i) for i in range(1000)]
+    wait_until(lambda: rt.outbox is not None and rt.outbox.rows == 0)
+    routes = ledgers_balanced(rt)
+    assert routes["r"]["ledger"]["delivered"] == 1000 and routes["r"]["ledger"]["pending"] == 0
+
+
+def test_what_a_stopped_bridge_held_is_delivered_after_restart_with_its_ids(
+    write_config: Callable[[str], str],
+) -> None:
+    from broker.runtime import load
+    from tests.conftest import TEST_PLUGINS
+
+    core_plugin.reset()
+    path = write_config(persist_config(count=300, gated=True))
+    first = Runtime(load(path, extra_plugins=TEST_PLUGINS))
+    first.start()
+    try:
+        wait_until(lambda: first.snapshot()["routes"]["r"]["ledger"]["received"] == 300)
+    finally:
+        report = first.stop(grace_s=0.2)
+    assert report.left == {} and sum(report.kept.values()) > 0
+    assert core_plugin.received("sink") == []
+    core_plugin.reset()
+    core_plugin.PROGRESS["src"] = 300  # the source already sent everything
+    second = Runtime(load(write_config(persist_config(count=300)), extra_plugins=TEST_PLUGINS))
+    second.start()
+    try:
+        wait_until(lambda: len(core_plugin.received("sink")) == 300)
+        got = core_plugin.received("sink")
+        assert [e.body.value for e in got] == [float(i) for i in range(300)]  # type: ignore[union-attr]
+        routes = ledgers_balanced(second)
+        assert routes["r"]["recovered"] == 300
+        wait_until(lambda: second.outbox is not None and second.outbox.rows == 0)
+    finally:
+        second.stop(grace_s=1)
+    core_plugin.reset()
+
+
+def test_a_crash_mid_batch_is_retried_and_a_refusal_is_dead_lettered(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    text = persist_config(
+        count=200,
+        sink_extra="crash_on_batches = [1]\nrefuse_odd = true",
+        route_extra="redelivery = { attempts = 3, backoff_initial_s = 0.05 }",
+    )
+    rt = runtime_of(load_config(text))
+    wait_until(lambda: len(core_plugin.received("sink")) == 100)
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["ledger"]["pending"] == 0)
+    routes = ledgers_balanced(rt)
+    assert routes["r"]["retries"] >= 1
+    assert routes["r"]["ledger"]["dead_lettered"] == 100
+    values = sorted(e.body.value for e in core_plugin.received("sink"))  # type: ignore[union-attr]
+    assert values == [float(i) for i in range(0, 200, 2)]
+    assert rt.outbox is not None
+    summary = rt.outbox.dead_summary()
+    assert [(r, n) for r, _stage, _why, n, _a, _b in summary] == [("r", 100)]
+    assert "odd values are refused" in summary[0][2]
+
+
+def test_retries_run_out_into_the_dead_letter_store(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    text = persist_config(
+        count=50,
+        sink_extra="crash_on_batches = [1, 2, 3, 4, 5, 6]",
+        route_extra="redelivery = { attempts = 2, backoff_initial_s = 0.05 }",
+    )
+    rt = runtime_of(load_config(text))
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["ledger"]["dead_lettered"] > 0)
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["ledger"]["pending"] == 0, 15)
+    routes = ledgers_balanced(rt)
+    assert routes["r"]["ledger"]["received"] == 50
+    assert rt.outbox is not None
+    assert any("after 2 attempts" in why for _r, _s, why, *_ in rt.outbox.dead_summary())
+
+
+def test_stale_envelopes_are_dead_lettered_not_delivered(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    text = persist_config(count=120, gated=True, route_extra="redelivery = { stale_after_s = 0.3 }")
+    rt = runtime_of(load_config(text))
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["ledger"]["received"] == 120)
+    import time
+
+    time.sleep(0.5)
+    core_plugin.GATES.setdefault("sink", threading.Event()).set()
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["ledger"]["pending"] == 0)
+    routes = ledgers_balanced(rt)
+    # the batch the gated sink already held was taken before it went stale; the rest is not
+    assert routes["r"]["ledger"]["dead_lettered"] >= 20
+    assert routes["r"]["ledger"]["delivered"] + routes["r"]["ledger"]["dead_lettered"] == 120
+    assert rt.outbox is not None
+    assert all("stale" in why for _r, _s, why, *_ in rt.outbox.dead_summary())
+
+
+def test_a_full_outbox_refuses_and_counts_by_route(
+    write_config: Callable[[str], str], runtime_of: Callable[[Loaded], Runtime], tmp_path: Path
+) -> None:
+    from broker.runtime import load
+    from tests.conftest import TEST_PLUGINS
+
+    text = f'[junction]\nstate_dir = "{tmp_path / "state"}"\n[junction.outbox]\nmax_rows = 150\n'
+    path = write_config(text + persist_config(count=400, gated=True))
+    rt = runtime_of(load(path, extra_plugins=TEST_PLUGINS))
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["ledger"]["received"] == 400)
+    routes = ledgers_balanced(rt)
+    assert routes["r"]["dropped"] == {"outbox_full": 250}
+    assert routes["r"]["ledger"]["pending"] == 150
+
+
+def test_transform_failures_are_stored_and_replayable(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    text = """
+    [adapters.src]
+    type = "burst"
+    count = 20
+    [adapters.sink]
+    type = "collector"
+    [[routes]]
+    name = "r"
+    from = "src"
+    to = "sink"
+    transforms = ["explode_on_odd"]
+    """
+    rt = runtime_of(load_config(text))
+    wait_until(lambda: len(core_plugin.received("sink")) == 10)
+    wait_until(lambda: rt.outbox is not None and rt.outbox.dead_count() == 10)
+    assert rt.outbox is not None
+    rows = rt.outbox.dead_rows(route="r")
+    assert {r.stage for r in rows} == {"route"} and all("odd value" in r.reason for r in rows)
+    ledgers_balanced(rt)
+    # replaying runs the route again: still odd, so they come back as dead letters
+    rt.outbox.queue_replay(rows)
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["failed"] == 20)
+    wait_until(lambda: rt.outbox is not None and rt.outbox.dead_count() == 10)
+    ledgers_balanced(rt)
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "block"])
+def test_memory_routes_balance_their_ledger_too(
+    policy: str, load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    text = f"""
+    [adapters.src]
+    type = "burst"
+    count = 500
+    [adapters.sink]
+    type = "collector"
+    delay_s = 0.001
+    [[routes]]
+    name = "r"
+    from = "src"
+    to = "sink"
+    overflow = "{policy}"
+    queue_size = 50
+    """
+    rt = runtime_of(load_config(text))
+    for _ in range(20):  # sampled while it flows
+        ledgers_balanced(rt)
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["ledger"]["pending"] == 0)
+    routes = ledgers_balanced(rt)
+    assert routes["r"]["ledger"]["received"] == 500
