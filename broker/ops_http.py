@@ -229,6 +229,8 @@ def listen_error(listen: str, message: str, origin: str = "", hint: str = "") ->
 def readiness(snapshot: Mapping[str, Any], max_pending_age_s: float) -> tuple[bool, list[str]]:
     """Whether the bridge is ready, and why not: required adapters down, old backlog."""
     reasons: list[str] = []
+    if snapshot.get("router_error"):  # no counters: delivery cannot be vouched for
+        reasons.append(str(snapshot["router_error"]))
     for name, a in (snapshot.get("adapters") or {}).items():
         if not a.get("required", False):
             continue

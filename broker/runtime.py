@@ -205,13 +205,15 @@ class Runtime:
 
     def snapshot(self) -> dict[str, Any]:
         """The live picture: adapters, routes and their counters, queue depths."""
-        routes: dict[str, Any] = {}
+        routes: dict[str, Any] = {"router_error": "the router is not running"}
         if self.router is not None and self.router.is_alive():
             try:
                 answer: Any = self.router.ask(Snapshot(), timeout=5)
                 routes = dict(answer)
-            except (pykka.Timeout, pykka.ActorDeadError):
-                routes = {}
+            except pykka.Timeout:
+                routes = {"router_error": "the router did not answer within 5 s"}
+            except pykka.ActorDeadError:
+                pass
         return {
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,
             "adapters": {n: vars(s).copy() for n, s in self.statuses.items()},

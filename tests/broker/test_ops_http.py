@@ -438,3 +438,8 @@ to = "out"
     out = capsys.readouterr().out
     assert "ADAPTER" in out and "ROUTE" in out
     assert any(line.startswith("gen-to-file ") for line in out.splitlines())
+
+
+def test_a_router_that_does_not_answer_is_not_ready() -> None:
+    snap = {"adapters": {}, "routes": {}, "router_error": "the router did not answer within 5 s"}
+    assert readiness(snap, 60.0) == (False, ["the router did not answer within 5 s"])
