@@ -10,6 +10,7 @@
     junction plugins             what is loaded and what each plugin registers
     junction demo                run the built-in demo (routes/demo.toml) with a live view
     junction sim PEER ...        run a peer simulator (placeos, allxon, alphax)
+    junction dlq ACTION CONFIG   list | show | replay | purge dead letters (broker.dlq)
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ def _parser() -> argparse.ArgumentParser:
         "when every route delivered",
     )
     demo.set_defaults(func=cmd_demo)
+
+    from broker import dlq
+
+    dlq.add_parser(sub)
 
     sim = sub.add_parser("sim", help="run a peer simulator", add_help=False)
     sim.add_argument("peer", choices=sorted(SIMULATORS))
