@@ -62,6 +62,10 @@ CREATE TABLE IF NOT EXISTS replay (
 """
 
 
+#: Rows per ``IN (...)`` statement (well under SQLite's limit of bound parameters).
+_CHUNK = 500
+
+
 class OutboxError(RuntimeError):
     """The outbox file cannot be opened or written (the message names the file)."""
 
@@ -188,18 +192,23 @@ class Outbox:
 
     def remove(self, seqs: Iterable[int]) -> int:
         """Delete acknowledged rows (one transaction); returns how many were deleted."""
-        keys = [(s,) for s in seqs]
+        keys = list(seqs)
         if not keys:
             return 0
+        count = size = 0
         with self._write():
-            sizes = [
-                r[0]
-                for k in keys
-                for r in self._db.execute("DELETE FROM pending WHERE seq = ? RETURNING size", k)
-            ]
-        self.rows -= len(sizes)
-        self.bytes -= sum(sizes)
-        return len(sizes)
+            for i in range(0, len(keys), _CHUNK):
+                chunk = keys[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                n, b = self._db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending WHERE seq IN ({marks})",
+                    chunk,
+                ).fetchone()
+                self._db.execute(f"DELETE FROM pending WHERE seq IN ({marks})", chunk)
+                count, size = count + int(n), size + int(b)
+        self.rows -= count
+        self.bytes -= size
+        return count
 
     def load(self, target: str, route: str, after_seq: int, limit: int) -> list[PendingRow]:
         """Up to ``limit`` rows of (target, route) after ``after_seq``, oldest first."""
