@@ -1,7 +1,10 @@
 """HTTP to AlphaX: posting uplinks (paced, gzip, retried) and the GET used by the poller.
 
-One ``httpx.AsyncClient`` per adapter instance serves both the write host (``base_url``) and
-the read host (``read_url``). Outcome of a post, by status:
+Posts go through an :class:`~adapters.alphax._http11.Http11Pool` (keep-alive HTTP/1.1 on trio
+and h11) to the write host (``base_url``): at ~1 post per PlaceOS change, httpx's per-request
+cost took most of a core. The poller's GETs to the read host (``read_url``) use one
+``httpx.AsyncClient`` per adapter instance. Both use the same TLS settings (httpx's default
+verification, or ``ca_file``). Outcome of a post, by status:
 
 - 2xx: stored.
 - 429, 408, 5xx and network errors: retried with capped, jittered exponential back-off, the
@@ -29,6 +32,7 @@ import httpx
 import trio
 
 from adapters.alphax import codec
+from adapters.alphax._http11 import Http11Error, Http11Pool, Http11Response
 from adapters.alphax._pacing import WritePacer
 from adapters.alphax._uplinks import Doc, Failure
 from adapters.alphax.config import AlphaXConfig
@@ -78,21 +82,41 @@ def install_log_filter() -> None:
 install_log_filter()
 
 
-def build_client(cfg: AlphaXConfig) -> httpx.AsyncClient:
-    """The adapter's HTTP client: timeouts, TLS verification (private CA optional), pool size."""
-    verify: ssl.SSLContext | bool = True
+_HEADERS = {"Accept-Encoding": "gzip", "User-Agent": "junction-alphax"}
+
+
+def _tls_context(cfg: AlphaXConfig) -> ssl.SSLContext:
+    """httpx's default verification (certifi's CA bundle), or the private CA of ``ca_file``."""
     if cfg.ca_file:
-        verify = ssl.create_default_context(cafile=cfg.ca_file)
+        return ssl.create_default_context(cafile=cfg.ca_file)
+    return httpx.create_ssl_context()
+
+
+def build_client(cfg: AlphaXConfig) -> httpx.AsyncClient:
+    """The adapter's HTTP client for reads: timeouts, TLS verification, pool size."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s),
-        verify=verify,
+        verify=_tls_context(cfg),
         limits=httpx.Limits(max_connections=cfg.concurrency + 2),
-        headers={"Accept-Encoding": "gzip", "User-Agent": "junction-alphax"},
+        headers=_HEADERS,
         follow_redirects=False,
     )
 
 
-def error_text(response: httpx.Response, token: str) -> str:
+def build_pool(cfg: AlphaXConfig) -> Http11Pool:
+    """The adapter's connections for posts to ``base_url`` (``concurrency`` posts at a time)."""
+    https = urlsplit(cfg.base_url).scheme == "https"
+    return Http11Pool(
+        cfg.base_url,
+        max_connections=cfg.concurrency,
+        connect_timeout_s=cfg.connect_timeout_s,
+        timeout_s=cfg.timeout_s,
+        ssl_context=_tls_context(cfg) if https else None,
+        default_headers=_HEADERS,
+    )
+
+
+def error_text(response: httpx.Response | Http11Response, token: str) -> str:
     """``HTTP <status>: <error> (code <code>)`` from the JSON error body, redacted."""
     try:
         body = codec.decode_error_body(response.content)
@@ -116,12 +140,12 @@ class HttpWriter:
     def __init__(
         self,
         cfg: AlphaXConfig,
-        client: httpx.AsyncClient,
+        pool: Http11Pool,
         status: AdapterStatus,
         log: logging.Logger,
     ) -> None:
         self.cfg = cfg
-        self.client = client
+        self.pool = pool
         self.status = status
         self.log = log
         self.token = cfg.token
@@ -192,13 +216,11 @@ class HttpWriter:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
             self.gzipped += 1
-        url = f"{self.cfg.base_url.rstrip('/')}/post/{doc.form}"
         self.posts += 1
         try:
-            response = await self.client.post(url, content=body, headers=headers)
-        except httpx.TransportError as err:
-            reason = codec.redact(f"network error: {type(err).__name__}: {err}", self.token)
-            return _Outcome(False, True, reason)
+            response = await self.pool.post(f"/post/{doc.form}", body, headers)
+        except Http11Error as err:
+            return _Outcome(False, True, codec.redact(f"network error: {err}", self.token))
         code = response.status_code
         self.statuses[code] = self.statuses.get(code, 0) + 1
         if 200 <= code < 300:

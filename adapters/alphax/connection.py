@@ -12,7 +12,8 @@ the read poller.
 Behind it (private modules):
 
 - :mod:`._uplinks` (pure) checks and groups channel writes and builds the documents;
-- :mod:`._http` posts them (``transport = "http"``) and does the poller's GETs;
+- :mod:`._http` posts them (``transport = "http"``, over :mod:`._http11`) and does the
+  poller's GETs (httpx);
 - :mod:`._mqtt` publishes them at QoS 1 (``"mqtt"``);
 - :mod:`._net` sends datagrams or lines (``"udp"``, ``"tcp"``: best effort);
 - :mod:`._poller` and :mod:`._walker` read back with a persisted high-water mark;
@@ -34,7 +35,7 @@ from typing import Any
 import httpx
 
 from adapters.alphax import _uplinks
-from adapters.alphax._http import HttpWriter, build_client
+from adapters.alphax._http import HttpWriter, build_client, build_pool
 from adapters.alphax._mqtt import MqttWriter
 from adapters.alphax._net import TcpWriter, UdpWriter
 from adapters.alphax._poller import Poller, state_path
@@ -66,7 +67,7 @@ class Conduit:
 
     @property
     def client(self) -> httpx.AsyncClient:
-        """The HTTP client (writes over HTTP and all reads), made on first use."""
+        """The httpx client for the poller's reads, made on first use."""
         if self._client is None:
             self._client = build_client(self.cfg)
         return self._client
@@ -75,7 +76,7 @@ class Conduit:
     def http(self) -> HttpWriter:
         """The HTTP writer, made on first use."""
         if self._http is None:
-            self._http = HttpWriter(self.cfg, self.client, self.status, self.log)
+            self._http = HttpWriter(self.cfg, build_pool(self.cfg), self.status, self.log)
         return self._http
 
     def start(self) -> None:
@@ -171,5 +172,9 @@ class Conduit:
                 if net is not None:
                     await net.aclose()
         finally:
-            if self._client is not None:
-                await self._client.aclose()
+            try:
+                if self._http is not None:
+                    await self._http.pool.aclose()
+            finally:
+                if self._client is not None:
+                    await self._client.aclose()
