@@ -43,8 +43,10 @@ from broker.messages import describe
 
 log = logging.getLogger(__name__)
 
-#: Adapter states that count as connected (a pure in-process adapter says "running").
-CONNECTED_STATES = frozenset({"connected", "running"})
+#: Adapter states that count as connected: "running" (a pure in-process adapter),
+#: "finished" (a one-shot source that did its job), "ready" (a request/response peer
+#: with nothing to send yet), "sending" (a best-effort datagram transport).
+CONNECTED_STATES = frozenset({"connected", "running", "finished", "ready", "sending"})
 LISTEN_KEY = "[junction.http] listen"
 ENDPOINTS = ("/metrics", "/healthz", "/readyz", "/status")
 
@@ -241,7 +243,7 @@ def readiness(snapshot: Mapping[str, Any], max_pending_age_s: float) -> tuple[bo
     for name, r in (snapshot.get("routes") or {}).items():
         age = (r.get("outbox") or {}).get("oldest_age_s")
         if age is not None and age > max_pending_age_s:
-            reasons.append(f"route {name}: oldest pending {age:.0f} s > {max_pending_age_s:g} s")
+            reasons.append(f"route {name}: oldest pending {age:.1f} s > {max_pending_age_s:g} s")
     return not reasons, reasons
 
 

@@ -250,7 +250,7 @@ def test_readyz_is_503_when_a_route_has_an_envelope_older_than_the_limit(
     server = serve(lambda: snap, max_age=60.0)
     status, _, body = get(f"{server.url}/readyz")
     assert status == 503
-    assert json.loads(body)["reasons"] == ["route w: oldest pending 75 s > 60 s"]
+    assert json.loads(body)["reasons"] == ["route w: oldest pending 75.0 s > 60 s"]
     # the same age under a looser limit is fine
     assert readiness(snap, 90.0) == (True, [])
 
@@ -443,3 +443,13 @@ to = "out"
 def test_a_router_that_does_not_answer_is_not_ready() -> None:
     snap = {"adapters": {}, "routes": {}, "router_error": "the router did not answer within 5 s"}
     assert readiness(snap, 60.0) == (False, ["the router did not answer within 5 s"])
+
+
+def test_a_finished_one_shot_source_and_an_idle_http_peer_are_ready() -> None:
+    adapters = {
+        "feed": {"state": "finished", "required": True},
+        "alphax": {"state": "ready", "required": True},
+        "placeos": {"state": "connecting", "required": True, "detail": "refused"},
+    }
+    snap = {"adapters": adapters, "routes": {}}
+    assert readiness(snap, 60.0) == (False, ["adapter placeos is connecting: refused"])
