@@ -27,6 +27,8 @@ LATENCIES: list[float] = []
 WRITTEN = [0]
 #: adapter name -> [acknowledged count, latencies in seconds] (``alphax_e2e``)
 ACKED: dict[str, tuple[list[int], list[float]]] = {}
+#: adapter name -> distinct (channel, timestamp ms) it got acknowledged (``alphax_e2e``)
+STORE_KEYS: dict[str, set[tuple[int, int]]] = {}
 
 
 def reset() -> None:
@@ -34,6 +36,13 @@ def reset() -> None:
         LATENCIES.clear()
         WRITTEN[0] = 0
         ACKED.clear()
+        STORE_KEYS.clear()
+
+
+def store_keys(name: str) -> int:
+    """Distinct (channel, timestamp ms) adapter ``name`` got acknowledged since the reset."""
+    with LOCK:
+        return len(STORE_KEYS.get(name, ()))
 
 
 def acked(name: str) -> tuple[int, list[float]]:
@@ -63,10 +72,14 @@ class E2ETimedAlphaX(AlphaXAdapter):
         acked = len(batch) - len(self._settled_in_deliver or ())
         now = time.time()
         lat = [now - float(getattr(env.body, "value", now)) for env in batch]
+        # the simulator stores one value per (channel, timestamp ms): two writes of a channel
+        # in the same millisecond are one stored value, so that is what "stored" is checked against
+        keys = {(getattr(env.body, "channel", 0), round(env.ts * 1000)) for env in batch}
         with LOCK:
             count, latencies = ACKED.setdefault(self.name, ([0], []))
             count[0] += acked
             latencies.extend(lat)
+            STORE_KEYS.setdefault(self.name, set()).update(keys)
 
 
 @hookimpl
