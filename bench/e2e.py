@@ -333,6 +333,11 @@ def main() -> None:
         default="mqtt,http,allxon",
         help="which routes to run (comma separated; the MQTT leg is always measured)",
     )
+    ap.add_argument(
+        "--broker-nodelay",
+        action="store_true",
+        help="run mosquitto with set_tcp_nodelay true (default: its default, Nagle on)",
+    )
     args = ap.parse_args()
     args.legs = sorted(set(args.legs.split(",")) | {"mqtt"})
     logs.setup("warning")
@@ -345,7 +350,8 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        broker = MosquittoBroker(binary, tmp / "mosquitto")
+        extra = ["set_tcp_nodelay true"] if args.broker_nodelay else []
+        broker = MosquittoBroker(binary, tmp / "mosquitto", extra_config=extra)
         broker.start()
         pconn, pchild = multiprocessing.Pipe()
         sconn, schild = multiprocessing.Pipe()
@@ -417,6 +423,8 @@ def main() -> None:
                 "offered_rate": args.rate,
                 "not_stored": lost,
                 "sim_dropped": sum(r["sim_dropped"] for r in runs),
+                "broker_nodelay": args.broker_nodelay,
+                "legs": ",".join(args.legs),
                 "failed": sum(r["failed"] for r in runs),
                 "dropped": sum(r["dropped"] for r in runs),
                 "repeat": args.repeat,

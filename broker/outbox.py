@@ -18,13 +18,17 @@ process; SQLite's locking and ``busy_timeout`` keep the two apart.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from broker.envelope import Envelope, decode, encode
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -62,6 +66,8 @@ CREATE TABLE IF NOT EXISTS replay (
 """
 
 
+#: WAL size past which the checkpointer makes the next commit start the WAL over.
+_WAL_RESTART_BYTES = 64 << 20
 #: Rows per ``IN (...)`` statement (well under SQLite's limit of bound parameters).
 _CHUNK = 500
 
@@ -141,6 +147,8 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=10000")
+            # checkpoints (which fsync) run on a thread of their own, not in a writer's commit
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
             row = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending"
@@ -148,9 +156,42 @@ class Outbox:
         except sqlite3.Error as err:
             raise OutboxError(f"outbox {path}: {err}") from err
         self.rows, self.bytes = int(row[0]), int(row[1])
+        self._stop = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="outbox-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     def close(self) -> None:
+        self._stop.set()
+        self._checkpointer.join(5)
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as err:  # the next open replays the WAL; nothing is lost
+            log.warning("outbox %s: final checkpoint failed: %s", self.path, err)
         self._db.close()
+
+    def _checkpoint_loop(self, every_s: float = 0.1) -> None:
+        """Move the WAL into the database file now and then, off the router's thread."""
+        try:
+            db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
+        except sqlite3.Error as err:
+            log.error("outbox %s: no checkpoint connection (%s); the WAL grows", self.path, err)
+            return
+        try:
+            wal = Path(f"{self.path}-wal")
+            while not self._stop.wait(every_s):
+                try:
+                    size = wal.stat().st_size if wal.exists() else 0
+                    # PASSIVE never blocks the writer, but under a steady stream it cannot
+                    # reset the WAL; past the mark, RESTART waits for a gap between commits
+                    # so the next one starts the WAL over (a short, rare stall)
+                    mode = "RESTART" if size > _WAL_RESTART_BYTES else "PASSIVE"
+                    db.execute(f"PRAGMA wal_checkpoint({mode})")
+                except (OSError, sqlite3.Error) as err:
+                    log.warning("outbox %s: checkpoint failed: %s", self.path, err)
+        finally:
+            db.close()
 
     # --- pending ------------------------------------------------------------------
 

@@ -50,6 +50,8 @@ class _Pending:
 class _Ack:
     message: PluginCommandAck
     queued_at: float
+    #: (route, reply envelope) to acknowledge to the router once this ack is sent
+    handle: tuple[str, Envelope] | None = None
 
 
 class CommandDesk:
@@ -77,6 +79,8 @@ class CommandDesk:
         self.wake = wake
         self.pending: dict[str, _Pending] = {}
         self.acks: deque[_Ack] = deque()
+        #: Called with (route, envelope, reason) when a reply's ack is dropped unsent.
+        self.on_unsent: Callable[[str, Envelope, str], None] | None = None
         self.quiet = False
 
     def receive(self, params: CommandParams, now: float) -> Envelope | None:
@@ -124,8 +128,8 @@ class CommandDesk:
         self.log.warning("command %s %r rejected: %s", params.command_id, name, reason)
         self.queue_ack(params, name, "REJECTED", {"response": reason}, now)
 
-    def reply(self, env: Envelope, now: float) -> None:
-        """A reply came back: queue ACKED or ERRORED for its command."""
+    def reply(self, env: Envelope, now: float, route: str = "") -> bool:
+        """A reply came back: queue ACKED or ERRORED for its command (False: not pending)."""
         pending = self.pending.pop(env.correlation_id or "", None)
         if pending is None:
             self.stats.late_replies += 1
@@ -135,10 +139,13 @@ class CommandDesk:
                 env.kind,
                 env.correlation_id,
             )
-            return
+            return False
         outcome = outcome_of(env.body)
         command = pending.command
-        self.queue_ack(command, pending.name, outcome.state, outcome.result, now, outcome.states)
+        handle = (route, env) if route else None
+        self.queue_ack(
+            command, pending.name, outcome.state, outcome.result, now, outcome.states, handle
+        )
         self.log.info(
             "command %s %s: %s %s",
             command.command_id,
@@ -146,6 +153,7 @@ class CommandDesk:
             outcome.state,
             logs.truncate(json.dumps(outcome.result), 200),
         )
+        return True
 
     def expire(self, now: float) -> int:
         """ERRORED for every command past its deadline; returns how many."""
@@ -166,6 +174,7 @@ class CommandDesk:
         result: dict[str, str],
         now: float,
         states: dict[str, Any] | None = None,
+        handle: tuple[str, Envelope] | None = None,
     ) -> None:
         """Queue an ack (kept under 2 KB; states that do not fit their cards left out)."""
         wall = time.time()
@@ -175,7 +184,7 @@ class CommandDesk:
         message, note = ack_message(self.app_guid, command, name, state, result, wall, items)
         if note:
             self.log.warning("command %s %s: %s", name, command.command_id, note)
-        self.acks.append(_Ack(message, now))
+        self.acks.append(_Ack(message, now, handle))
         self.stats.commands[state.lower()] += 1
         self.wake()
 
@@ -185,7 +194,9 @@ class CommandDesk:
             ack = self.acks[0]
             if now - ack.queued_at <= PORTAL_COMMAND_LIMIT_S:
                 return with_epoch(ack.message, time.time())
-            self.acks.popleft()
+            dropped = self.acks.popleft()
+            if dropped.handle is not None and self.on_unsent is not None:
+                self.on_unsent(*dropped.handle, "its ack was not sent within the Portal's 1 minute")
             self.stats.acks_expired += 1
             self.log.warning(
                 "ack %s of command %s dropped: not sent within the Portal's 1 minute",
@@ -194,6 +205,6 @@ class CommandDesk:
             )
         return None
 
-    def sent(self) -> None:
-        """The ack ``next_ack`` returned was sent."""
-        self.acks.popleft()
+    def sent(self) -> tuple[str, Envelope] | None:
+        """The ack ``next_ack`` returned was sent; returns the reply to acknowledge, if any."""
+        return self.acks.popleft().handle

@@ -83,6 +83,9 @@ MAX_HELD_ALERTS = 100  # alerts kept while the Portal's alarm settings have not 
 
 #: Kinds acknowledged to the router when their frame is sent, not when buffered.
 ACKED_ON_SEND = frozenset({"event", "alert"})
+#: What a route to this adapter keeps in the durable outbox by default: events, alerts,
+#: and the results that become a command's ACKED/ERRORED ack.
+PERSIST_KINDS = frozenset({"event", "alert", "command_result", "exec_result"})
 
 
 class AllxonAdapter(InboundHandling, Adapter):
@@ -133,6 +136,7 @@ class AllxonAdapter(InboundHandling, Adapter):
             self.log,
             wake=lambda: self._wake.set(),
         )
+        self.desk.on_unsent = lambda route, env, why: self.fail(route, [env], why)
         self._send_lock = trio.Lock()
         self._link: AgentLink | None = None
         self._online = False
@@ -381,7 +385,9 @@ class AllxonAdapter(InboundHandling, Adapter):
             ack = self.desk.next_ack(trio.current_time()) if self._online else None
             if ack is not None:
                 await self._send(link, ack, priority=True)
-                self.desk.sent()
+                handle = self.desk.sent()
+                if handle is not None:
+                    self.ack(handle[0], [handle[1]])
                 continue
             await wake.wait()
             if self._wake is wake:
@@ -408,7 +414,14 @@ class AllxonAdapter(InboundHandling, Adapter):
         for env in batch:
             try:
                 if route.endswith(REPLY_SUFFIX):
-                    self.desk.reply(env, trio.current_time())
+                    # acknowledged when the command's ack frame is sent, not before
+                    self.defer(route, [env])
+                    if not self.desk.reply(env, trio.current_time(), route):
+                        self.fail(
+                            route,
+                            [env],
+                            "its command is no longer pending (answered or timed out already)",
+                        )
                 elif isinstance(env.body, Property):
                     self._property(env.body)
                 else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adapters.allxon.actor import AllxonAdapter
+from adapters.allxon.actor import PERSIST_KINDS, AllxonAdapter
 from adapters.allxon.config import AllxonConfig
 from broker.hookspecs import AdapterType, hookimpl
 
@@ -17,6 +17,6 @@ def junction_adapter_types() -> Sequence[AdapterType]:
             AllxonConfig,
             AllxonAdapter,
             "Allxon Octo plugin: signed cards, states, metrics, alerts and Portal commands",
-            persist_kinds=frozenset({"event", "alert"}),
+            persist_kinds=PERSIST_KINDS,
         ),
     ]

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.allxon.actor import AllxonAdapter
+from adapters.allxon.actor import PERSIST_KINDS, AllxonAdapter
 from adapters.allxon.config import AllxonConfig
 from broker.adapter import Adapter
 from broker.config import AdapterConfig
@@ -95,7 +95,7 @@ def junction_adapter_types() -> Sequence[AdapterType]:
             AllxonConfig,
             RecordedAllxon,
             "allxon, kept for tests",
-            persist_kinds=frozenset({"event", "alert"}),
+            persist_kinds=PERSIST_KINDS,
         ),
         AdapterType("responder", ResponderConfig, Responder, "test command responder"),
     ]

@@ -261,7 +261,16 @@ async def test_command_is_accepted_routed_and_acked_with_its_result(setup: Any) 
             (request,) = allxon_plugin.requests("responder")
             assert request.body.params == {"delay": "5", "mode": "soft"}  # type: ignore[union-attr]
             assert request.subject == "room/reboot" and request.deadline is not None
-            assert rt.snapshot()["routes"]["commands"]["replies"] == 1
+            # the result went through the outbox (command results persist) and was
+            # acknowledged when its ack frame was sent
+            await wait_for(
+                lambda: rt.snapshot()["routes"]["commands"]["replies"] == 1,
+                what="the reply acknowledged",
+            )
+            ledger = rt.snapshot()["routes"]["commands"]["ledger"]
+            assert ledger["balanced"] and ledger["pending"] == 0, ledger
+            assert "allxon/commands::reply" in rt.snapshot()["persist_queues"]
+            assert rt.outbox is not None and rt.outbox.rows == 0
 
 
 async def test_command_mapped_to_an_exec_is_acked_from_the_exec_result(setup: Any) -> None:
