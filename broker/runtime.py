@@ -9,6 +9,7 @@ period; whatever is still queued after that is logged by route and counted.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import tomllib
@@ -109,6 +110,8 @@ class Runtime:
         settings = cfg.junction
         state_dir = Path(settings.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        if settings.switch_interval_ms > 0:
+            sys.setswitchinterval(settings.switch_interval_ms / 1000)
         for name, acfg in cfg.adapters.items():
             self.inlets[name] = Inlet(name, settings.block_timeout_s)
             self.statuses[name] = AdapterStatus(name=name, type=acfg.type, required=acfg.required)
