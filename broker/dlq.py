@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from broker import config as config_mod
 from broker import logs
@@ -163,34 +164,26 @@ def parse_ids(text: str) -> list[int]:
     return sorted(seqs)
 
 
-def _seq(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a seq number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a seq number (they start at 1)")
-    return value
+def _number(
+    parse: Callable[[str], float], what: str, ok: Callable[[float], bool], rule: str
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``parse`` the text, then require ``ok`` of it (``rule`` says why)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: {rule}")
+        return value
+
+    return convert
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
-    return value
+_seq = _number(int, "a seq number", lambda v: v > 0, "seq numbers start at 1")
+_positive_float = _number(float, "a number", lambda v: v > 0, "must be more than 0")
+_non_negative_int = _number(int, "a whole number", lambda v: v >= 0, "must be 0 or more")
 
 
 # --- finding the store -------------------------------------------------------------------
