@@ -101,6 +101,9 @@ class Adapter:
         # ids of the envelopes fail()ed or defer()red during the current deliver() call,
         # so they are not also counted as delivered (None outside a deliver call)
         self._settled_in_deliver: set[int] | None = None
+        # envelopes defer()red and not yet ack()ed or fail()ed, by id(): what this instance
+        # owes the router when it stops
+        self._deferred: dict[int, tuple[str, Envelope]] = {}
 
     async def run(self) -> None:
         """Produce envelopes until cancelled.  Returning ends production, not the adapter."""
@@ -126,6 +129,16 @@ class Adapter:
         connection also carries what it delivers returns True and stops emitting itself.
         """
         return False
+
+    def release_deferred(self) -> None:
+        """This instance is gone: what it deferred and never settled fails, to be retried
+        (a persist route redelivers it; a memory route dead-letters it)."""
+        owed, self._deferred = self._deferred, {}
+        by_route: dict[str, list[Envelope]] = {}
+        for route, env in owed.values():
+            by_route.setdefault(route, []).append(env)
+        for route, envs in by_route.items():
+            self.fail(route, envs, "the adapter stopped before its peer acknowledged them", False)
 
     # --- helpers for subclasses -------------------------------------------------
 
@@ -155,6 +168,8 @@ class Adapter:
         if envelopes:
             if self._settled_in_deliver is not None:
                 self._settled_in_deliver.update(id(e) for e in envelopes)
+            for env in envelopes:
+                self._deferred.pop(id(env), None)
             self.ctx.router.tell(
                 Failed(route, self.name, list(envelopes), reason, retry=not permanent)
             )
@@ -167,10 +182,14 @@ class Adapter:
         """
         if self._settled_in_deliver is not None:
             self._settled_in_deliver.update(id(e) for e in envelopes)
+        for env in envelopes:
+            self._deferred[id(env)] = (route, env)
 
     def ack(self, route: str, envelopes: Sequence[Envelope]) -> None:
         """The peer acknowledged envelopes :meth:`defer`red earlier."""
         if envelopes:
+            for env in envelopes:
+                self._deferred.pop(id(env), None)
             self.status.sent += len(envelopes)
             self.ctx.router.tell(Delivered(route, self.name, len(envelopes), list(envelopes)))
 
@@ -234,6 +253,10 @@ class AdapterHost(pykka.ThreadingActor):
         finally:
             self.inlet.detach()
             self._started.set()
+            try:
+                self.adapter.release_deferred()
+            except Exception:  # the router is gone (shutdown's end): nothing left to tell
+                log.debug("adapter %s: deferred envelopes not released", self.adapter.name)
         if error is not None and not self._stopping:
             text = describe(error)
             repeat = status.last_error == text

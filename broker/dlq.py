@@ -239,7 +239,7 @@ def _open(where: Located) -> Outbox | None:
             f"state_dir){note}"
         )
         return None
-    return Outbox(where.path)
+    return Outbox(where.path, checkpoints=False)  # the bridge checkpoints its own WAL
 
 
 def _bridge_pid(state_dir: Path) -> int | None:

@@ -9,7 +9,9 @@ for an hour costs disk, not memory, and order per (target, route) is kept.
 
 A transient failure (the adapter crashed mid-batch) is retried after a back-off up to the
 route's ``redelivery.attempts``; a permanent one, the last attempt, or an envelope past its
-``stale_after_s`` is buried in the dead-letter store with the reason.
+``stale_after_s`` is buried in the dead-letter store with the reason. A retried envelope
+goes to the back of the window: order holds for first deliveries and after a restart, and
+a retry may arrive after envelopes that were behind it.
 
 Runs on the router's thread only; the router tells it what happened and asks it what is
 pending. Envelopes in the window are known by object identity (``id()``): the same object
@@ -49,6 +51,8 @@ class _Queue:
     seq_of: dict[int, int] = field(default_factory=dict)
     attempts: dict[int, int] = field(default_factory=dict)
     waiting: int = 0
+    #: Rows at or below ``loaded_upto`` must be loaded again (their copies were lost).
+    rewound: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,9 @@ class Settled:
     delivered: int = 0
     buried: tuple[tuple[Envelope, str], ...] = ()
     retrying: int = 0
+    #: Envelopes of this queue name that are not in the outbox (a memory envelope that
+    #: shares the name, e.g. after a reload changed the route's policy): the router's.
+    unknown: tuple[Envelope, ...] = ()
 
 
 class DurableQueues:
@@ -149,7 +156,8 @@ class DurableQueues:
     def failed(
         self, target: str, route: str, envelopes: list[Envelope], reason: str, retry: bool
     ) -> Settled:
-        """Retry what may be retried; bury the rest (one transaction)."""
+        """Retry what may be retried (at the back of the window: a retry may overtake
+        nothing it failed before, but later envelopes may pass it); bury the rest."""
         q = self.queues.get((target, route))
         if q is None:
             return Settled()
@@ -158,9 +166,11 @@ class DurableQueues:
         letters: list[DeadLetter] = []
         buried: list[tuple[Envelope, str]] = []
         retried: list[int] = []
+        unknown: list[Envelope] = []
         for env in envelopes:
             seq = q.seq_of.get(id(env))
             if seq is None:
+                unknown.append(env)
                 continue
             attempts = q.attempts.get(seq, 0) + 1
             stale = env.deadline is not None and env.deadline <= now
@@ -176,16 +186,36 @@ class DurableQueues:
                 why = f"stale: its deadline passed ({reason})"
             q.seq_of.pop(id(env), None)
             q.attempts.pop(seq, None)
-            letters.append(DeadLetter(route, target, "deliver", env, why, attempts, seq))
+            letters.append(DeadLetter(_base(route), target, "deliver", env, why, attempts, seq))
             buried.append((env, why))
         if retried:
             self.outbox.count_attempt(retried)
+        self._bury(q, letters)
+        self._refill(target, route, q)
+        return Settled(buried=tuple(buried), retrying=len(retried), unknown=tuple(unknown))
+
+    def leftovers(self, target: str, route: str, envelopes: list[Envelope]) -> list[Envelope]:
+        """The target stopped with these still queued: ours stay in the outbox (loaded again
+        when the target runs); returns the others, which only ever were in memory."""
+        q = self.queues.get((target, route))
+        if q is None:
+            return list(envelopes)
+        unknown = [e for e in envelopes if id(e) not in q.seq_of]
+        self._orphan(q, envelopes)
+        return unknown
+
+    def _orphan(self, q: _Queue, envelopes: list[Envelope]) -> None:
+        """Forget in-memory copies that will not be settled; their rows load again later."""
+        seqs = [s for s in (q.seq_of.pop(id(e), None) for e in envelopes) if s is not None]
+        if seqs:
+            q.loaded_upto = min(q.loaded_upto, min(seqs) - 1)
+            q.spilled = q.rewound = True
+
+    def _bury(self, q: _Queue, letters: list[DeadLetter]) -> None:
         if letters:
             before = self.outbox.rows
             self.outbox.bury(letters)
             q.rows -= before - self.outbox.rows
-        self._refill(target, route, q)
-        return Settled(buried=tuple(buried), retrying=len(retried))
 
     def tick(self, now: float) -> None:
         """Re-offer retries that are due; refill spilled windows."""
@@ -196,7 +226,8 @@ class DurableQueues:
             if q is None:
                 continue
             q.waiting -= 1
-            if inlet is None:
+            if inlet is None:  # the target went away meanwhile: load it again when it is back
+                self._orphan(q, [env])
                 continue
             inlet.push(route, [env])
         for (target, route), q in self.queues.items():
@@ -214,16 +245,19 @@ class DurableQueues:
         if room < max(1, capacity // _REFILL_SHARE):
             return
         rows = self.outbox.load(target, route, q.loaded_upto, room)
+        live = set(q.seq_of.values()) if q.rewound else set()
         now = time.time()
         fresh: list[Envelope] = []
         stale: list[DeadLetter] = []
         for row in rows:
             q.loaded_upto = row.seq
+            if row.seq in live:
+                continue  # its copy is in memory (loaded before the rewind)
             env = row.envelope
             if env.deadline is not None and env.deadline <= now:
                 stale.append(
                     DeadLetter(
-                        route,
+                        _base(route),
                         target,
                         "deliver",
                         env,
@@ -237,15 +271,12 @@ class DurableQueues:
             if row.attempts:
                 q.attempts[row.seq] = row.attempts
             fresh.append(env)
-        if stale:
-            before = self.outbox.rows
-            self.outbox.bury(stale)
-            q.rows -= before - self.outbox.rows
-            self.stale_buried.extend((d.envelope, route, d.reason) for d in stale)
+        self._bury(q, stale)
+        self.stale_buried.extend((d.envelope, route, d.reason) for d in stale)
         if fresh:
             inlet.push(route, fresh)
         if len(rows) < room:
-            q.spilled = False
+            q.spilled = q.rewound = False
 
     # --- inspection ---------------------------------------------------------------
 
@@ -254,9 +285,19 @@ class DurableQueues:
         q = self.queues.get((target, route))
         return None if q is None else q.rows
 
+    def in_memory(self, target: str, route: str) -> int:
+        """Rows of (target, route) whose copy is in the target's queue or being delivered."""
+        q = self.queues.get((target, route))
+        return 0 if q is None else len(q.seq_of) - q.waiting
+
     def oldest_age_s(self, target: str, route: str, now: float) -> float | None:
         q = self.queues.get((target, route))
         if q is None or q.rows <= 0:
             return None
         created = self.outbox.oldest(target, route)
         return None if created is None else max(0.0, now - created)
+
+
+def _base(queue: str) -> str:
+    """The route of a queue name (``<route>::reply`` carries answers back to the asker)."""
+    return queue.split("::", 1)[0]

@@ -180,12 +180,15 @@ class Inlet:
         here or counted there -- the route's ledger balances at every moment.
         """
         with self._lock:
-            self._in_flight = max(0, self._in_flight - count)
-            left = self._in_flight_by_route[route] - count
-            if left > 0:
-                self._in_flight_by_route[route] = left
-            else:
-                self._in_flight_by_route.pop(route, None)
+            self._settle_locked(route, count)
+
+    def _settle_locked(self, route: str, count: int) -> None:
+        self._in_flight = max(0, self._in_flight - count)
+        left = self._in_flight_by_route[route] - count
+        if left > 0:
+            self._in_flight_by_route[route] = left
+        else:
+            self._in_flight_by_route.pop(route, None)
 
     def requeue(self, route: str, envelopes: list[Envelope]) -> None:
         """Put a taken batch back at the front of its route's queue (no loss on stop)."""
@@ -194,12 +197,7 @@ class Inlet:
             if not q.items:
                 self._ready.appendleft(route)
             q.items.extendleft(reversed(envelopes))
-            self._in_flight = max(0, self._in_flight - len(envelopes))
-            left = self._in_flight_by_route[route] - len(envelopes)
-            if left > 0:
-                self._in_flight_by_route[route] = left
-            else:
-                self._in_flight_by_route.pop(route, None)
+            self._settle_locked(route, len(envelopes))
 
     # --- inspection -------------------------------------------------------------
 

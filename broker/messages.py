@@ -41,6 +41,18 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Leftovers:
+    """A target stopped (shutdown, reload) with these still queued; the router keeps what
+    is in the outbox for later and dead-letters the rest with ``reason``. Answered with
+    (kept, dead-lettered)."""
+
+    target: str
+    route: str
+    envelopes: list[Envelope]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Periodic wake-up for the router (reply deadlines)."""
 

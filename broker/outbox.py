@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from broker.envelope import Envelope, decode, encode
 
@@ -135,8 +136,17 @@ class ReplayRow:
 class Outbox:
     """The store (see the module docstring). Not thread-safe: one thread at a time uses it."""
 
-    def __init__(self, path: Path, max_rows: int = 1_000_000, max_bytes: int = 512 << 20) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_rows: int = 1_000_000,
+        max_bytes: int = 512 << 20,
+        checkpoints: bool = True,
+    ) -> None:
+        """Open (or create) the store; ``checkpoints=False`` for a second opener (the
+        ``junction dlq`` commands, tests) that leaves the WAL to the bridge's own."""
         self.path = path
+        self.checkpoints = checkpoints
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         try:
@@ -160,9 +170,13 @@ class Outbox:
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="outbox-checkpoint", daemon=True
         )
-        self._checkpointer.start()
+        if checkpoints:
+            self._checkpointer.start()
 
     def close(self) -> None:
+        if not self.checkpoints:
+            self._db.close()
+            return
         self._stop.set()
         self._checkpointer.join(5)
         try:
@@ -215,7 +229,7 @@ class Outbox:
                 refused = list(envelopes[i:])
                 break
             added_bytes += len(body)
-            rows.append((target, route, env.id, env.ts or now, len(body), body))
+            rows.append((target, route, env.id, now, len(body), body))
         if not rows:
             return [], refused
         with self._write():
@@ -253,26 +267,26 @@ class Outbox:
 
     def load(self, target: str, route: str, after_seq: int, limit: int) -> list[PendingRow]:
         """Up to ``limit`` rows of (target, route) after ``after_seq``, oldest first."""
-        cur = self._db.execute(
+        rows = self._rows(
             "SELECT seq, created, attempts, body FROM pending "
             "WHERE target = ? AND route = ? AND seq > ? ORDER BY seq LIMIT ?",
             (target, route, after_seq, limit),
         )
-        return [PendingRow(s, target, route, c, a, decode(b)) for s, c, a, b in cur.fetchall()]
+        return [PendingRow(s, target, route, c, a, decode(b)) for s, c, a, b in rows]
 
     def keys(self) -> dict[tuple[str, str], int]:
         """Rows waiting per (target, route)."""
-        cur = self._db.execute("SELECT target, route, COUNT(*) FROM pending GROUP BY target, route")
-        return {(t, r): n for t, r, n in cur.fetchall()}
+        rows = self._rows("SELECT target, route, COUNT(*) FROM pending GROUP BY target, route")
+        return {(t, r): n for t, r, n in rows}
 
     def oldest(self, target: str, route: str) -> float | None:
-        """When the oldest row of (target, route) was created (epoch s), or None."""
-        row = self._db.execute(
+        """When the oldest row of (target, route) was committed (epoch s), or None."""
+        rows = self._rows(
             "SELECT MIN(created) FROM (SELECT created FROM pending "
             "WHERE target = ? AND route = ? ORDER BY seq LIMIT 64)",
             (target, route),
-        ).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        )
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     def count_attempt(self, seqs: Iterable[int]) -> None:
         """Record one more failed delivery attempt for these rows."""
@@ -318,15 +332,15 @@ class Outbox:
         self.bytes -= sum(removed)
 
     def dead_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
+        return int(self._rows("SELECT COUNT(*) FROM dead")[0][0])
 
     def dead_summary(self) -> list[tuple[str, str, str, int, float, float]]:
         """(route, stage, reason, count, first failed_at, last failed_at), biggest first."""
-        cur = self._db.execute(
+        rows = self._rows(
             "SELECT route, stage, reason, COUNT(*), MIN(failed_at), MAX(failed_at) FROM dead "
             "GROUP BY route, stage, reason ORDER BY COUNT(*) DESC, route"
         )
-        return [(r, s, why, int(n), float(a), float(b)) for r, s, why, n, a, b in cur.fetchall()]
+        return [(r, s, why, int(n), float(a), float(b)) for r, s, why, n, a, b in rows]
 
     def dead_rows(
         self,
@@ -337,12 +351,12 @@ class Outbox:
     ) -> list[DeadRow]:
         """Dead letters, oldest first, filtered by route, reason (substring) or seqs."""
         where, args = self._dead_filter(route, reason, ids)
-        cur = self._db.execute(
+        rows = self._rows(
             "SELECT seq, route, target, stage, env_id, kind, reason, failed_at, attempts, body "
             f"FROM dead{where} ORDER BY seq LIMIT ?",
             (*args, limit),
         )
-        return [DeadRow(*r) for r in cur.fetchall()]
+        return [DeadRow(*r) for r in rows]
 
     def purge(
         self, route: str | None = None, reason: str | None = None, ids: Sequence[int] = ()
@@ -354,19 +368,28 @@ class Outbox:
         return cur.rowcount
 
     def queue_replay(self, rows: Sequence[DeadRow]) -> int:
-        """Move dead letters to the replay queue (one transaction); returns how many."""
+        """Move dead letters to the replay queue (one transaction); returns how many moved.
+
+        A letter another process purged or queued meanwhile is not moved twice.
+        """
+        moved = 0
         with self._write():
             for r in rows:
-                self._db.execute(
-                    "INSERT INTO replay (dead_seq, route, target, stage, body) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (r.seq, r.route, r.target, r.stage, r.body),
-                )
-                self._db.execute("DELETE FROM dead WHERE seq = ?", (r.seq,))
-        return len(rows)
+                gone = self._db.execute(
+                    "DELETE FROM dead WHERE seq = ? RETURNING route, target, stage, body",
+                    (r.seq,),
+                ).fetchall()
+                for route, target, stage, body in gone:
+                    self._db.execute(
+                        "INSERT INTO replay (dead_seq, route, target, stage, body) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (r.seq, route, target, stage, body),
+                    )
+                    moved += 1
+        return moved
 
     def replay_waiting(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM replay").fetchone()[0])
+        return int(self._rows("SELECT COUNT(*) FROM replay")[0][0])
 
     def take_replays(self, limit: int) -> list[ReplayRow]:
         """Remove and return up to ``limit`` queued replays, oldest first."""
@@ -402,6 +425,13 @@ class Outbox:
     def _write(self) -> _Transaction:
         return _Transaction(self._db, self.path)
 
+    def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        """All rows of a read; any SQLite error becomes an OutboxError naming the file."""
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as err:
+            raise OutboxError(f"outbox {self.path}: {err}") from err
+
 
 class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error), errors naming the file."""
@@ -422,8 +452,16 @@ class _Transaction:
                 self.db.execute("COMMIT")
                 return
             except sqlite3.Error as err:
-                self.db.execute("ROLLBACK")
+                self._rollback()
                 raise OutboxError(f"outbox {self.path}: {err}") from err
-        self.db.execute("ROLLBACK")
+        self._rollback()
         if isinstance(exc, sqlite3.Error):
             raise OutboxError(f"outbox {self.path}: {exc}") from exc
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back by itself (disk full, I/O error): then there is none
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error as err:
+                log.error("outbox %s: rollback failed: %s", self.path, err)

@@ -46,7 +46,7 @@ from broker.inlet import Inlet
 from broker.messages import describe
 from broker.router import Swap
 from broker.routing import CompiledRoute
-from broker.runtime import Loaded, Runtime, load
+from broker.runtime import Loaded, Runtime, load, settle_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,12 @@ class ReloadReport:
     settings_applied: list[str] = field(default_factory=list)
     #: ``[junction]`` changes that need a restart (the running value is kept).
     needs_restart: list[str] = field(default_factory=list)
-    #: Envelopes still queued for a removed adapter when it stopped, per ``adapter/route``.
+    #: Envelopes still queued for a removed adapter when it stopped, dead-lettered, per
+    #: ``adapter/route``.
     left: dict[str, int] = field(default_factory=dict)
+    #: Outbox rows of persist routes to removed adapters: they wait for an adapter of
+    #: that name to come back.
+    kept: dict[str, int] = field(default_factory=dict)
     #: Adapters that could not be (re)started, with the reason.
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -288,7 +292,9 @@ def _apply(runtime: Runtime, report: ReloadReport, merged: Loaded) -> None:
 
     routed = {n: i for n, i in inlets.items() if n not in gone}
     # One message: every envelope routed before it used the old table, every one after the new.
-    router.ask(Swap(merged.table, settings, routed, runtime._persist_kinds()), timeout=60)
+    # Removed adapters' inlets stay known to the router until they are emptied (_remove), so
+    # what they still deliver is settled and counted.
+    router.ask(Swap(merged.table, settings, inlets, runtime._persist_kinds()), timeout=60)
     for name, ctx in runtime.contexts.items():
         if name not in gone:
             ctx.settings = settings  # untouched adapters (and their later restarts) see them
@@ -302,6 +308,7 @@ def _apply(runtime: Runtime, report: ReloadReport, merged: Loaded) -> None:
         _start(runtime, name, state_dir, report)
     if gone:
         _remove(runtime, sorted(gone), settings, report)
+        router.ask(Swap(merged.table, None, routed, None), timeout=60)
         runtime.inlets = routed
         runtime.statuses = {n: s for n, s in statuses.items() if n not in gone}
         for name in gone:
@@ -339,15 +346,23 @@ def _remove(
         while inlet.pending() and time.monotonic() < deadline:
             time.sleep(0.02)
         sup.remove(name).get()
-        for route, envs in inlet.drain_all().items():
-            report.left[f"{name}/{route}"] = len(envs)
+        left, kept = settle_leftovers(runtime.router, {name: inlet}, settings.shutdown_grace_s)
+        report.left.update(left)
+        report.kept.update(kept)
     if report.left:
         log.error(
             "reload: %d envelopes were still queued for removed adapters after the %.1f s "
-            "grace period and are lost: %s",
+            "grace period; they are in the dead-letter store (junction dlq list): %s",
             sum(report.left.values()),
             settings.shutdown_grace_s,
             ", ".join(f"{k}={v}" for k, v in sorted(report.left.items())),
+        )
+    if report.kept:
+        log.warning(
+            "reload: %d envelopes of persist routes to removed adapters stay in the outbox "
+            "until an adapter of that name is back: %s",
+            sum(report.kept.values()),
+            ", ".join(f"{k}={v}" for k, v in sorted(report.kept.items())),
         )
 
 

@@ -45,7 +45,16 @@ from broker.envelope import CommandResult, Envelope, ExecResult, LogLine
 from broker.errors import TransformError
 from broker.inlet import Inlet
 from broker.mapping import MappingError
-from broker.messages import Backlog, Delivered, Failed, Inbound, Snapshot, Tick, describe
+from broker.messages import (
+    Backlog,
+    Delivered,
+    Failed,
+    Inbound,
+    Leftovers,
+    Snapshot,
+    Tick,
+    describe,
+)
 from broker.outbox import DeadLetter, Outbox, OutboxError
 from broker.routing import CompiledRoute, RoutingTable, resolve_policies, run_route
 
@@ -240,6 +249,21 @@ class Router(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         try:
+            return self._handle(message)
+        except OutboxError as err:
+            # the store failed (disk full, locked too long): say so, keep routing
+            ok, held = self._throttle.allow("outbox-error")
+            if ok:
+                log.error(
+                    "outbox error while handling %s: %s%s",
+                    type(message).__name__,
+                    err,
+                    f" ({held} more not logged)" if held else "",
+                )
+            return None
+
+    def _handle(self, message: Any) -> Any:
+        try:
             if type(message) is Inbound:
                 self._route(message.source, message.envelopes)
             elif type(message) is Delivered:
@@ -254,6 +278,8 @@ class Router(pykka.ThreadingActor):
                     self._take_replays()
             elif type(message) is Snapshot:
                 return self.snapshot()
+            elif type(message) is Leftovers:
+                return self._leftovers(message)
             elif type(message) is Swap:
                 self._swap(message.table, message.settings, message.inlets, message.persist_kinds)
             else:
@@ -269,6 +295,7 @@ class Router(pykka.ThreadingActor):
             inlet.done(msg.route, len(msg.envelopes))
         name = msg.route.removesuffix(REPLY_SUFFIX)
         durable = self.durable
+        memory = msg.envelopes
         if durable is not None and durable.pending(msg.target, msg.route) is not None:
             settled = durable.failed(
                 msg.target, msg.route, msg.envelopes, f"{msg.target}: {msg.reason}", msg.retry
@@ -277,11 +304,21 @@ class Router(pykka.ThreadingActor):
             c.retries += settled.retrying
             for env, why in settled.buried:
                 self._dead_letter(name, env, why, store=False)
-            return
-        for env in msg.envelopes:
+            memory = list(settled.unknown)
+        for env in memory:
             self._dead_letter(
                 name, env, f"{msg.target}: {msg.reason}", stage="deliver", target=msg.target
             )
+
+    def _leftovers(self, msg: Leftovers) -> tuple[int, int]:
+        """What a stopped target left queued: outbox rows wait, the rest is dead-lettered."""
+        memory = msg.envelopes
+        if self.durable is not None:
+            memory = self.durable.leftovers(msg.target, msg.route, msg.envelopes)
+        name = msg.route.removesuffix(REPLY_SUFFIX)
+        for env in memory:
+            self._dead_letter(name, env, msg.reason, stage="deliver", target=msg.target)
+        return len(msg.envelopes) - len(memory), len(memory)
 
     def _bury(self) -> None:
         """Write the dead letters gathered while handling one message (one transaction)."""
@@ -308,10 +345,19 @@ class Router(pykka.ThreadingActor):
         batches: dict[tuple[str, CompiledRoute], list[Envelope]] = {}
         for row in rows:
             route = self._route_by_name(row.route)
-            if route is None:
-                self._dead_letter(row.route, row.envelope, "replay: the route no longer exists")
-                continue
-            if row.stage == "deliver" and row.target in route.targets:
+            if route is None or (row.stage == "deliver" and row.target not in route.targets):
+                # back to the dead letters, counted as received again so the ledger holds
+                where = f"route {row.route!r}" if route is None else f"target {row.target!r}"
+                c = self.counters.setdefault(row.route, RouteCounters())
+                c.received += 1
+                self._dead_letter(
+                    row.route,
+                    row.envelope,
+                    f"replay: {where} is no longer in the routing table",
+                    stage=row.stage,
+                    target=row.target,
+                )
+            elif row.stage == "deliver":
                 batches.setdefault((row.target, route), []).append(row.envelope)
             else:
                 self.counters[route.name].matched += 1
@@ -393,8 +439,19 @@ class Router(pykka.ThreadingActor):
             try:
                 stored, refused = self.durable.offer(target, name, batch)
             except OutboxError as err:
-                log.error("outbox write failed for route %s: %s", name, err)
-                stored, refused = 0, batch
+                # not durable, but not dropped: held in memory like a "block" route
+                ok, held = self._throttle.allow(f"outbox-write:{name}")
+                if ok:
+                    log.error(
+                        "outbox write failed for route %s; %d envelopes held in memory only: %s%s",
+                        name,
+                        len(batch),
+                        err,
+                        f" ({held} more not logged)" if held else "",
+                    )
+                counters.received -= len(batch)  # counted again by the memory path below
+                self._offer(target, name, batch, size, "block")
+                return
             counters.queued += stored
             for env in refused:
                 self._drop(name, env, "outbox_full", target)
@@ -625,9 +682,12 @@ class Router(pykka.ThreadingActor):
                 "rows": self.outbox.rows,
                 "bytes": self.outbox.bytes,
                 "oldest_age_s": max(known) if known else None,
-                "dead_letters": self.outbox.dead_count(),
-                "replays_waiting": self.outbox.replay_waiting(),
             }
+            try:
+                outbox["dead_letters"] = self.outbox.dead_count()
+                outbox["replays_waiting"] = self.outbox.replay_waiting()
+            except OutboxError as err:
+                outbox["error"] = str(err)
         return {
             "routes": routes,
             "unrouted": {f"{s}/{k}": n for (s, k), n in self.unrouted.items()},
@@ -635,9 +695,10 @@ class Router(pykka.ThreadingActor):
             "pending_replies": len(self._pending),
             "queues": {name: inlet.depths() for name, inlet in self.inlets.items()},
             "outbox": outbox,
-            "persist_queues": [f"{t}/{r}" for t, r in self.durable.queues]
+            # outbox rows per "target/queue" (kept across a restart)
+            "persist_queues": {f"{t}/{r}": q.rows for (t, r), q in self.durable.queues.items()}
             if self.durable is not None
-            else [],
+            else {},
         }
 
     def _pending_of(self, name: str, now: float) -> tuple[int, float | None]:
@@ -650,9 +711,15 @@ class Router(pykka.ThreadingActor):
                 if rows is None:
                     pending += inlet.route_pending(queue)
                     continue
-                pending += rows
                 assert self.durable is not None
-                age = self.durable.oldest_age_s(target, queue, now)
+                # outbox rows, plus what is in the queue without a row (memory envelopes of
+                # the same name, e.g. before a reload made the route persist)
+                window = self.durable.in_memory(target, queue)
+                pending += rows + max(0, inlet.route_pending(queue) - window)
+                try:
+                    age = self.durable.oldest_age_s(target, queue, now)
+                except OutboxError:  # the count above holds; the age cannot be read now
+                    age = None
                 if age is not None:
                     oldest = age if oldest is None else max(oldest, age)
         if self.durable is not None:  # rows for adapters this configuration lacks

@@ -27,7 +27,7 @@ from broker.config import Config
 from broker.envelope import Envelope
 from broker.errors import ConfigProblem
 from broker.inlet import Inlet
-from broker.messages import Backlog, Failed, Snapshot, Tick
+from broker.messages import Backlog, Leftovers, Snapshot, Tick
 from broker.ops_http import OpsServer
 from broker.outbox import Outbox
 from broker.router import Router
@@ -81,7 +81,7 @@ class StopReport:
 
     left: dict[str, int]
     snapshot: dict[str, Any]
-    #: Envelopes of persist routes still in the outbox (delivered after the next start).
+    #: Outbox rows of persist routes per ``adapter/route``, delivered after the next start.
     kept: dict[str, int] = field(default_factory=dict)
 
 
@@ -249,20 +249,9 @@ class Runtime:
         self._ticking.set()
         if self.supervisor is not None:
             self.supervisor.stop()
-        left: dict[str, int] = {}
-        kept: dict[str, int] = {}
-        durable = set(self.snapshot().get("persist_queues", []))
-        router_alive = self.router is not None and self.router.is_alive()
-        for name, inlet in self.inlets.items():
-            for route, envs in inlet.drain_all().items():
-                key = f"{name}/{route}"
-                if key in durable:
-                    kept[key] = len(envs)  # their outbox rows stay for the next start
-                    continue
-                left[key] = len(envs)
-                if router_alive and self.router is not None:
-                    reason = f"shutdown: not delivered within the {grace:.1f} s grace period"
-                    self.router.tell(Failed(route, name, envs, reason))
+        left, _ = settle_leftovers(self.router, self.inlets, grace)
+        final = self.snapshot()
+        kept = {k: n for k, n in final.get("persist_queues", {}).items() if n > 0}
         if left:
             log.error(
                 "shutdown: %d envelopes were still queued after the %.1f s grace period; "
@@ -278,13 +267,34 @@ class Runtime:
                 sum(kept.values()),
                 ", ".join(f"{k}={v}" for k, v in sorted(kept.items())),
             )
-        final = self.snapshot()
         if self.router is not None and self.router.is_alive():
             self.router.stop()
         if self.outbox is not None:
             self.outbox.close()
         log.info("junction stopped: %s", _summary(final))
         return StopReport(left=left, snapshot=final, kept=kept)
+
+
+def settle_leftovers(
+    router: pykka.ActorRef[Any] | None, inlets: dict[str, Inlet], grace: float
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Empty stopped targets' queues: the router keeps outbox rows for later and
+    dead-letters the rest. Returns (dead-lettered, kept) per ``adapter/route``."""
+    left: dict[str, int] = {}
+    kept: dict[str, int] = {}
+    reason = f"shutdown: not delivered within the {grace:.1f} s grace period"
+    for name, inlet in inlets.items():
+        for route, envs in inlet.drain_all().items():
+            key = f"{name}/{route}"
+            if router is None or not router.is_alive():
+                left[key] = len(envs)
+                continue
+            held, dead = router.ask(Leftovers(name, route, envs, reason), timeout=30)
+            if held:
+                kept[key] = held
+            if dead:
+                left[key] = dead
+    return left, kept
 
 
 def _summary(snapshot: dict[str, Any]) -> str:

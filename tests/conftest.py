@@ -13,12 +13,16 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
 
+from broker.outbox import Outbox
 from broker.runtime import Loaded, Runtime, load
 from tests.support import core_plugin
+
+T = TypeVar("T")
 
 TEST_PLUGINS = ("tests.support.core_plugin",)
 
@@ -115,3 +119,14 @@ def start_runtime() -> Iterator[Callable[[Loaded], object]]:
 
     yield run
     core_plugin.reset()
+
+
+def peek(rt: Runtime, read: Callable[[Outbox], T]) -> T:
+    """``read`` a running bridge's outbox through a connection of the test's own (the
+    bridge's is its router's alone), as ``junction dlq`` does from another process."""
+    assert rt.outbox is not None
+    box = Outbox(rt.outbox.path, checkpoints=False)
+    try:
+        return read(box)
+    finally:
+        box.close()

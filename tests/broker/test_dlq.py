@@ -16,7 +16,7 @@ from broker.dlq import chunk_schedule, parse_ids, reason_matches, select
 from broker.envelope import Envelope, Metric
 from broker.outbox import DeadLetter, Outbox
 from broker.runtime import Runtime, load
-from tests.conftest import TEST_PLUGINS, wait_until
+from tests.conftest import TEST_PLUGINS, peek, wait_until
 from tests.support import core_plugin
 
 COUNT = 20  # the burst's values 0..19: 10 odd ones die on each route
@@ -90,7 +90,7 @@ def dead(bridge: Callable[[bool], str]) -> str:
     rt = start(path)
     try:
         wait_until(
-            lambda: rt.outbox is not None and rt.outbox.dead_count() == COUNT, what="20 dead"
+            lambda: rt.outbox is not None and peek(rt, Outbox.dead_count) == COUNT, what="20 dead"
         )
         wait_until(lambda: rt.snapshot()["routes"]["persisted"]["ledger"]["pending"] == 0)
     finally:
@@ -209,8 +209,8 @@ def test_replay_into_a_fixed_sink_delivers_them_and_the_dead_table_shrinks(
         assert values == [float(v) for v in range(1, COUNT, 2)]
         assert rt.outbox is not None
         wait_until(lambda: rt.outbox is not None and rt.outbox.replay_waiting() == 0)
-        assert {r.route for r in rt.outbox.dead_rows(limit=100)} == {"checked"}
-        assert rt.outbox.dead_count() == 10
+        assert {r.route for r in peek(rt, lambda b: b.dead_rows(limit=100))} == {"checked"}
+        assert peek(rt, Outbox.dead_count) == 10
     finally:
         rt.stop(grace_s=1)
 
@@ -224,7 +224,7 @@ def test_replay_while_a_bridge_runs_is_picked_up_live(
     pid_file = reload_mod.write_pid_file(state_dir)  # as `junction run` does
     try:
         assert rt.outbox is not None
-        before = max(r.seq for r in rt.outbox.dead_rows(route="checked", limit=100))
+        before = max(r.seq for r in peek(rt, lambda b: b.dead_rows(route="checked", limit=100)))
         assert dlq("replay", path, "--route", "persisted", "--rate", "1000") == 0
         out = capsys.readouterr().out
         assert "to the running bridge" in out and "replayed 10/10" in out
@@ -237,8 +237,8 @@ def test_replay_while_a_bridge_runs_is_picked_up_live(
         )
         assert "replayed 6/6" in capsys.readouterr().out  # 1, 11, 13, 15, 17, 19
         wait_until(lambda: rt.snapshot()["routes"]["checked"]["failed"] == 6)
-        wait_until(lambda: rt.outbox is not None and rt.outbox.dead_count() == 10)
-        rows = rt.outbox.dead_rows(route="checked", limit=100)
+        wait_until(lambda: rt.outbox is not None and peek(rt, Outbox.dead_count) == 10)
+        rows = peek(rt, lambda b: b.dead_rows(route="checked", limit=100))
         assert sorted(r.envelope.body.value for r in rows if r.seq > before) == [  # type: ignore[union-attr]
             1.0,
             11.0,

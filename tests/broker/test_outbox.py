@@ -12,7 +12,7 @@ import pytest
 from broker.envelope import Envelope, Metric
 from broker.outbox import DeadLetter, Outbox
 from broker.runtime import Loaded, Runtime
-from tests.conftest import wait_until
+from tests.conftest import peek, wait_until
 from tests.support import core_plugin
 
 
@@ -180,7 +180,7 @@ def test_a_crash_mid_batch_is_retried_and_a_refusal_is_dead_lettered(
     values = sorted(e.body.value for e in core_plugin.received("sink"))  # type: ignore[union-attr]
     assert values == [float(i) for i in range(0, 200, 2)]
     assert rt.outbox is not None
-    summary = rt.outbox.dead_summary()
+    summary = peek(rt, Outbox.dead_summary)
     assert [(r, n) for r, _stage, _why, n, _a, _b in summary] == [("r", 100)]
     assert "odd values are refused" in summary[0][2]
 
@@ -199,7 +199,7 @@ def test_retries_run_out_into_the_dead_letter_store(
     routes = ledgers_balanced(rt)
     assert routes["r"]["ledger"]["received"] == 50
     assert rt.outbox is not None
-    assert any("after 2 attempts" in why for _r, _s, why, *_ in rt.outbox.dead_summary())
+    assert any("after 2 attempts" in why for _r, _s, why, *_ in peek(rt, Outbox.dead_summary))
 
 
 def test_stale_envelopes_are_dead_lettered_not_delivered(
@@ -218,7 +218,7 @@ def test_stale_envelopes_are_dead_lettered_not_delivered(
     assert routes["r"]["ledger"]["dead_lettered"] >= 20
     assert routes["r"]["ledger"]["delivered"] + routes["r"]["ledger"]["dead_lettered"] == 120
     assert rt.outbox is not None
-    assert all("stale" in why for _r, _s, why, *_ in rt.outbox.dead_summary())
+    assert all("stale" in why for _r, _s, why, *_ in peek(rt, Outbox.dead_summary))
 
 
 def test_a_full_outbox_refuses_and_counts_by_route(
@@ -253,15 +253,15 @@ def test_transform_failures_are_stored_and_replayable(
     """
     rt = runtime_of(load_config(text))
     wait_until(lambda: len(core_plugin.received("sink")) == 10)
-    wait_until(lambda: rt.outbox is not None and rt.outbox.dead_count() == 10)
+    wait_until(lambda: rt.outbox is not None and peek(rt, Outbox.dead_count) == 10)
     assert rt.outbox is not None
-    rows = rt.outbox.dead_rows(route="r")
+    rows = peek(rt, lambda b: b.dead_rows(route="r"))
     assert {r.stage for r in rows} == {"route"} and all("odd value" in r.reason for r in rows)
     ledgers_balanced(rt)
     # replaying runs the route again: still odd, so they come back as dead letters
-    rt.outbox.queue_replay(rows)
+    peek(rt, lambda b: b.queue_replay(rows))
     wait_until(lambda: rt.snapshot()["routes"]["r"]["failed"] == 20)
-    wait_until(lambda: rt.outbox is not None and rt.outbox.dead_count() == 10)
+    wait_until(lambda: rt.outbox is not None and peek(rt, Outbox.dead_count) == 10)
     ledgers_balanced(rt)
 
 
@@ -289,3 +289,142 @@ def test_memory_routes_balance_their_ledger_too(
     wait_until(lambda: rt.snapshot()["routes"]["r"]["ledger"]["pending"] == 0)
     routes = ledgers_balanced(rt)
     assert routes["r"]["ledger"]["received"] == 500
+
+
+# --- what the review of the first version found -------------------------------------------
+
+
+ROUTER_TABLE = """
+[junction]
+state_dir = "{state}"
+[adapters.src]
+type = "burst"
+[adapters.sink]
+type = "collector"
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+overflow = "{overflow}"
+queue_size = 10
+"""
+
+
+def bare_router(tmp_path: Path, overflow: str) -> tuple[Any, dict[str, Any], Outbox]:
+    """A Router driven by direct calls on this thread (no actor), with a real outbox."""
+    from broker.inlet import Inlet
+    from broker.router import Router
+
+    loaded = table_of(tmp_path, overflow)
+    inlets = {"src": Inlet("src"), "sink": Inlet("sink")}
+    box = Outbox(tmp_path / "o.sqlite3")
+    router = Router(loaded.table, inlets, loaded.config.junction, outbox=box, persist_kinds={})
+    return router, inlets, box
+
+
+def from_src(i: int) -> Envelope:
+    return Envelope(source="src", subject=f"m{i}", body=Metric(module="m", name="n", value=i))
+
+
+def table_of(tmp_path: Path, overflow: str) -> Loaded:
+    from broker.runtime import load
+    from tests.conftest import TEST_PLUGINS
+
+    path = tmp_path / f"{overflow}.toml"
+    path.write_text(ROUTER_TABLE.format(state=tmp_path / "state", overflow=overflow))
+    return load(str(path), extra_plugins=TEST_PLUGINS)
+
+
+def test_a_route_switched_from_persist_to_memory_keeps_its_ledger(tmp_path: Path) -> None:
+    from broker.messages import Delivered, Failed, Inbound
+    from broker.router import Swap
+
+    router, inlets, box = bare_router(tmp_path, "persist")
+    try:
+        router.on_receive(Inbound("src", [from_src(0)]))
+        route, batch = inlets["sink"].take()
+        router.on_receive(Delivered(route, "sink", len(batch), batch))
+        memory = table_of(tmp_path, "drop_oldest")
+        router.on_receive(Swap(memory.table, memory.config.junction))
+        router.on_receive(Inbound("src", [from_src(1), from_src(2)]))
+        ledger = router.snapshot()["routes"]["r"]["ledger"]
+        assert (ledger["pending"], ledger["balanced"]) == (2, True), ledger
+        route, batch = inlets["sink"].take()
+        router.on_receive(Failed(route, "sink", batch, "HTTP 400: no", retry=False))
+        ledger = router.snapshot()["routes"]["r"]["ledger"]
+        assert (ledger["dead_lettered"], ledger["pending"], ledger["balanced"]) == (2, 0, True)
+        assert box.dead_count() == 2
+    finally:
+        box.close()
+
+
+def test_a_replay_whose_target_left_the_route_goes_back_to_the_dead_letters(
+    tmp_path: Path,
+) -> None:
+    from broker.messages import Tick
+
+    router, _inlets, box = bare_router(tmp_path, "persist")
+    try:
+        box.bury([DeadLetter("r", "gone", "deliver", metric(7), "HTTP 503")])
+        assert box.queue_replay(box.dead_rows()) == 1
+        assert box.queue_replay(box.dead_rows()) == 0  # already moved: never twice
+        router.on_receive(Tick())
+        (row,) = box.dead_rows()
+        assert row.target == "gone" and "no longer in the routing table" in row.reason
+        ledger = router.snapshot()["routes"]["r"]["ledger"]
+        assert (ledger["received"], ledger["dead_lettered"], ledger["balanced"]) == (1, 1, True)
+    finally:
+        box.close()
+
+
+@pytest.mark.parametrize(("overflow", "kept"), [("persist", 40), ("drop_oldest", 0)])
+def test_what_a_stopping_adapter_never_acknowledged_is_kept_or_dead_lettered(
+    overflow: str, kept: int, write_config: Callable[[str], str]
+) -> None:
+    from broker.runtime import load
+    from tests.conftest import TEST_PLUGINS
+
+    core_plugin.reset()
+    text = persist_config(count=40, sink_extra="defer_all = true")
+    text = text.replace('overflow = "persist"', f'overflow = "{overflow}"')
+    rt = Runtime(load(write_config(text), extra_plugins=TEST_PLUGINS))
+    rt.start()
+    try:
+        wait_until(lambda: len(core_plugin.received("sink")) == 40)
+        ledger = rt.snapshot()["routes"]["r"]["ledger"]
+        assert (ledger["pending"], ledger["delivered"], ledger["balanced"]) == (40, 0, True)
+    finally:
+        report = rt.stop(grace_s=0.3)
+    ledger = report.snapshot["routes"]["r"]["ledger"]
+    assert ledger["balanced"], ledger
+    assert sum(report.kept.values()) == kept
+    assert ledger["dead_lettered"] == 40 - kept  # a memory route: replayable dead letters
+    core_plugin.reset()
+
+
+def test_a_broken_outbox_does_not_stop_the_router_or_lose_envelopes(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    text = """
+    [adapters.src]
+    type = "probe"
+    [adapters.sink]
+    type = "collector"
+    [[routes]]
+    name = "r"
+    from = "src"
+    to = "sink"
+    overflow = "persist"
+    """
+    rt = runtime_of(load_config(text))
+    core_plugin.inject("src", [metric(i) for i in range(10)])
+    wait_until(lambda: len(core_plugin.received("sink")) == 10)
+    assert rt.outbox is not None
+    rt.outbox._db.close()  # the file becomes unusable under the running bridge
+    core_plugin.inject("src", [metric(i) for i in range(10, 20)])
+    wait_until(lambda: len(core_plugin.received("sink")) == 20)  # held in memory, delivered
+    assert rt.router is not None and rt.router.is_alive()
+    snap = rt.snapshot()
+    assert "error" in snap["outbox"]
+    ledger = snap["routes"]["r"]["ledger"]
+    assert (ledger["delivered"], ledger["balanced"]) == (20, True), ledger

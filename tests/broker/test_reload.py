@@ -414,6 +414,9 @@ queue_size = 100
     report = rt.reload()
     assert report.removed == ["gone"] and report.routes_removed == ["to-gone"]
     assert report.left == {"gone/to-gone": 5}
+    # what it left is dead-lettered (replayable), and the route's ledger still balances
+    ledger = rt.snapshot()["routes"]["to-gone"]["ledger"]
+    assert ledger["balanced"] and ledger["dead_lettered"] == 5, ledger
     assert sorted(report.settings_applied) == [
         "queue_size 1000 -> 500",
         "reply_timeout_s 10.0 -> 3.0",

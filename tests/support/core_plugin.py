@@ -48,6 +48,8 @@ class CollectorConfig(AdapterConfig, kw_only=True):
     gated: bool = False
     max_batch: int = 512
     refuse_odd: bool = False
+    #: Record, but never acknowledge (as a peer that has not confirmed yet): defer() all.
+    defer_all: bool = False
 
 
 class Collector(Adapter):
@@ -72,6 +74,8 @@ class Collector(Adapter):
             odd = [e for e in batch if int(getattr(e.body, "value", 0)) % 2]
             self.fail(route, odd, "odd values are refused by this test sink")
             batch = [e for e in batch if e not in odd]
+        if self.config.defer_all:
+            self.defer(route, batch)
         with _lock:
             RECEIVED[self.name].extend(batch)
 

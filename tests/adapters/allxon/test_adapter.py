@@ -44,8 +44,9 @@ from broker.envelope import (
     Property,
     State,
 )
+from broker.outbox import Outbox
 from broker.runtime import Loaded, Runtime, load
-from tests.conftest import TEST_PLUGINS, wait_for
+from tests.conftest import TEST_PLUGINS, peek, wait_for
 from tests.support import allxon_plugin
 from tests.support.allxon_plugin import adapter
 from tests.support.core_plugin import inject, received
@@ -458,7 +459,7 @@ async def test_alerts_are_sent_only_for_alarms_the_portal_enabled(setup: Any) ->
             assert ledger["balanced"], ledger
             assert (ledger["delivered"], ledger["dead_lettered"]) == (1, 2)
             assert rt.outbox is not None and rt.outbox.rows == 0
-            reasons = {why for _r, _s, why, *_ in rt.outbox.dead_summary()}
+            reasons = {why for _r, _s, why, *_ in peek(rt, Outbox.dead_summary)}
             assert reasons == {
                 f"allxon: alarm room/{name} is not enabled in the Portal"
                 for name in ("hot", "cold")
