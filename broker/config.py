@@ -58,6 +58,8 @@ class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     file: str = "outbox.sqlite3"
     max_rows: int = 1_000_000
     max_bytes: int = 512 * 1024 * 1024
+    #: Dead letters kept; past it the oldest are deleted (counted and logged).
+    max_dead_letters: int = 1_000_000
 
 
 class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

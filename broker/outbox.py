@@ -142,11 +142,15 @@ class Outbox:
         max_rows: int = 1_000_000,
         max_bytes: int = 512 << 20,
         checkpoints: bool = True,
+        max_dead: int = 1_000_000,
     ) -> None:
         """Open (or create) the store; ``checkpoints=False`` for a second opener (the
         ``junction dlq`` commands, tests) that leaves the WAL to the bridge's own."""
         self.path = path
         self.checkpoints = checkpoints
+        self.max_dead = max_dead
+        #: Dead letters deleted (oldest first) to stay within ``max_dead``, by this opener.
+        self.dead_pruned = 0
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         try:
@@ -328,8 +332,20 @@ class Outbox:
                             "DELETE FROM pending WHERE seq = ? RETURNING size", (d.seq,)
                         )
                     ]
+            # bounded: past ``max_dead`` the oldest dead letters go (counted, logged)
+            pruned = self._db.execute(
+                "DELETE FROM dead WHERE seq <= (SELECT MAX(seq) FROM dead) - ?", (self.max_dead,)
+            ).rowcount
         self.rows -= len(removed)
         self.bytes -= sum(removed)
+        if pruned > 0:
+            self.dead_pruned += pruned
+            log.warning(
+                "outbox %s: %d oldest dead letters deleted to stay within max_dead_letters = %d",
+                self.path,
+                pruned,
+                self.max_dead,
+            )
 
     def dead_count(self) -> int:
         return int(self._rows("SELECT COUNT(*) FROM dead")[0][0])
@@ -391,17 +407,25 @@ class Outbox:
     def replay_waiting(self) -> int:
         return int(self._rows("SELECT COUNT(*) FROM replay")[0][0])
 
+    def next_replays(self, limit: int) -> list[ReplayRow]:
+        """Up to ``limit`` queued replays, oldest first; they stay queued until
+        :meth:`replayed` (so a crash in between replays them again, never loses them)."""
+        rows = self._rows(
+            "SELECT seq, route, target, stage, body FROM replay ORDER BY seq LIMIT ?", (limit,)
+        )
+        return [ReplayRow(s, r, t, st, decode(b)) for s, r, t, st, b in rows]
+
+    def replayed(self, seqs: Sequence[int]) -> None:
+        """Remove replays that were handed back to the router."""
+        if seqs:
+            with self._write():
+                self._db.executemany("DELETE FROM replay WHERE seq = ?", [(q,) for q in seqs])
+
     def take_replays(self, limit: int) -> list[ReplayRow]:
         """Remove and return up to ``limit`` queued replays, oldest first."""
-        with self._write():
-            cur = self._db.execute(
-                "DELETE FROM replay WHERE seq IN (SELECT seq FROM replay ORDER BY seq LIMIT ?) "
-                "RETURNING seq, route, target, stage, body",
-                (limit,),
-            )
-            rows = cur.fetchall()
-        rows.sort()
-        return [ReplayRow(s, r, t, st, decode(b)) for s, r, t, st, b in rows]
+        rows = self.next_replays(limit)
+        self.replayed([r.seq for r in rows])
+        return rows
 
     # --- helpers ------------------------------------------------------------------
 

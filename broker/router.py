@@ -338,7 +338,7 @@ class Router(pykka.ThreadingActor):
         """Feed dead letters queued by ``junction dlq replay`` back in, a few per tick."""
         assert self.outbox is not None
         try:
-            rows = self.outbox.take_replays(REPLAYS_PER_TICK)
+            rows = self.outbox.next_replays(REPLAYS_PER_TICK)
         except OutboxError as err:
             log.error("replay queue unreadable: %s", err)
             return
@@ -366,6 +366,8 @@ class Router(pykka.ThreadingActor):
             log.info("replaying %d dead letters", len(rows))
         for (target, route), batch in batches.items():
             self._offer(target, route.name, batch, route.queue_size, self._policy(route, target))
+        self._bury()  # what failed again is stored before the replays are let go
+        self.outbox.replayed([r.seq for r in rows])
 
     def _route(self, source: str, envelopes: list[Envelope]) -> None:
         self.backlog.sub(len(envelopes))
@@ -683,6 +685,7 @@ class Router(pykka.ThreadingActor):
                 "bytes": self.outbox.bytes,
                 "oldest_age_s": max(known) if known else None,
             }
+            outbox["dead_pruned"] = self.outbox.dead_pruned
             try:
                 outbox["dead_letters"] = self.outbox.dead_count()
                 outbox["replays_waiting"] = self.outbox.replay_waiting()

@@ -116,7 +116,10 @@ class Runtime:
             self.inlets[name] = Inlet(name, settings.block_timeout_s)
             self.statuses[name] = AdapterStatus(name=name, type=acfg.type, required=acfg.required)
         self.outbox = Outbox(
-            state_dir / settings.outbox.file, settings.outbox.max_rows, settings.outbox.max_bytes
+            state_dir / settings.outbox.file,
+            settings.outbox.max_rows,
+            settings.outbox.max_bytes,
+            max_dead=settings.outbox.max_dead_letters,
         )
         self.router = Router.start(
             self.loaded.table,

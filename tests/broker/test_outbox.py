@@ -428,3 +428,27 @@ def test_a_broken_outbox_does_not_stop_the_router_or_lose_envelopes(
     assert "error" in snap["outbox"]
     ledger = snap["routes"]["r"]["ledger"]
     assert (ledger["delivered"], ledger["balanced"]) == (20, True), ledger
+
+
+def test_the_dead_letter_store_is_bounded_oldest_first(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3", max_dead=5)
+    try:
+        for i in range(8):
+            box.bury([DeadLetter("r", "", "route", metric(i), f"bad {i}")])
+        kept = [r.envelope.body.value for r in box.dead_rows()]  # type: ignore[union-attr]
+        assert kept == [3.0, 4.0, 5.0, 6.0, 7.0] and box.dead_pruned == 3
+    finally:
+        box.close()
+
+
+def test_replays_stay_queued_until_handed_back(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    try:
+        box.bury([DeadLetter("r", "", "route", metric(i), "x") for i in range(3)])
+        box.queue_replay(box.dead_rows())
+        first = box.next_replays(2)
+        assert len(first) == 2 and box.replay_waiting() == 3  # a crash here loses nothing
+        box.replayed([r.seq for r in first])
+        assert [r.envelope.subject for r in box.next_replays(10)] == ["m2"]
+    finally:
+        box.close()
