@@ -275,7 +275,7 @@ def test_memory_routes_balance_their_ledger_too(
     count = 500
     [adapters.sink]
     type = "collector"
-    delay_s = 0.001
+    delay_s = 0.01
     [[routes]]
     name = "r"
     from = "src"
@@ -284,8 +284,10 @@ def test_memory_routes_balance_their_ledger_too(
     queue_size = 50
     """
     rt = runtime_of(load_config(text))
-    for _ in range(20):  # sampled while it flows
-        ledgers_balanced(rt)
+    in_flight = []
+    for _ in range(20):  # sampled while it flows (the sink takes >= 10 batches of 50)
+        in_flight.append(ledgers_balanced(rt)["r"]["ledger"]["pending"])
+    assert any(n > 0 for n in in_flight), in_flight  # the samples did see it flowing
     wait_until(lambda: rt.snapshot()["routes"]["r"]["ledger"]["pending"] == 0)
     routes = ledgers_balanced(rt)
     assert routes["r"]["ledger"]["received"] == 500
