@@ -12,7 +12,7 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 _secrets: set[str] = set()
@@ -115,3 +115,23 @@ def divert_to_file(path: str, recent: RecentLines) -> None:
     recent._junction = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.addHandler(recent)
+
+
+class LogGate:
+    """At most one line per key every ``every_s`` seconds; says how many were held back."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+
+    def allow(self, key: str) -> tuple[bool, int]:
+        """(log it?, how many were held back since the last line of this key)."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._held[key] += 1
+            return False, 0
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        return True, held

@@ -26,7 +26,7 @@ import trio
 from adapters.allxon._commands import CommandDesk
 from adapters.allxon._declared import AlarmView, Declared, config_bodies
 from adapters.allxon._outbox import Frame, Outbox
-from adapters.allxon._stats import AllxonStats, LogGate
+from adapters.allxon._stats import AllxonStats
 from adapters.allxon.codec import (
     AgentError,
     AgentErrorFrame,
@@ -43,6 +43,7 @@ from adapters.allxon.connection import AgentLink, Crypto
 from adapters.allxon.signing import SignatureError
 from broker import logs
 from broker.envelope import Envelope
+from broker.logs import LogGate
 
 __all__ = ["InboundHandling"]
 

@@ -1,13 +1,12 @@
-"""Counters of the Allxon adapter, and a gate that keeps repeated log lines readable."""
+"""Counters of the Allxon adapter."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AllxonStats", "LogGate"]
+__all__ = ["AllxonStats"]
 
 
 @dataclass
@@ -45,23 +44,3 @@ class AllxonStats:
             if isinstance(value, Counter):
                 out[key] = dict(value)
         return out
-
-
-class LogGate:
-    """At most one line per key every ``every_s`` seconds; says how many were held back."""
-
-    def __init__(self, every_s: float = 10.0) -> None:
-        self.every_s = every_s
-        self._last: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
-
-    def allow(self, key: str) -> tuple[bool, int]:
-        """(log it?, how many were held back since the last line of this key)."""
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.every_s:
-            self._held[key] += 1
-            return False, 0
-        self._last[key] = now
-        held = self._held.pop(key, 0)
-        return True, held

@@ -53,7 +53,7 @@ from adapters.allxon._declared import AlarmView, Declared, Rejected
 from adapters.allxon._inbound import InboundHandling
 from adapters.allxon._intake import AlarmNotEnabled, data_item, property_modules
 from adapters.allxon._outbox import Entry, Frame, Outbox
-from adapters.allxon._stats import AllxonStats, LogGate
+from adapters.allxon._stats import AllxonStats
 from adapters.allxon.cards import Module
 from adapters.allxon.codec import (
     MAX_FRAME_BYTES,
@@ -73,7 +73,8 @@ from adapters.allxon.connection import (
 from broker.adapter import Adapter
 from broker.backoff import Backoff
 from broker.envelope import Alert, Envelope, Property
-from broker.errors import unwrap
+from broker.logs import LogGate
+from broker.reconnect import reconnect_forever
 from broker.router import REPLY_SUFFIX
 
 OFFLINE_REQUEUE_S = 2.0
@@ -166,30 +167,14 @@ class AllxonAdapter(InboundHandling, Adapter):
 
     async def _connect_forever(self) -> None:
         cfg = self.config
-        backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, STABLE_AFTER_S)
-        while True:
-            self.status.set("connecting", self.where)
-            backoff.started()
-            error: Exception | None = None
-            try:
-                await self._serve_one_connection()
-            except Exception as err:  # classified below
-                error = unwrap(err)
-            if error is not None and not isinstance(error, AllxonConnectionError):
-                raise error  # a bug, not the network: the supervisor restarts us
-            delay = backoff.failed()
-            self.status.set("disconnected", f"{self.where}: {error}; retry in {delay:.1f} s")
-            allowed, held = self._gate.allow(f"disconnected:{error}")
-            if allowed:
-                self.log.warning(
-                    "agent at %s: %s; reconnecting in %.1f s (attempt %d)%s",
-                    self.where,
-                    error,
-                    delay,
-                    backoff.failures,
-                    f" ({held} similar lines held back)" if held else "",
-                )
-            await trio.sleep(delay)
+        await reconnect_forever(
+            self._serve_one_connection,
+            status=self.status,
+            where=f"agent at {self.where}",
+            log=self.log,
+            backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, STABLE_AFTER_S),
+            transient=AllxonConnectionError,
+        )
 
     async def _serve_one_connection(self) -> None:
         async with open_link(self.config, self._ssl) as link:

@@ -30,6 +30,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from logging import ERROR
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,7 +49,7 @@ from broker import logs
 from broker.adapter import Adapter
 from broker.backoff import Backoff
 from broker.envelope import Bind, Debug, Envelope, ExecRequest, ExecResult, LogLine, StatusChange
-from broker.errors import unwrap
+from broker.reconnect import Retry, reconnect_forever
 
 BindKey = tuple[str, str, int, str]
 DebugKey = tuple[str, str, int]
@@ -107,40 +108,22 @@ class PlaceOSAdapter(Adapter):
 
     async def _connect_forever(self) -> None:
         cfg = self.config
-        backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, STABLE_AFTER_S)
-        last_error = ""
-        last_logged = 0.0
-        while True:
-            self.status.set("connecting", self.where)
-            backoff.started()
-            error: Exception | None = None
-            try:
-                await self._serve_one_connection()
-            except Exception as err:  # every failure is classified below
-                error = unwrap(err)
-            finally:
-                self._connection_lost(str(error) if error else "closed")
-            if error is not None and not isinstance(error, PlaceOSConnectionError):
-                raise error  # a bug, not a network problem: let the supervisor restart us
-            delay = backoff.failed()
-            if isinstance(error, AuthRejected):
-                delay = cfg.auth_backoff_s * random.uniform(0.8, 1.0)
-                self.status.set("auth-failed", f"{error}; retry in {delay:.0f} s")
-            else:
-                self.status.set("disconnected", f"{error}; retry in {delay:.1f} s")
-            text = str(error)
-            now = time.monotonic()
-            if text != last_error or now - last_logged >= 60:
-                level = self.log.error if isinstance(error, AuthRejected) else self.log.warning
-                level(
-                    "%s: %s; reconnecting in %.1f s (attempt %d)",
-                    self.where,
-                    text,
-                    delay,
-                    backoff.failures,
-                )
-                last_error, last_logged = text, now
-            await trio.sleep(delay)
+
+        def classify(error: Exception, delay: float) -> Retry:
+            if isinstance(error, AuthRejected):  # a wrong key stays wrong: ask rarely, loudly
+                return Retry(cfg.auth_backoff_s * random.uniform(0.8, 1.0), "auth-failed", ERROR)
+            return Retry(delay)
+
+        await reconnect_forever(
+            self._serve_one_connection,
+            status=self.status,
+            where=self.where,
+            log=self.log,
+            backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, STABLE_AFTER_S),
+            transient=PlaceOSConnectionError,
+            classify=classify,
+            on_lost=lambda error: self._connection_lost(str(error) if error else "closed"),
+        )
 
     async def _serve_one_connection(self) -> None:
         async with open_session(self.config) as session:
