@@ -1,17 +1,31 @@
 """MQTT to AlphaX: QoS 1 publishes through paho-mqtt 2.x, acknowledged before ``send`` returns.
 
-paho runs its network loop in its own thread (``loop_start``) and reconnects by itself
-(``reconnect_delay_set``). Measured facts this module relies on (paho 2.2 source and
-library-findings.md):
+paho runs on this adapter's own trio thread: no paho network thread (``loop_start`` is not
+used). One driver task (a trio system task, see ``start``) owns the connection:
+
+- connect: ``client.reconnect()`` runs in ``trio.to_thread`` (DNS, TCP connect and the TLS
+  handshake block; nothing else touches the client meanwhile: publishing waits for CONNACK);
+  failures back off from ``reconnect_min_s`` doubling to ``reconnect_max_s``, reset by a CONNACK;
+- read: ``trio.lowlevel.wait_readable(sock)`` then ``client.loop_read()`` (and again while a
+  TLS socket has decrypted bytes ``pending``): PUBACKs call ``on_publish`` right here;
+- write: ``publish()`` writes its packet at once (paho calls ``loop_write`` itself when no
+  network thread and no ``on_socket_register_write`` are set); whatever paho could not write
+  (``want_write()``: a full socket buffer, or packets queued inside paho's callbacks such as
+  the re-sends after CONNACK) is written by a writer task on ``wait_writable``;
+- ``client.loop_misc()`` every second: keepalive PINGREQ, a missing PINGRESP, and a CONNACK
+  that never comes (paho closes the socket after ``keepalive_s``; the status says so);
+- ``on_socket_close`` calls ``trio.lowlevel.notify_closing`` so a task parked on the socket
+  wakes; every task checks that ``client.socket()`` is still its socket after each paho call.
+
+Measured facts this module relies on (paho 2.2 source and library-findings.md):
 
 - A QoS 1 message published while disconnected, or published and not yet acknowledged when
   the connection dropped, stays in paho's ``_out_messages`` and is (re)sent, with DUP set,
   after the next CONNACK -- within this process. Nothing survives a process restart: the
   envelopes of an unfinished ``send`` are requeued by the adapter host instead.
-- ``on_publish`` runs on paho's thread while paho holds its own out-message lock, and the
-  PUBACK may be handled before ``publish()`` has returned the mid to us. So this module never
-  calls ``publish()`` under its own lock, and an ack for a mid not yet recorded is parked in
-  ``_early`` and matched when the record is made.
+- Callbacks run on the trio thread inside ``loop_read``/``loop_write``/``loop_misc``, and
+  ``publish()`` returns before any read: a PUBACK cannot overtake ``publish()``; an ack for
+  a mid we never recorded is only counted (``stray_acks``).
 - Past ``max_queued_messages_set(n)`` paho refuses with ``MQTT_ERR_QUEUE_SIZE`` (the message
   would be lost); so the writer waits for room itself and counts each time it has to.
 
@@ -25,13 +39,12 @@ duplicate at AlphaX, never a loss.
 
 TCP tuning, because ``send`` waits for its batch's PUBACKs (so nothing of ours is on the wire
 to carry TCP ACKs): the socket gets ``TCP_NODELAY`` on every (re)connect (paho does not set
-it), and ``TCP_QUICKACK`` after every PUBACK (see ``_quick_ack``). Without them a batch stalls
-tens of milliseconds on Nagle's algorithm and delayed ACKs (measured with a default mosquitto:
-11.8k instead of 97k channel writes/s, and p50 25 ms instead of 1 ms at 1,000 messages/s).
+it), and ``TCP_QUICKACK`` after every read that brought PUBACKs (see ``_quick_ack``). Without
+them a batch stalls tens of milliseconds on Nagle's algorithm and delayed ACKs (measured with
+a default mosquitto: 11.8k instead of 97k channel writes/s, and p50 25 ms instead of 1 ms at
+1,000 messages/s).
 
-Callbacks hand results to the trio loop with ``TrioToken.run_sync_soon`` (guarded: a raising
-callback would kill the loop; after the loop ends the call is skipped). Topics hold the token:
-they are logged only through ``redact_topic``.
+Topics hold the token: they are logged only through ``redact_topic``.
 """
 
 from __future__ import annotations
@@ -41,9 +54,8 @@ import logging
 import secrets
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -60,6 +72,7 @@ from broker.adapter import AdapterStatus
 
 _ACCEPTED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
 _POLL_S = 0.25
+_MISC_S = 1.0  # loop_misc period: keepalive and the CONNACK / PINGRESP deadlines
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
@@ -101,26 +114,29 @@ class MqttWriter:
             self.client.tls_set_context(ssl.create_default_context(cafile=cfg.ca_file))
         self.client.max_inflight_messages_set(cfg.max_inflight)
         self.client.max_queued_messages_set(cfg.max_queued)
-        self.client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_publish = self._on_publish
         self.client.on_socket_open = self._on_socket_open
-        self._lock = threading.Lock()
+        self.client.on_socket_close = self._on_socket_close
+        # no on_socket_register_write: paho then writes inside publish() itself (see _kick)
         self._pending: dict[int, _Pending] = {}
-        self._early: dict[int, float] = {}
         self._room = trio.Event()
-        self._link_up = trio.Event()  # set while connected (trio's view; see _up / _down)
+        self._link_up = trio.Event()  # set while connected (see _up / _down)
+        self._write = trio.Event()  # paho has bytes it could not write (see _kick)
         self._waiting_for_room = False
-        self._token: trio.lowlevel.TrioToken | None = None
         self._started = False
+        self._driver: trio.CancelScope | None = None
+        self._driver_done = trio.Event()
+        self._acks_seen = 0
+        self._drop_reason = ""  # of the last on_disconnect (see _no_connack)
         self._last_logged: dict[str, float] = {}
         self.connected = False
         self.connects = 0
         self.published = 0
         self.acked = 0
         self.late_acks = 0
+        self.stray_acks = 0
         self.inflight_full = 0
         self.queue_full = 0
         self.ack_timeouts = 0
@@ -131,19 +147,19 @@ class MqttWriter:
     # --- trio side -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start connecting (non-blocking; paho's thread connects and reconnects)."""
+        """Start connecting (non-blocking; the driver task connects and reconnects)."""
         if self._started:
             return
         self._started = True
-        self._token = trio.lowlevel.current_trio_token()
         self.status.set("connecting", self.where)
+        # connect_async only records host, port and keepalive; the driver calls reconnect()
         self.client.connect_async(self.host, self.port, keepalive=self.cfg.keepalive_s)
-        self.client.loop_start()
+        self._driver = trio.CancelScope()
+        trio.lowlevel.spawn_system_task(self._drive, name=f"mqtt {self.where}")
 
     def outstanding(self) -> int:
         """Messages handed to paho and not acknowledged (including given-up ones)."""
-        with self._lock:
-            return len(self._pending)
+        return len(self._pending)
 
     async def send(self, messages: Sequence[Message]) -> list[Failure]:
         """Publish ``messages`` at QoS 1 and return once all are acknowledged (or failed)."""
@@ -163,9 +179,15 @@ class MqttWriter:
             # Publish only while connected: paho sends what it queued while disconnected only
             # after CONNACK, so a message published during the handshake would overtake them
             # (the v4 and channel topic forms carry no timestamp: arrival order is their time).
-            await self._link_up.wait()
+            # Also the connect runs on a worker thread: nothing may touch the client then.
+            # No checkpoint on the fast path: a batch goes out without a scheduler round per
+            # message (the acks are read once the batch waits for them, or for room).
+            if not self._link_up.is_set():
+                await self._link_up.wait()
             await self._wait_for_room()
-            if self.outstanding() >= self.cfg.max_inflight:
+            if not self._link_up.is_set():
+                continue
+            if len(self._pending) >= self.cfg.max_inflight:
                 self.inflight_full += 1
                 self._log_every(
                     logging.INFO,
@@ -179,6 +201,7 @@ class MqttWriter:
                 self._settle(batch)
                 self.log.error("MQTT publish refused: %s", codec.redact(str(err), self.cfg.token))
                 return False
+            self._kick()
             if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                 self._note_queue_full()  # paho still holds given-up messages: wait for room
                 await trio.sleep(0.05)
@@ -188,31 +211,21 @@ class MqttWriter:
                 self.log.error("MQTT publish failed: %s", mqtt.error_string(info.rc))
                 return False
             self.published += 1
-            with self._lock:
-                if self._early.pop(info.mid, None) is not None:
-                    self.acked += 1
-                    batch.remaining -= 1
-                    finished = batch.remaining == 0
-                else:
-                    self._pending[info.mid] = _Pending(message, batch, time.monotonic())
-                    finished = False
-                    self._prune_early()
-            if finished:
-                batch.done.set()
+            # publish() never reads: its PUBACK cannot have been handled yet
+            self._pending[info.mid] = _Pending(message, batch, time.monotonic())
             return True
 
-    def _settle(self, batch: _Batch) -> None:
-        with self._lock:
-            batch.remaining -= 1
-            finished = batch.remaining == 0
-        if finished:
+    @staticmethod
+    def _settle(batch: _Batch) -> None:
+        batch.remaining -= 1
+        if batch.remaining == 0:
             batch.done.set()
 
     async def _wait_for_room(self) -> None:
-        if self.outstanding() < self.cfg.max_queued:
+        if len(self._pending) < self.cfg.max_queued:
             return
         self._note_queue_full()
-        while self.outstanding() >= self.cfg.max_queued:
+        while len(self._pending) >= self.cfg.max_queued:
             self._room = trio.Event()
             self._waiting_for_room = True
             with trio.move_on_after(_POLL_S):
@@ -243,11 +256,10 @@ class MqttWriter:
         return []
 
     def _give_up(self, batch: _Batch) -> list[Failure]:
-        with self._lock:
-            lost = [p for p in self._pending.values() if p.batch is batch]
-            for pending in lost:
-                pending.batch = None
-            batch.remaining = 0
+        lost = [p for p in self._pending.values() if p.batch is batch]
+        for pending in lost:
+            pending.batch = None
+        batch.remaining = 0
         self.ack_timeouts += len(lost)
         reason = (
             f"no PUBACK from {self.where} within {self.cfg.ack_timeout_s:g} s of connected time; "
@@ -256,16 +268,8 @@ class MqttWriter:
         self.log.error("%d MQTT messages: %s", len(lost), reason)
         return [(env, reason) for p in lost for env in p.message.envelopes]
 
-    def _prune_early(self) -> None:
-        # Called under the lock. An early ack is matched microseconds after it arrives; one
-        # older than a minute can only be a stray and must not match a reused mid later.
-        if self._early:
-            old = time.monotonic() - 60
-            for mid in [m for m, t in self._early.items() if t < old]:
-                del self._early[mid]
-
     async def aclose(self) -> None:
-        """Disconnect and join paho's thread; un-acknowledged messages are reported."""
+        """Disconnect and end the driver task; un-acknowledged messages are reported."""
         if not self._started:
             return
         left = self.outstanding()
@@ -275,10 +279,20 @@ class MqttWriter:
                 "unfinished delivery are requeued, given-up ones were dead-lettered)",
                 left,
             )
-        self._token = None
-        self.client.disconnect()
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.client.loop_stop)
+            if self._link_up.is_set():
+                self.client.disconnect()  # queues DISCONNECT, written now or by the writer
+                self._kick()
+                with trio.move_on_after(1.0):
+                    while self.client.socket() is not None:
+                        await trio.sleep(0.01)
+            if self._driver is not None:
+                self._driver.cancel()
+            await self._driver_done.wait()
+            sock = self.client.socket()
+            if sock is not None:  # DISCONNECT not written within the second: just close
+                self._on_socket_close(self.client, None, sock)
+                sock.close()
 
     def _log_every(self, level: int, key: str, text: str, every_s: float = 60.0) -> None:
         now = time.monotonic()
@@ -286,59 +300,156 @@ class MqttWriter:
             self._last_logged[key] = now
             self.log.log(level, "MQTT %s: %s", self.where, text)
 
-    # --- paho's thread ---------------------------------------------------------------------
+    # --- the driver: connect, read, write, keepalive, reconnect -------------------------------
 
-    def _call_soon(self, fn: Callable[..., None], *args: Any) -> None:
-        token = self._token
-        if token is None:
-            return
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(self._guarded, fn, *args)
-
-    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+    async def _drive(self) -> None:
+        # A system task: an exception here would end the whole trio run, so none escapes.
         try:
-            fn(*args)
-        except Exception:  # a raising callback would end the trio run
-            self.log.exception("MQTT state update failed")
+            assert self._driver is not None
+            with self._driver:
+                await self._connect_forever()
+        except Exception:
+            self.log.exception("MQTT %s: the connection driver failed", self.where)
+            self.status.set("crashed", f"mqtt {self.where}: the connection driver failed")
+        finally:
+            self._driver_done.set()
+
+    async def _connect_forever(self) -> None:
+        # Waits between attempts: reconnect_min_s after a connection that got its CONNACK,
+        # else reconnect_min_s doubling per failed attempt up to reconnect_max_s.
+        least, most = float(self.cfg.reconnect_min_s), float(self.cfg.reconnect_max_s)
+        delay = least
+        while True:
+            connacked = await self._connect_once()
+            if connacked:
+                delay = least
+            await trio.sleep(delay)
+            if not connacked:
+                delay = min(delay * 2, most)
+
+    async def _connect_once(self) -> bool:
+        """One connection, from connect to close; whether it got its CONNACK."""
+        try:
+            # DNS, TCP connect and TLS handshake block: on a worker thread. The trio side
+            # does not touch the client meanwhile (publishing waits for _link_up).
+            rc = await trio.to_thread.run_sync(self.client.reconnect)
+        except (OSError, ValueError) as err:  # refused, unreachable, timeout, TLS
+            self._down(f"connection failed: {type(err).__name__}: {err}")
+            return False
+        sock = self.client.socket()
+        if sock is None or rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._down(f"connection failed: {mqtt.error_string(rc)}")
+            return False
+        connects, refused = self.connects, self.refused
+        self._drop_reason = ""
+        try:
+            await self._serve(sock)
+        except Exception:  # a bug of ours or paho's: drop this connection, keep driving
+            self.log.exception("MQTT %s: connection handling failed", self.where)
+            self.connected = False
+            self._down("connection handling failed")
+            # the next reconnect() closes the socket paho still holds
+        if self.connects > connects:
+            return True
+        if self.refused == refused:  # no CONNACK at all (a refusal set auth-failed)
+            self._down(self._no_connack())
+        return False
+
+    async def _serve(self, sock: Any) -> None:
+        """Run the reader, writer and keepalive tasks until paho closes ``sock``."""
+        self._kick()  # CONNECT may be partly unwritten
+        async with trio.open_nursery() as nursery:
+            for task in (self._reader, self._writer, self._misc):
+                nursery.start_soon(self._until_closed, task, sock, nursery.cancel_scope)
+
+    @staticmethod
+    async def _until_closed(task: Any, sock: Any, scope: trio.CancelScope) -> None:
+        try:
+            await task(sock)
+        except trio.ClosedResourceError:  # notify_closing from on_socket_close
+            pass
+        finally:
+            scope.cancel()
+
+    async def _reader(self, sock: Any) -> None:
+        client = self.client
+        pending = getattr(sock, "pending", None)  # TLS: decrypted bytes epoll cannot see
+        while self._mine(sock):
+            await trio.lowlevel.wait_readable(sock)
+            acks = self._acks_seen
+            while self._mine(sock):
+                client.loop_read()
+                if pending is None or not self._mine(sock) or not pending():
+                    break
+            if self._acks_seen != acks and self._mine(sock):
+                self._quick_ack(sock)
+            self._kick()
+
+    async def _writer(self, sock: Any) -> None:
+        client = self.client
+        while self._mine(sock):
+            await self._write.wait()
+            self._write = trio.Event()
+            while self._mine(sock) and client.want_write():
+                await trio.lowlevel.wait_writable(sock)
+                if self._mine(sock):
+                    client.loop_write()
+
+    async def _misc(self, sock: Any) -> None:
+        client = self.client
+        while self._mine(sock):
+            await trio.sleep(_MISC_S)
+            if self._mine(sock):
+                client.loop_misc()
+                self._kick()
+
+    def _no_connack(self) -> str:
+        # paho gives up on a CONNACK after keepalive_s (loop_misc): "Keep alive timeout"
+        if self._drop_reason == "Keep alive timeout":
+            return f"no CONNACK within keepalive_s = {self.cfg.keepalive_s} s"
+        return f"connection closed before CONNACK ({self._drop_reason or 'no reason given'})"
+
+    def _mine(self, sock: Any) -> bool:
+        """Whether paho still uses ``sock`` (a call into paho may have closed it)."""
+        return self.client.socket() is sock
+
+    def _kick(self) -> None:
+        # paho left bytes unwritten (socket buffer full, or queued inside a callback)
+        if self.client.want_write():
+            self._write.set()
+
+    # --- paho's callbacks (on the trio thread, inside loop_read / loop_write / loop_misc) ---
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
     ) -> None:
-        finished: _Batch | None = None
-        self._quick_ack(client)
-        with self._lock:
+        try:
+            self._acks_seen += 1
             pending = self._pending.pop(mid, None)
             if pending is None:
-                self._early[mid] = time.monotonic()
+                self.stray_acks += 1
                 return
             self.acked += 1
             batch = pending.batch
             if batch is None:
                 self.late_acks += 1
             else:
-                batch.remaining -= 1
-                if batch.remaining == 0:
-                    finished = batch
-            room = self._waiting_for_room
-        if finished is not None:
-            self._call_soon(finished.done.set)
-        if room:
-            self._call_soon(self._wake_room)
+                self._settle(batch)
+            if self._waiting_for_room:
+                self._room.set()
+        except Exception:  # paho would re-raise it out of loop_read
+            self.log.exception("MQTT state update failed")
 
     @staticmethod
-    def _quick_ack(client: mqtt.Client) -> None:
+    def _quick_ack(sock: Any) -> None:
         # A broker with Nagle on (mosquitto's default) holds PUBACK n+1 until our TCP ACK of
         # PUBACK n arrives, and Linux delays that ACK up to 40 ms when we have nothing to send
         # -- which is the case while a batch waits for its acks. TCP_QUICKACK (Linux, not
-        # sticky: set again on every ack) sends the ACK now. Measured against a default
-        # mosquitto: 11.8k -> 97k channel writes/s (bulk), p50 25 -> 1 ms (one per channel).
-        sock = cast(socket.socket | None, client.socket())
-        if sock is not None and _QUICKACK is not None:
+        # sticky: set again after every read that brought acks) sends the ACK now. Measured
+        # against a default mosquitto: 11.8k -> 97k channel writes/s (bulk), p50 25 -> 1 ms.
+        if _QUICKACK is not None:
             with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-
-    def _wake_room(self) -> None:
-        self._room.set()
+                cast(socket.socket, sock).setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
     def _on_connect(
         self,
@@ -348,16 +459,19 @@ class MqttWriter:
         reason: ReasonCode,
         props: Any,
     ) -> None:
-        if reason.is_failure:
-            self.refused += 1
-            self._call_soon(self._refused, str(reason))
-            return
-        self.connected = True
-        self.connects += 1
-        outstanding = self.outstanding()
-        if self.connects > 1:
-            self.resent += outstanding
-        self._call_soon(self._up, self.connects, outstanding)
+        try:
+            if reason.is_failure:
+                self.refused += 1
+                self._refused(str(reason))
+                return
+            self.connected = True
+            self.connects += 1
+            outstanding = self.outstanding()
+            if self.connects > 1:
+                self.resent += outstanding
+            self._up(self.connects, outstanding)
+        except Exception:
+            self.log.exception("MQTT state update failed")
 
     def _on_disconnect(
         self,
@@ -369,22 +483,36 @@ class MqttWriter:
     ) -> None:
         was = self.connected
         self.connected = False
+        self._drop_reason = str(reason)
         if was:
-            self._call_soon(self._down, str(reason))
+            try:
+                self._down(str(reason))
+            except Exception:
+                self.log.exception("MQTT state update failed")
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # paho leaves Nagle's algorithm on: with QoS 1 pipelining, a small PUBLISH written
-        # while an earlier one is unacknowledged at the TCP level waits for that ACK (tens of
-        # ms with delayed ACKs). Each publish is one complete packet: send it at once.
+        # On the connect worker thread. paho leaves Nagle's algorithm on: with QoS 1
+        # pipelining, a small PUBLISH written while an earlier one is unacknowledged at the TCP
+        # level waits for that ACK (tens of ms with delayed ACKs). Send each packet at once.
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError) as err:  # not a TCP socket (e.g. a proxy wrapper)
             self.log.debug("MQTT socket: TCP_NODELAY not set: %s", err)
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._call_soon(self._down, "connection failed")
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Wake the tasks parked on this socket (they raise ClosedResourceError) before paho
+        # closes it: trio must not wait on a closed (and maybe reused) file descriptor.
+        # Outside the trio thread (reconnect() on the worker closing a socket already closed
+        # here) there is nothing to wake.
+        try:
+            trio.lowlevel.notify_closing(sock)
+        except RuntimeError:  # not on the trio thread: no task of ours waits on it
+            return
+        except (OSError, ValueError):  # already closed: nothing registered
+            pass
+        self._write.set()  # the writer re-checks its socket
 
-    # --- state changes, on the trio thread ---------------------------------------------------
+    # --- state changes ------------------------------------------------------------------------
 
     def _up(self, connects: int, outstanding: int) -> None:
         self._link_up.set()
@@ -401,7 +529,7 @@ class MqttWriter:
     def _down(self, reason: str) -> None:
         if self._link_up.is_set():
             self._link_up = trio.Event()
-        self.status.set("disconnected", f"mqtt {self.where}: {reason}; paho reconnects")
+        self.status.set("disconnected", f"mqtt {self.where}: {reason}; reconnecting")
         self._log_every(
             logging.WARNING,
             f"down:{reason}",

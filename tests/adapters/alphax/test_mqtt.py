@@ -6,7 +6,12 @@ its store went bridge -> mosquitto -> simulator over loopback sockets.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import socket
+import subprocess
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +20,12 @@ from typing import Any
 import pytest
 import trio
 
+from adapters.alphax import codec
+from adapters.alphax._mqtt import MqttWriter
+from adapters.alphax._uplinks import Message
+from adapters.alphax.config import AlphaXConfig
 from adapters.alphax.simulator import open_alphax_simulator
+from broker.adapter import AdapterStatus
 from broker.runtime import Loaded
 from tests.adapters.alphax.conftest import TOKEN, route, table
 from tests.conftest import wait_for
@@ -28,6 +38,7 @@ T0 = 1_700_000_000.0
 
 def config(broker_url: str, source: dict[str, Any], **fields: Any) -> str:
     fields.setdefault("tier", "enterprise")
+    fields.setdefault("password", "not-checked-by-mosquitto")
     return (
         table("src", type="channel_source", start_ts=T0, **source)
         + table(
@@ -36,7 +47,6 @@ def config(broker_url: str, source: dict[str, Any], **fields: Any) -> str:
             token=TOKEN,
             transport="mqtt",
             mqtt_url=broker_url,
-            password="not-checked-by-mosquitto",
             **fields,
         )
         + route("w", "src", "ax")
@@ -192,3 +202,264 @@ async def test_mqtts_with_a_private_ca(
                 s = stats("ax")
                 assert s["acked"] == 10 and s["connects"] == 1  # PUBACKs came over TLS
                 assert rt.statuses["ax"].detail == f"mqtt 127.0.0.1:{broker.port}"
+
+
+# --- broken peers: no CONNACK, a half-open link, refused credentials, closing mid-connect ---
+
+
+class _Gate:
+    """A TCP relay on 127.0.0.1 (port 0) in front of a broker, playing a broken network.
+
+    ``mode`` decides what a new connection gets: ``"silent"`` accepts and reads but never
+    answers (a broker that never sends CONNACK), ``"relay"`` pipes both ways to the broker on
+    port ``target``. ``freeze()`` makes the connections relayed so far stop reading and
+    forwarding while their sockets stay open: a half-open link that only MQTT keepalive can
+    detect. ``accepted`` counts TCP connections, i.e. the client's connect attempts; ``open``
+    those the client has not closed yet (a relayed one also ends when the broker closes it).
+    """
+
+    def __init__(self, target: int, mode: str = "silent") -> None:
+        self.target = target
+        self.mode = mode
+        self.accepted = 0
+        self.open = 0  # client connections not yet closed
+        self.port = 0
+        self._frozen_upto = 0  # connections numbered up to this one are frozen
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def freeze(self) -> None:
+        self._frozen_upto = self.accepted
+
+    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.accepted += 1
+        self.open += 1
+        try:
+            await self._relay(stream, self.accepted)
+        finally:
+            self.open -= 1
+
+    async def _relay(self, stream: trio.SocketStream, number: int) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            async with stream:
+                if self.mode == "silent":
+                    while await stream.receive_some(65536):
+                        pass  # CONNECT (and whatever follows) falls on the floor
+                    return
+                async with await trio.open_tcp_stream("127.0.0.1", self.target) as upstream:
+                    async with trio.open_nursery() as nursery:
+                        for src, dst in ((stream, upstream), (upstream, stream)):
+                            nursery.start_soon(self._pump, src, dst, number, nursery.cancel_scope)
+
+    async def _pump(
+        self, src: trio.SocketStream, dst: trio.SocketStream, number: int, done: trio.CancelScope
+    ) -> None:
+        try:
+            while number > self._frozen_upto:
+                data = await src.receive_some(65536)
+                if not data or number <= self._frozen_upto:
+                    break
+                await dst.send_all(data)
+            while number <= self._frozen_upto:
+                await trio.sleep_forever()  # frozen: neither read nor write, socket kept open
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            done.cancel()
+
+
+@contextlib.asynccontextmanager
+async def open_gate(target: int, mode: str = "silent") -> Any:
+    async with trio.open_nursery() as nursery:
+        gate = _Gate(target, mode)
+        await nursery.start(gate.serve)
+        yield gate
+        nursery.cancel_scope.cancel()
+
+
+def _busy_threads(before: set[threading.Thread]) -> list[str]:
+    """Threads doing something, except those in ``before``: an idle trio worker (kept in
+    trio's cache, named ``Trio thread N`` between jobs, maybe reused later) does not count."""
+    return sorted(
+        t.name
+        for t in threading.enumerate()
+        if t not in before and t.is_alive() and not t.name.startswith("Trio thread ")
+    )
+
+
+def _busy_now() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if not t.name.startswith("Trio thread ")}
+
+
+async def test_a_broker_that_never_sends_connack_is_retried_then_delivered(
+    mosquitto: MosquittoBroker, load_alphax: Callable[[str], Loaded], start_runtime: Any
+) -> None:
+    # the gate accepts TCP and swallows CONNECT; once it relays, the same client reaches
+    # mosquitto and the writes published meanwhile arrive
+    src = {"devices": ["dev-c"], "channels": [1, 2], "ticks": 5}
+    with trio.fail_after(40):
+        async with open_gate(mosquitto.port) as gate:
+            cfg = config(gate.url, src, topic_form="channel", keepalive_s=1, reconnect_max_s=2)
+            async with open_alphax_simulator([TOKEN], mqtt_url=mosquitto.url) as sim:
+                async with start_runtime(load_alphax(cfg)) as rt:
+                    status = rt.statuses["ax"]
+                    await wait_for(
+                        lambda: gate.accepted >= 2 and "CONNACK" in status.detail,
+                        timeout=15,
+                        what="a retry, and a status naming the missing CONNACK",
+                    )
+                    assert status.state != "connected", status
+                    assert rt.snapshot()["routes"]["w"]["delivered"] == 0
+                    assert stats("ax")["connects"] == 0
+                    gate.mode = "relay"
+                    await wait_for(
+                        lambda: rt.snapshot()["routes"]["w"]["delivered"] == 10,
+                        timeout=15,
+                        what="all 10 delivered once the broker answers",
+                    )
+                    s = stats("ax")
+                    assert s["connects"] == 1 and s["outstanding"] == 0
+                    assert rt.snapshot()["routes"]["w"]["failed"] == 0
+                    assert status.state == "connected"
+                await sim.wait_for(lambda: sim.store.count() >= 10)
+                for channel in (1, 2):
+                    assert values(sim, "dev-c", channel) == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+async def test_a_half_open_link_is_detected_by_keepalive_and_nothing_is_lost(
+    mosquitto: MosquittoBroker, load_alphax: Callable[[str], Loaded], start_runtime: Any
+) -> None:
+    # mid-stream the link goes silent both ways with the sockets open (no FIN, no RST): only
+    # keepalive (1 s) can tell. The writer must reconnect and re-send what had no PUBACK.
+    src = {"devices": ["dev-h"], "channels": [1, 2], "ticks": 300, "rate": 100.0}
+    with trio.fail_after(60):
+        async with open_gate(mosquitto.port, mode="relay") as gate:
+            cfg = config(gate.url, src, topic_form="channel", keepalive_s=1, ack_timeout_s=20.0)
+            async with open_alphax_simulator([TOKEN], mqtt_url=mosquitto.url) as sim:
+                async with start_runtime(load_alphax(cfg)) as rt:
+                    await wait_for(lambda: sim.store.count() >= 100, what="the stream flowing")
+                    gate.freeze()
+                    frozen_at = rt.snapshot()["routes"]["w"]["delivered"]
+                    await wait_for(
+                        lambda: gate.accepted >= 2, timeout=20, what="a reconnect after keepalive"
+                    )
+                    await wait_for(
+                        lambda: rt.snapshot()["routes"]["w"]["delivered"] == 600,
+                        timeout=30,
+                        what="all 600 acknowledged",
+                    )
+                    s = stats("ax")
+                    assert frozen_at < 600, "the link froze after the stream ended"
+                    assert s["connects"] >= 2 and rt.statuses["ax"].reconnects >= 1
+                    assert s["resent"] > 0  # what the frozen link swallowed went out again
+                    assert s["ack_timeouts"] == 0 and s["outstanding"] == 0
+                    assert rt.snapshot()["routes"]["w"]["failed"] == 0
+                await sim.wait_for(lambda: sim.store.count() >= 600, timeout=10)
+                for channel in (1, 2):
+                    got = Counter(values(sim, "dev-h", channel))
+                    assert set(got) == {float(t) for t in range(300)}, f"channel {channel}"
+
+
+def _password_file(path: Path, user: str, password: str) -> Path:
+    passwd = shutil.which("mosquitto_passwd")
+    if passwd is None:
+        pytest.skip("mosquitto_passwd not found (Debian package `mosquitto`)")
+    subprocess.run([passwd, "-b", "-c", str(path), user, password], check=True, timeout=30)
+    path.chmod(0o600)
+    return path
+
+
+async def test_refused_credentials_back_off_and_recover_when_accepted(
+    tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    load_alphax: Callable[[str], Loaded],
+    start_runtime: Any,
+) -> None:
+    # a broker that checks passwords refuses ours (CONNACK "not authorized"): status
+    # auth-failed with the reason, attempts backed off (no hot loop), data kept; once the
+    # gate leads to a broker that takes us, the kept writes are delivered
+    pw = _password_file(tmp_path / "passwd", TOKEN, "the-right-one")
+    strict = ["allow_anonymous false", f"password_file {pw}"]
+    src = {"devices": ["dev-p"], "channels": [1], "ticks": 4}
+    with run_mosquitto(tmp_path / "strict", extra_config=strict) as checking, trio.fail_after(40):
+        async with open_gate(checking.port, mode="relay") as gate:
+            cfg = config(gate.url, src, topic_form="channel", password="a-wrong-one")
+            async with start_runtime(load_alphax(cfg)) as rt:
+                status = rt.statuses["ax"]
+                await wait_for(lambda: status.state == "auth-failed", what="auth-failed")
+                first = gate.accepted
+                await trio.sleep(2.5)
+                attempts = gate.accepted - first
+                # reconnect_min_s = 1 doubling: about 2 in 2.5 s; a hot loop makes hundreds
+                assert 1 <= attempts <= 4, f"{attempts} connect attempts in 2.5 s"
+                assert status.state == "auth-failed", status
+                assert "not authorized" in status.detail.lower(), status.detail
+                assert "a-wrong-one" not in status.detail
+                assert rt.snapshot()["routes"]["w"]["delivered"] == 0
+                assert rt.snapshot()["routes"]["w"]["failed"] == 0
+                assert stats("ax")["connects"] == 0
+                gate.target = mosquitto.port  # an anonymous broker: the next attempt succeeds
+                await wait_for(
+                    lambda: rt.snapshot()["routes"]["w"]["delivered"] == 4,
+                    timeout=15,
+                    what="the kept writes delivered",
+                )
+                assert status.state == "connected"
+                assert received("dlq") == []
+
+
+def _bare_writer(url: str, **fields: Any) -> tuple[MqttWriter, AdapterStatus]:
+    cfg = AlphaXConfig(type="alphax", token=TOKEN, transport="mqtt", mqtt_url=url, **fields)
+    status = AdapterStatus(name="ax", type="alphax")
+    return MqttWriter(cfg, "ax", status, logging.getLogger("test.alphax.mqtt")), status
+
+
+@pytest.mark.parametrize("sending", [False, True])
+async def test_aclose_while_connecting_to_a_silent_broker(sending: bool) -> None:
+    # CONNECT is written and never answered; aclose must not wait for the CONNACK deadline
+    # (keepalive 30 s), raise, or leave a thread working on the client
+    before = _busy_now()
+    with trio.fail_after(20):
+        async with open_gate(0, mode="silent") as gate:
+            writer, status = _bare_writer(gate.url)
+            async with trio.open_nursery() as nursery:
+                if sending:  # a delivery waiting for the connection, cancelled first
+                    message = Message(codec.channel_topic(TOKEN, "dev-x", 1), b"1", ())
+                    nursery.start_soon(writer.send, [message])
+                writer.start()
+                await wait_for(lambda: gate.accepted >= 1, what="the connect attempt")
+                await trio.sleep(0.2)  # CONNECT on its way, CONNACK awaited
+                assert status.state != "connected"
+                nursery.cancel_scope.cancel()
+            with trio.fail_after(5):
+                await writer.aclose()
+            await wait_for(lambda: gate.open == 0, timeout=5, what="the client's socket closed")
+    await wait_for(lambda: not _busy_threads(before), timeout=5, what="no busy thread left")
+
+
+async def test_aclose_while_the_tcp_connect_hangs() -> None:
+    # a listener whose accept queue is full drops our SYN: the TCP connect itself hangs (until
+    # paho's connect timeout, 5 s). aclose must still return, raise nothing, and leave no
+    # thread working on the client.
+    before = _busy_now()
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        filler.connect(("127.0.0.1", port))  # takes the only place in the accept queue
+        with trio.fail_after(20):
+            writer, status = _bare_writer(f"mqtt://127.0.0.1:{port}")
+            writer.start()
+            await wait_for(lambda: bool(_busy_threads(before)), what="a thread connecting")
+            await trio.sleep(0.2)
+            assert status.state != "connected"
+            await writer.aclose()
+    await wait_for(lambda: not _busy_threads(before), timeout=5, what="no busy thread left")
