@@ -151,6 +151,7 @@ def test_site_example_checks_once_its_environment_is_set(tmp_path: Path) -> None
     out = junction("check", "routes/site-example.toml", env=env)
     assert out.returncode == 0, out.stderr
     assert "display-command: allxon [command_request] -> placeos" in out.stdout
+    assert "overflow=persist queue_size=1000" in out.stdout  # temp-to-alphax, explicit
     for secret in SITE_ENV.values():
         assert secret not in out.stdout + out.stderr
     missing = junction("check", "routes/site-example.toml", env=bare)
