@@ -46,13 +46,20 @@ def _restore_logging() -> Iterator[None]:
 
 @pytest.fixture
 def write_config(tmp_path: Path) -> Callable[[str], str]:
-    """Write a TOML config (dedented) into the test's temp dir; returns its path."""
+    """Write a TOML config (dedented) into the test's temp dir; returns its path.
+
+    A config that names no ``state_dir`` gets the test's own, so no test writes state
+    (the outbox, dead letters) into the working directory.
+    """
 
     def write(text: str, name: str = "junction.toml") -> str:
         path = tmp_path / name
         body = textwrap.dedent(text)
+        own = f'state_dir = "{tmp_path / "state"}"\n'
         if "[junction]" not in body:
-            body = f'[junction]\nstate_dir = "{tmp_path / "state"}"\n' + body
+            body = "[junction]\n" + own + body
+        elif "state_dir" not in body:
+            body = body.replace("[junction]\n", "[junction]\n" + own, 1)
         path.write_text(body, encoding="utf-8")
         return str(path)
 
