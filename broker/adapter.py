@@ -33,7 +33,15 @@ import trio
 
 from broker.envelope import Envelope
 from broker.inlet import Inlet
-from broker.messages import Backlog, Crashed, Delivered, Failed, Inbound, describe
+from broker.messages import (
+    Backlog,
+    Crashed,
+    Delivered,
+    Failed,
+    Inbound,
+    Leftovers,
+    describe,
+)
 
 if TYPE_CHECKING:
     from broker.config import AdapterConfig, JunctionSettings
@@ -130,15 +138,26 @@ class Adapter:
         """
         return False
 
-    def release_deferred(self) -> None:
-        """This instance is gone: what it deferred and never settled fails, to be retried
-        (a persist route redelivers it; a memory route dead-letters it)."""
+    def release_deferred(self, crashed: bool) -> None:
+        """This instance is gone with envelopes it deferred and never settled.
+
+        After a crash they fail as transient (a persist route retries them, counting an
+        attempt); after a clean stop (shutdown, reload) they are handed back like what
+        was still queued: outbox rows wait for the next instance, memory envelopes are
+        dead-lettered.
+        """
         owed, self._deferred = self._deferred, {}
         by_route: dict[str, list[Envelope]] = {}
         for route, env in owed.values():
             by_route.setdefault(route, []).append(env)
-        for route, envs in by_route.items():
-            self.fail(route, envs, "the adapter stopped before its peer acknowledged them", False)
+        if not by_route:
+            return
+        reason = "the adapter stopped before its peer acknowledged them"
+        if crashed:
+            for route, envs in by_route.items():
+                self.fail(route, envs, reason, permanent=False)
+        else:
+            self.ctx.router.tell(Leftovers(self.name, reason, envelopes=by_route))
 
     # --- helpers for subclasses -------------------------------------------------
 
@@ -254,7 +273,7 @@ class AdapterHost(pykka.ThreadingActor):
             self.inlet.detach()
             self._started.set()
             try:
-                self.adapter.release_deferred()
+                self.adapter.release_deferred(crashed=error is not None and not self._stopping)
             except Exception:  # the router is gone (shutdown's end): nothing left to tell
                 log.debug("adapter %s: deferred envelopes not released", self.adapter.name)
         if error is not None and not self._stopping:

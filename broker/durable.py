@@ -20,6 +20,7 @@ comes back in ``Delivered``/``Failed``, and is kept alive by the window meanwhil
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -33,7 +34,7 @@ from broker.backoff import backoff_delay
 from broker.config import RedeliveryPolicy
 from broker.envelope import Envelope
 from broker.inlet import Inlet
-from broker.outbox import DeadLetter, Outbox
+from broker.outbox import DeadLetter, Outbox, OutboxError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class DurableQueues:
         self._retries: list[tuple[float, int, str, str, Envelope]] = []
         self._order = itertools.count()
         self.refused = 0
+        #: acknowledged rows whose delete failed (they are sent once more after a restart)
+        self.undeleted = 0
         #: (envelope, route, reason) buried while refilling; the router drains it for its ledger
         self.stale_buried: list[tuple[Envelope, str, str]] = []
 
@@ -149,8 +152,14 @@ class DurableQueues:
         seqs = [s for s in (q.seq_of.pop(id(e), None) for e in envelopes) if s is not None]
         for s in seqs:
             q.attempts.pop(s, None)
-        q.rows -= self.outbox.remove(seqs)
-        self._refill(target, route, q)
+        try:
+            q.rows -= self.outbox.remove(seqs)
+        except OutboxError as err:  # delivered, rows kept: sent once more after a restart
+            log.error("outbox: %d acknowledged rows of %s not deleted: %s", len(seqs), route, err)
+            self.undeleted += len(seqs)
+            q.rows -= len(seqs)
+        with contextlib.suppress(OutboxError):
+            self._refill(target, route, q)
         return len(seqs)
 
     def failed(
@@ -188,10 +197,19 @@ class DurableQueues:
             q.attempts.pop(seq, None)
             letters.append(DeadLetter(_base(route), target, "deliver", env, why, attempts, seq))
             buried.append((env, why))
-        if retried:
-            self.outbox.count_attempt(retried)
-        self._bury(q, letters)
-        self._refill(target, route, q)
+        try:
+            if retried:
+                self.outbox.count_attempt(retried)
+            self._bury(q, letters)
+        except OutboxError as err:
+            # the rows stay: rewind so they load again (and fail or succeed then), and
+            # still hand the router what is not ours -- it must not be lost with this error
+            log.error("outbox: failures of route %s not recorded: %s", route, err)
+            q.loaded_upto = min([q.loaded_upto, *(d.seq - 1 for d in letters if d.seq)])
+            q.spilled = q.rewound = bool(letters) or q.spilled
+            buried = []
+        with contextlib.suppress(OutboxError):  # a refill can wait for the next tick
+            self._refill(target, route, q)
         return Settled(buried=tuple(buried), retrying=len(retried), unknown=tuple(unknown))
 
     def leftovers(self, target: str, route: str, envelopes: list[Envelope]) -> list[Envelope]:

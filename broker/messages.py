@@ -42,14 +42,16 @@ class Failed:
 
 @dataclass(frozen=True, slots=True)
 class Leftovers:
-    """A target stopped (shutdown, reload) with these still queued; the router keeps what
-    is in the outbox for later and dead-letters the rest with ``reason``. Answered with
-    (kept, dead-lettered)."""
+    """Target ``target`` stopped: the router keeps what is in the outbox for later and
+    dead-letters the rest with ``reason``. ``envelopes`` (by queue) are ones the adapter
+    held unacknowledged; without them the router empties the target's inlet itself (on its
+    own thread, so nothing refills it meanwhile) and, with ``remove``, forgets the inlet.
+    Answered with ({queue: kept}, {queue: dead-lettered})."""
 
     target: str
-    route: str
-    envelopes: list[Envelope]
     reason: str
+    envelopes: dict[str, list[Envelope]] | None = None
+    remove: bool = False
 
 
 @dataclass(frozen=True, slots=True)

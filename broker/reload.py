@@ -307,8 +307,7 @@ def _apply(runtime: Runtime, report: ReloadReport, merged: Loaded) -> None:
     for name in report.added:
         _start(runtime, name, state_dir, report)
     if gone:
-        _remove(runtime, sorted(gone), settings, report)
-        router.ask(Swap(merged.table, None, routed, None), timeout=60)
+        _remove(runtime, sorted(gone), settings, report)  # the router forgets their inlets
         runtime.inlets = routed
         runtime.statuses = {n: s for n, s in statuses.items() if n not in gone}
         for name in gone:
@@ -346,7 +345,9 @@ def _remove(
         while inlet.pending() and time.monotonic() < deadline:
             time.sleep(0.02)
         sup.remove(name).get()
-        left, kept = settle_leftovers(runtime.router, {name: inlet}, settings.shutdown_grace_s)
+        left, kept = settle_leftovers(
+            runtime.router, {name: inlet}, settings.shutdown_grace_s, remove=True
+        )
         report.left.update(left)
         report.kept.update(kept)
     if report.left:

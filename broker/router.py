@@ -207,6 +207,8 @@ class Router(pykka.ThreadingActor):
         self.persist_kinds = persist_kinds or {}
         self._policies = self._resolve_policies(table)
         self._graveyard: list[DeadLetter] = []
+        #: replay rows handed back to the routes but not yet deleted from the queue
+        self._handed_back: set[int] = set()
         self.durable: DurableQueues | None = None
         if outbox is not None:
             self.durable = DurableQueues(outbox, inlets, self._redelivery, self._capacity)
@@ -310,15 +312,32 @@ class Router(pykka.ThreadingActor):
                 name, env, f"{msg.target}: {msg.reason}", stage="deliver", target=msg.target
             )
 
-    def _leftovers(self, msg: Leftovers) -> tuple[int, int]:
-        """What a stopped target left queued: outbox rows wait, the rest is dead-lettered."""
-        memory = msg.envelopes
-        if self.durable is not None:
-            memory = self.durable.leftovers(msg.target, msg.route, msg.envelopes)
-        name = msg.route.removesuffix(REPLY_SUFFIX)
-        for env in memory:
-            self._dead_letter(name, env, msg.reason, stage="deliver", target=msg.target)
-        return len(msg.envelopes) - len(memory), len(memory)
+    def _leftovers(self, msg: Leftovers) -> tuple[dict[str, int], dict[str, int]]:
+        """What a stopped target left: outbox rows wait, the rest is dead-lettered."""
+        inlet = self.inlets.get(msg.target)
+        if msg.envelopes is not None:
+            held = msg.envelopes
+            if inlet is not None:  # they were taken and never settled
+                for queue, envs in held.items():
+                    inlet.done(queue, len(envs))
+        else:
+            held = inlet.drain_all() if inlet is not None else {}
+        if msg.remove:
+            self.inlets.pop(msg.target, None)
+        kept: dict[str, int] = {}
+        dead: dict[str, int] = {}
+        for queue, envs in held.items():
+            memory = envs
+            if self.durable is not None:
+                memory = self.durable.leftovers(msg.target, queue, envs)
+            name = queue.removesuffix(REPLY_SUFFIX)
+            for env in memory:
+                self._dead_letter(name, env, msg.reason, stage="deliver", target=msg.target)
+            if len(envs) > len(memory):
+                kept[queue] = len(envs) - len(memory)
+            if memory:
+                dead[queue] = len(memory)
+        return kept, dead
 
     def _bury(self) -> None:
         """Write the dead letters gathered while handling one message (one transaction)."""
@@ -337,6 +356,9 @@ class Router(pykka.ThreadingActor):
     def _take_replays(self) -> None:
         """Feed dead letters queued by ``junction dlq replay`` back in, a few per tick."""
         assert self.outbox is not None
+        if self._handed_back:  # a delete that failed last time: never replay them twice
+            self.outbox.replayed(sorted(self._handed_back))
+            self._handed_back.clear()
         try:
             rows = self.outbox.next_replays(REPLAYS_PER_TICK)
         except OutboxError as err:
@@ -345,6 +367,21 @@ class Router(pykka.ThreadingActor):
         batches: dict[tuple[str, CompiledRoute], list[Envelope]] = {}
         for row in rows:
             route = self._route_by_name(row.route)
+            if (
+                route is not None
+                and row.stage == "deliver"
+                and route.spec.expects_reply
+                and row.target not in route.targets
+                and row.target in self.inlets
+            ):  # an answer for the asker: back to the reply queue it failed on
+                self._offer(
+                    row.target,
+                    route.name + REPLY_SUFFIX,
+                    [row.envelope],
+                    route.queue_size,
+                    self._reply_policy(row.target, row.envelope),
+                )
+                continue
             if route is None or (row.stage == "deliver" and row.target not in route.targets):
                 # back to the dead letters, counted as received again so the ledger holds
                 where = f"route {row.route!r}" if route is None else f"target {row.target!r}"
@@ -367,7 +404,9 @@ class Router(pykka.ThreadingActor):
         for (target, route), batch in batches.items():
             self._offer(target, route.name, batch, route.queue_size, self._policy(route, target))
         self._bury()  # what failed again is stored before the replays are let go
-        self.outbox.replayed([r.seq for r in rows])
+        self._handed_back.update(r.seq for r in rows)
+        self.outbox.replayed(sorted(self._handed_back))
+        self._handed_back.clear()
 
     def _route(self, source: str, envelopes: list[Envelope]) -> None:
         self.backlog.sub(len(envelopes))
@@ -451,8 +490,16 @@ class Router(pykka.ThreadingActor):
                         err,
                         f" ({held} more not logged)" if held else "",
                     )
-                counters.received -= len(batch)  # counted again by the memory path below
-                self._offer(target, name, batch, size, "block")
+                inlet = self.inlets.get(target)
+                if inlet is None:
+                    for env in batch:
+                        self._drop(name, env, f"no adapter {target!r}")
+                    return
+                # what fits the route's queue waits in memory; the rest is dropped, counted
+                result = inlet.offer(name, batch, size, "drop_newest")
+                counters.queued += result.accepted
+                for env, _ in result.dropped:
+                    self._drop(name, env, "outbox_error", target)
                 return
             counters.queued += stored
             for env in refused:
@@ -520,9 +567,12 @@ class Router(pykka.ThreadingActor):
             except MappingError as err:
                 self._dead_letter(route.name, reply, f"reply_map: {describe(err)}")
                 return
-        keep = self.persist_kinds.get(waiting.asker, frozenset())
-        policy = "persist" if reply.kind in keep and self.durable is not None else "block"
+        policy = self._reply_policy(waiting.asker, reply)
         self._offer(waiting.asker, route.name + REPLY_SUFFIX, [reply], route.queue_size, policy)
+
+    def _reply_policy(self, asker: str, reply: Envelope) -> str:
+        keep = self.persist_kinds.get(asker, frozenset())
+        return "persist" if reply.kind in keep and self.durable is not None else "block"
 
     def _expire_replies(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:

@@ -279,24 +279,26 @@ class Runtime:
 
 
 def settle_leftovers(
-    router: pykka.ActorRef[Any] | None, inlets: dict[str, Inlet], grace: float
+    router: pykka.ActorRef[Any] | None,
+    inlets: dict[str, Inlet],
+    grace: float,
+    remove: bool = False,
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """Empty stopped targets' queues: the router keeps outbox rows for later and
-    dead-letters the rest. Returns (dead-lettered, kept) per ``adapter/route``."""
+    """Empty stopped targets' queues (on the router's thread): outbox rows wait for a
+    later run, the rest is dead-lettered. ``remove`` also has the router forget the
+    inlets. Returns (dead-lettered, kept) per ``adapter/queue``."""
     left: dict[str, int] = {}
     kept: dict[str, int] = {}
     reason = f"shutdown: not delivered within the {grace:.1f} s grace period"
     for name, inlet in inlets.items():
-        for route, envs in inlet.drain_all().items():
-            key = f"{name}/{route}"
-            if router is None or not router.is_alive():
-                left[key] = len(envs)
-                continue
-            held, dead = router.ask(Leftovers(name, route, envs, reason), timeout=30)
-            if held:
-                kept[key] = held
-            if dead:
-                left[key] = dead
+        if router is None or not router.is_alive():
+            for queue, envs in inlet.drain_all().items():
+                left[f"{name}/{queue}"] = len(envs)
+            continue
+        answer: Any = router.ask(Leftovers(name, reason, remove=remove), timeout=30)
+        held, dead = answer
+        kept.update({f"{name}/{q}": n for q, n in held.items()})
+        left.update({f"{name}/{q}": n for q, n in dead.items()})
     return left, kept
 
 

@@ -70,7 +70,13 @@ from adapters.alphax._uplinks import Failure, Message
 from adapters.alphax.config import AlphaXConfig
 from broker.adapter import AdapterStatus
 
-_ACCEPTED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+# NO_CONN and CONN_LOST (a write error inside publish): paho keeps the message in its
+# _out_messages and sends it after the next CONNACK, so we record it and wait for the PUBACK
+_ACCEPTED = (
+    MQTTErrorCode.MQTT_ERR_SUCCESS,
+    MQTTErrorCode.MQTT_ERR_NO_CONN,
+    MQTTErrorCode.MQTT_ERR_CONN_LOST,
+)
 _POLL_S = 0.25
 _MISC_S = 1.0  # loop_misc period: keepalive and the CONNACK / PINGRESP deadlines
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
@@ -125,6 +131,7 @@ class MqttWriter:
         self._link_up = trio.Event()  # set while connected (see _up / _down)
         self._write = trio.Event()  # paho has bytes it could not write (see _kick)
         self._waiting_for_room = False
+        self._driver_error: str | None = None
         self._started = False
         self._driver: trio.CancelScope | None = None
         self._driver_done = trio.Event()
@@ -184,6 +191,7 @@ class MqttWriter:
             # message (the acks are read once the batch waits for them, or for room).
             if not self._link_up.is_set():
                 await self._link_up.wait()
+                self._check_driver()
             await self._wait_for_room()
             if not self._link_up.is_set():
                 continue
@@ -226,6 +234,7 @@ class MqttWriter:
             return
         self._note_queue_full()
         while len(self._pending) >= self.cfg.max_queued:
+            self._check_driver()
             self._room = trio.Event()
             self._waiting_for_room = True
             with trio.move_on_after(_POLL_S):
@@ -249,6 +258,7 @@ class MqttWriter:
                 await batch.done.wait()
             if batch.done.is_set():
                 break
+            self._check_driver()
             if self.connected:
                 budget -= trio.current_time() - began
             if budget <= 0:
@@ -308,11 +318,20 @@ class MqttWriter:
             assert self._driver is not None
             with self._driver:
                 await self._connect_forever()
-        except Exception:
+        except Exception as err:
             self.log.exception("MQTT %s: the connection driver failed", self.where)
             self.status.set("crashed", f"mqtt {self.where}: the connection driver failed")
+            self._driver_error = f"the MQTT connection driver failed: {err!r}"
+            self._link_up.set()  # wake every waiting send: _check_driver raises for them
+            self._room.set()
         finally:
             self._driver_done.set()
+
+    def _check_driver(self) -> None:
+        """Raise once the driver died: the adapter crashes and its supervisor starts a new
+        one (with a new client), rather than every send waiting forever."""
+        if self._driver_error is not None:
+            raise RuntimeError(self._driver_error)
 
     async def _connect_forever(self) -> None:
         # Waits between attempts: reconnect_min_s after a connection that got its CONNACK,

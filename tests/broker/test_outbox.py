@@ -401,6 +401,13 @@ def test_what_a_stopping_adapter_never_acknowledged_is_kept_or_dead_lettered(
     assert ledger["balanced"], ledger
     assert sum(report.kept.values()) == kept
     assert ledger["dead_lettered"] == 40 - kept  # a memory route: replayable dead letters
+    if kept:  # a clean stop is not a failed attempt: the rows wait with attempts 0
+        box = Outbox(Path(rt.loaded.config.junction.state_dir) / "outbox.sqlite3")
+        try:
+            rows = box.load("sink", "r", 0, 100)
+            assert len(rows) == 40 and {r.attempts for r in rows} == {0}
+        finally:
+            box.close()
     core_plugin.reset()
 
 
