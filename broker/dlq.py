@@ -592,17 +592,15 @@ def _full(row: DeadRow) -> str:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     def body(where: Located, box: Outbox) -> int:
-        sel = select(box, args.route, args.reason, args.ids)
-        _say_missing(sel)
-        if sel.count == 0:
-            return _nothing_matched(box, sel)
-        if not _confirm("replay", sel, args.yes):
-            return EXIT_FAIL
+        sel = _chosen(box, args, "replay")
+        if not isinstance(sel, Selection):
+            return sel
         gone = sorted(r for r in sel.routes if r not in where.routes)
         if gone:
             _err(
                 f"warning: {where.config} has no route {', '.join(map(repr, gone))}: the "
-                "bridge dead-letters those replays again ('replay: the route no longer exists')"
+                "bridge dead-letters those replays again ('replay: route ... is no longer "
+                "in the routing table')"
             )
         pid = _bridge_pid(where.state_dir)
         cap = REPLAYS_PER_TICK / TICK_S
@@ -649,12 +647,9 @@ def _progress(moved: int, total: int, elapsed: float) -> None:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     def body(where: Located, box: Outbox) -> int:
-        sel = select(box, args.route, args.reason, args.ids)
-        _say_missing(sel)
-        if sel.count == 0:
-            return _nothing_matched(box, sel)
-        if not _confirm("purge", sel, args.yes):
-            return EXIT_FAIL
+        sel = _chosen(box, args, "purge")
+        if not isinstance(sel, Selection):
+            return sel
         purged = 0
         try:
             for rows in sel.chunks(box, _forever(PURGE_CHUNK)):
@@ -666,6 +661,17 @@ def cmd_purge(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _with_store(args, body)
+
+
+def _chosen(box: Outbox, args: argparse.Namespace, verb: str) -> Selection | int:
+    """The dead letters the filters select, once confirmed; else the exit code to return."""
+    sel = select(box, args.route, args.reason, args.ids)
+    _say_missing(sel)
+    if sel.count == 0:
+        return _nothing_matched(box, sel)
+    if not _confirm(verb, sel, args.yes):
+        return EXIT_FAIL
+    return sel
 
 
 def _forever(n: int) -> Iterator[int]:

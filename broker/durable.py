@@ -58,9 +58,9 @@ class _Queue:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """What a Delivered/Failed meant for the ledger: delivered, and dead-lettered reasons."""
+    """What a Failed meant: the envelopes buried (with the reason), how many will be
+    retried, and those that are not the outbox's."""
 
-    delivered: int = 0
     buried: tuple[tuple[Envelope, str], ...] = ()
     retrying: int = 0
     #: Envelopes of this queue name that are not in the outbox (a memory envelope that
@@ -85,9 +85,6 @@ class DurableQueues:
         self.queues: dict[tuple[str, str], _Queue] = {}
         self._retries: list[tuple[float, int, str, str, Envelope]] = []
         self._order = itertools.count()
-        self.refused = 0
-        #: acknowledged rows whose delete failed (they are sent once more after a restart)
-        self.undeleted = 0
         #: (envelope, route, reason) buried while refilling; the router drains it for its ledger
         self.stale_buried: list[tuple[Envelope, str, str]] = []
 
@@ -123,8 +120,6 @@ class DurableQueues:
                 for e in batch
             ]
         seqs, refused = self.outbox.append(target, route, batch)
-        if refused:
-            self.refused += len(refused)
         if not seqs:
             return 0, refused
         q = self.queues.setdefault((target, route), _Queue())
@@ -156,7 +151,6 @@ class DurableQueues:
             q.rows -= self.outbox.remove(seqs)
         except OutboxError as err:  # delivered, rows kept: sent once more after a restart
             log.error("outbox: %d acknowledged rows of %s not deleted: %s", len(seqs), route, err)
-            self.undeleted += len(seqs)
             q.rows -= len(seqs)
         with contextlib.suppress(OutboxError):
             self._refill(target, route, q)

@@ -58,8 +58,8 @@ class Inlet:
         self._ready: deque[str] = deque()
         self._waker: Callable[[], None] | None = None
         self._wake_scheduled = False
-        self._in_flight = 0
-        self._in_flight_by_route: Counter[str] = Counter()
+        #: envelopes taken by the adapter and not yet settled by the router, per route
+        self._in_flight: Counter[str] = Counter()
 
     # --- router side ------------------------------------------------------------
 
@@ -166,8 +166,7 @@ class Inlet:
                 batch = [q.items.popleft() for _ in range(n)]
                 if q.items:
                     self._ready.append(route)
-                self._in_flight += n
-                self._in_flight_by_route[route] += n
+                self._in_flight[route] += n
                 self._room.notify_all()
                 return route, batch
             self._wake_scheduled = False
@@ -183,12 +182,11 @@ class Inlet:
             self._settle_locked(route, count)
 
     def _settle_locked(self, route: str, count: int) -> None:
-        self._in_flight = max(0, self._in_flight - count)
-        left = self._in_flight_by_route[route] - count
+        left = self._in_flight[route] - count
         if left > 0:
-            self._in_flight_by_route[route] = left
+            self._in_flight[route] = left
         else:
-            self._in_flight_by_route.pop(route, None)
+            self._in_flight.pop(route, None)
 
     def requeue(self, route: str, envelopes: list[Envelope]) -> None:
         """Put a taken batch back at the front of its route's queue (no loss on stop)."""
@@ -204,7 +202,7 @@ class Inlet:
     def pending(self) -> int:
         """Envelopes queued or being delivered right now."""
         with self._lock:
-            return self._in_flight + sum(len(q.items) for q in self._queues.values())
+            return sum(self._in_flight.values()) + sum(len(q.items) for q in self._queues.values())
 
     def depth(self, route: str) -> int:
         """Envelopes of ``route`` queued (not yet taken)."""
@@ -216,7 +214,7 @@ class Inlet:
         """Envelopes of ``route`` queued or taken and not yet settled."""
         with self._lock:
             q = self._queues.get(route)
-            return (len(q.items) if q is not None else 0) + self._in_flight_by_route.get(route, 0)
+            return (len(q.items) if q is not None else 0) + self._in_flight.get(route, 0)
 
     def depths(self) -> dict[str, int]:
         """Queued envelopes per route."""
@@ -230,7 +228,6 @@ class Inlet:
             for q in self._queues.values():
                 q.items.clear()
             self._ready.clear()
-            self._in_flight = 0
-            self._in_flight_by_route.clear()
+            self._in_flight.clear()
             self._room.notify_all()
             return out

@@ -205,6 +205,7 @@ class Router(pykka.ThreadingActor):
         self._observe = self._observers()
         self.outbox = outbox
         self.persist_kinds = persist_kinds or {}
+        self._by_name: dict[str, CompiledRoute] = {}
         self._policies = self._resolve_policies(table)
         self._graveyard: list[DeadLetter] = []
         #: replay rows handed back to the routes but not yet deleted from the queue
@@ -221,13 +222,11 @@ class Router(pykka.ThreadingActor):
     # --- policies -----------------------------------------------------------------
 
     def _resolve_policies(self, table: RoutingTable) -> dict[tuple[str, str], str]:
+        self._by_name = {r.name: r for r in table.routes}
         return resolve_policies(table, self.persist_kinds, durable=self.outbox is not None)
 
     def _route_by_name(self, name: str) -> CompiledRoute | None:
-        for route in self.table.routes:
-            if route.name == name:
-                return route
-        return None
+        return self._by_name.get(name)
 
     def _redelivery(self, name: str) -> RedeliveryPolicy:
         route = self._route_by_name(name.removesuffix(REPLY_SUFFIX))
@@ -476,35 +475,27 @@ class Router(pykka.ThreadingActor):
     def _offer(self, target: str, name: str, batch: list[Envelope], size: int, policy: str) -> None:
         counters = self.counters.setdefault(name.removesuffix(REPLY_SUFFIX), RouteCounters())
         counters.received += len(batch)
+        overflow_reason = ""  # set when a failing outbox sends a persist batch to memory
         if policy == "persist" and self.durable is not None:
             try:
                 stored, refused = self.durable.offer(target, name, batch)
             except OutboxError as err:
-                # not durable, but not dropped: held in memory like a "block" route
                 ok, held = self._throttle.allow(f"outbox-write:{name}")
                 if ok:
                     log.error(
-                        "outbox write failed for route %s; %d envelopes held in memory only: %s%s",
+                        "outbox write failed for route %s; %d envelopes held in memory only "
+                        "(what does not fit the queue is dropped as outbox_error): %s%s",
                         name,
                         len(batch),
                         err,
                         f" ({held} more not logged)" if held else "",
                     )
-                inlet = self.inlets.get(target)
-                if inlet is None:
-                    for env in batch:
-                        self._drop(name, env, f"no adapter {target!r}")
-                    return
-                # what fits the route's queue waits in memory; the rest is dropped, counted
-                result = inlet.offer(name, batch, size, "drop_newest")
-                counters.queued += result.accepted
-                for env, _ in result.dropped:
-                    self._drop(name, env, "outbox_error", target)
+                policy, overflow_reason = "drop_newest", "outbox_error"
+            else:
+                counters.queued += stored
+                for env in refused:
+                    self._drop(name, env, "outbox_full", target)
                 return
-            counters.queued += stored
-            for env in refused:
-                self._drop(name, env, "outbox_full", target)
-            return
         inlet = self.inlets.get(target)
         if inlet is None:  # validated at load time; only reachable after a bad swap
             for env in batch:
@@ -513,7 +504,7 @@ class Router(pykka.ThreadingActor):
         result = inlet.offer(name, batch, size, "block" if policy == "persist" else policy)
         counters.queued += result.accepted
         for env, reason in result.dropped:
-            self._drop(name, env, reason, target)
+            self._drop(name, env, overflow_reason or reason, target)
 
     def _delivered(self, msg: Delivered) -> None:
         inlet = self.inlets.get(msg.target)
