@@ -83,15 +83,21 @@ _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 @dataclass
-class _Batch:
+class Acks:
+    """The PUBACKs one :meth:`MqttWriter.publish` call still waits for."""
+
     remaining: int
     done: trio.Event = field(default_factory=trio.Event)
+
+    def __post_init__(self) -> None:
+        if self.remaining == 0:
+            self.done.set()
 
 
 @dataclass
 class _Pending:
     message: Message
-    batch: _Batch | None  # None once the batch gave up on it (ack timeout)
+    batch: Acks | None  # None once the batch gave up on it (ack timeout)
     published_at: float
 
 
@@ -170,18 +176,26 @@ class MqttWriter:
 
     async def send(self, messages: Sequence[Message]) -> list[Failure]:
         """Publish ``messages`` at QoS 1 and return once all are acknowledged (or failed)."""
+        acks, failures = await self.publish(messages)
+        return failures + await self.wait_acked(acks)
+
+    async def publish(self, messages: Sequence[Message]) -> tuple[Acks, list[Failure]]:
+        """Hand ``messages`` to paho in order; return without waiting for their PUBACKs.
+
+        Returns the acknowledgements to wait for (:meth:`wait_acked`) and the messages
+        refused outright. Waits only for the link and for room under ``max_queued``, so a
+        caller can publish the next batch while this one's PUBACKs are on their way.
+        """
         self.start()
+        acks = Acks(remaining=len(messages))
         failures: list[Failure] = []
-        if not messages:
-            return failures
-        batch = _Batch(remaining=len(messages))
         for message in messages:
-            if not await self._publish(message, batch):
+            if not await self._publish(message, acks):
                 reason = "the MQTT client refused the message (see the log)"
                 failures += [(env, reason) for env in message.envelopes]
-        return failures + await self._await_acks(batch)
+        return acks, failures
 
-    async def _publish(self, message: Message, batch: _Batch) -> bool:
+    async def _publish(self, message: Message, batch: Acks) -> bool:
         while True:
             # Publish only while connected: paho sends what it queued while disconnected only
             # after CONNACK, so a message published during the handshake would overtake them
@@ -224,7 +238,7 @@ class MqttWriter:
             return True
 
     @staticmethod
-    def _settle(batch: _Batch) -> None:
+    def _settle(batch: Acks) -> None:
         batch.remaining -= 1
         if batch.remaining == 0:
             batch.done.set()
@@ -250,7 +264,11 @@ class MqttWriter:
             f"PUBACKs before publishing more ({self.queue_full} times so far)",
         )
 
-    async def _await_acks(self, batch: _Batch) -> list[Failure]:
+    async def wait_acked(self, batch: Acks) -> list[Failure]:
+        """Wait for the PUBACKs of one :meth:`publish`; the messages given up on, with why.
+
+        Waiting counts only connected time against ``ack_timeout_s``.
+        """
         budget = self.cfg.ack_timeout_s
         while not batch.done.is_set():
             began = trio.current_time()
@@ -265,7 +283,7 @@ class MqttWriter:
                 return self._give_up(batch)
         return []
 
-    def _give_up(self, batch: _Batch) -> list[Failure]:
+    def _give_up(self, batch: Acks) -> list[Failure]:
         lost = [p for p in self._pending.values() if p.batch is batch]
         for pending in lost:
             pending.batch = None

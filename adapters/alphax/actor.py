@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from adapters.alphax.config import AlphaXConfig
-from adapters.alphax.connection import Conduit
+from adapters.alphax.connection import Conduit, Failure, Published
 from broker import logs
 from broker.adapter import Adapter
 from broker.envelope import Envelope
@@ -44,6 +44,10 @@ class AlphaXAdapter(Adapter):
                 logs.register_secret(secret)
         self.conduit = Conduit(cfg, self.name, self.status, self.log)
         self._poll_scope: trio.CancelScope | None = None
+        # MQTT: where the PUBACK waits of published batches run (see deliver), once run()
+        # has opened it (the host starts deliveries and run() together)
+        self._acks: trio.Nursery | None = None
+        self._acks_open = trio.Event()
         self.failed = 0
 
     async def run(self) -> None:
@@ -52,11 +56,14 @@ class AlphaXAdapter(Adapter):
         poller = self.conduit.poller(self.name, self.ctx.state_dir, self.publish)
         if self.config.transport != "mqtt":
             self.status.set("ready", f"{self.config.transport} to AlphaX")
-        if poller is not None:
-            with trio.CancelScope() as scope:
-                self._poll_scope = scope
-                await poller.run()
-        await trio.sleep_forever()
+        async with trio.open_nursery() as nursery:
+            self._acks = nursery
+            self._acks_open.set()
+            if poller is not None:
+                with trio.CancelScope() as scope:
+                    self._poll_scope = scope
+                    await poller.run()
+            await trio.sleep_forever()
 
     def quiesce(self) -> bool:
         """Shutdown began: stop reading; the connection stays for queued deliveries."""
@@ -65,8 +72,32 @@ class AlphaXAdapter(Adapter):
         return True
 
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
-        """Write ``batch``; envelopes that can never be written are dead-lettered by reason."""
-        failures = await self.conduit.deliver(batch)
+        """Write ``batch``; envelopes that can never be written are dead-lettered by reason.
+
+        Over MQTT the batch is published and deferred: ``deliver`` returns without waiting
+        for the PUBACKs, so the next batch goes out while this one's acknowledgements are
+        on their way (one broker round trip per batch would otherwise cap the rate and add
+        a round trip of waiting to every message at a steady rate). Each envelope is acked
+        to the router when its PUBACK arrives; ``max_queued`` bounds what is outstanding.
+        """
+        if self.conduit.mqtt is None:
+            self._fail_by_reason(route, await self.conduit.deliver(batch))
+            return
+        await self._acks_open.wait()
+        assert self._acks is not None
+        failures, published = await self.conduit.publish(batch)
+        self._fail_by_reason(route, failures)
+        if published is not None:
+            self.defer(route, published.envelopes)
+            self._acks.start_soon(self._settle, route, published)
+
+    async def _settle(self, route: str, published: Published) -> None:
+        lost = await published.wait()
+        lost_ids = {id(env) for env, _ in lost}
+        self._fail_by_reason(route, lost)
+        self.ack(route, [env for env in published.envelopes if id(env) not in lost_ids])
+
+    def _fail_by_reason(self, route: str, failures: list[Failure]) -> None:
         if not failures:
             return
         self.failed += len(failures)

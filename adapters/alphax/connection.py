@@ -6,6 +6,8 @@ the read poller.
     conduit = Conduit(cfg, name, status, log)
     conduit.start()                               # on the trio thread; MQTT starts connecting
     failures = await conduit.deliver(envelopes)   # [(envelope, reason)] that can never be sent
+    failures, published = await conduit.publish(envelopes)   # MQTT: without awaiting PUBACKs
+    lost = await published.wait()                 # ... which this then awaits
     poller = conduit.poller(source, state_dir, publish)   # None without [poll]
     await conduit.aclose()
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ import httpx
 
 from adapters.alphax import _uplinks
 from adapters.alphax._http import HttpWriter, build_client, build_pool
-from adapters.alphax._mqtt import MqttWriter
+from adapters.alphax._mqtt import Acks, MqttWriter
 from adapters.alphax._net import TcpWriter, UdpWriter
 from adapters.alphax._poller import Poller, state_path
 from adapters.alphax._uplinks import Failure
@@ -44,7 +47,20 @@ from adapters.alphax.config import AlphaXConfig
 from broker.adapter import AdapterStatus
 from broker.envelope import Envelope
 
-__all__ = ["Conduit", "Failure"]
+__all__ = ["Conduit", "Failure", "Published"]
+
+
+@dataclass(frozen=True)
+class Published:
+    """Envelopes handed to the MQTT broker and the PUBACKs they wait for."""
+
+    envelopes: list[Envelope]
+    acks: Acks
+    writer: MqttWriter
+
+    async def wait(self) -> list[Failure]:
+        """Wait for the PUBACKs; what was given up on (ack timeout), with the reason."""
+        return await self.writer.wait_acked(self.acks)
 
 
 class Conduit:
@@ -103,6 +119,27 @@ class Conduit:
         if self.tcp is not None:
             return failures + await self.tcp.send(docs)
         return failures + await self.http.send(docs)
+
+    async def publish(self, batch: Sequence[Envelope]) -> tuple[list[Failure], Published | None]:
+        """MQTT only: publish ``batch`` without waiting for its PUBACKs.
+
+        Returns what can never be sent, and the envelopes handed to the broker with their
+        acknowledgements to await (None when nothing was published).
+        """
+        if self.mqtt is None:
+            raise RuntimeError("publish() needs transport = 'mqtt'")
+        groups, failures = _uplinks.group_writes(batch)
+        messages, more = _uplinks.build_messages(
+            groups, self.cfg.token, self.cfg.topic_form, self.cfg.v1_gaps
+        )
+        self.encode_failures += len(failures) + len(more)
+        acks, refused = await self.mqtt.publish(messages)
+        failures += more + refused
+        if not messages:
+            return failures, None
+        unsent = {id(env) for env, _ in failures}
+        envelopes = [env for env in batch if id(env) not in unsent]
+        return failures, Published(envelopes, acks, self.mqtt)
 
     def poller(
         self,

@@ -142,15 +142,24 @@ TIMING = Timing()
 
 class TimedAlphaX(TrackedAlphaX):
     """The AlphaX adapter, recording for each envelope the time from its creation (``ts``)
-    to its delivery returning: HTTP 2xx received (the simulator stores before answering),
-    or every PUBACK of the batch received over MQTT."""
+    to its acknowledgement: HTTP 2xx received as the delivery returns (the simulator stores
+    before answering), or its PUBACK received over MQTT (the adapter acks it then)."""
 
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
         await super().deliver(route, batch)
+        settled = self._settled_in_deliver or set()
+        self._record([env for env in batch if id(env) not in settled])
+
+    def ack(self, route: str, envelopes: Sequence[Envelope]) -> None:
+        super().ack(route, envelopes)
+        self._record(envelopes)
+
+    @staticmethod
+    def _record(envelopes: Sequence[Envelope]) -> None:
         now = time.time()
-        latencies = [now - env.ts for env in batch]
+        latencies = [now - env.ts for env in envelopes]
         with TIMING.lock:
-            TIMING.delivered += len(batch)
+            TIMING.delivered += len(envelopes)
             TIMING.latencies += latencies
 
 

@@ -181,6 +181,66 @@ async def test_missing_pubacks_are_dead_lettered_after_the_timeout(
             nursery.cancel_scope.cancel()
 
 
+def _packet_kinds(buf: bytes) -> tuple[list[int], bytes]:
+    """The types of the complete MQTT packets at the start of ``buf``, and the rest."""
+    kinds: list[int] = []
+    while True:
+        size, shift, i = 0, 0, 1  # the remaining length: 7 bits per byte, high bit = more
+        while i < len(buf):
+            size |= (buf[i] & 0x7F) << shift
+            if not buf[i] & 0x80:
+                break
+            shift, i = shift + 7, i + 1
+        else:
+            return kinds, buf
+        end = i + 1 + size
+        if len(buf) < end:
+            return kinds, buf
+        kinds.append(buf[0] >> 4)
+        buf = buf[end:]
+
+
+async def _counting_silent_broker(
+    listeners: list[trio.SocketListener], publishes: list[int]
+) -> None:
+    """Like ``_silent_broker``, and counts the PUBLISH packets it got (``publishes[0]``)."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        rest = b""
+        while data := await stream.receive_some(65536):
+            kinds, rest = _packet_kinds(rest + data)
+            for kind in kinds:
+                if kind == 1:  # CONNECT
+                    await stream.send_all(b"\x20\x02\x00\x00")  # CONNACK, accepted
+                elif kind == 3:  # PUBLISH: never acknowledged
+                    publishes[0] += 1
+
+    await trio.serve_listeners(handle, listeners)
+
+
+async def test_the_next_batch_is_published_while_the_last_one_waits_for_pubacks(
+    load_alphax: Callable[[str], Loaded], start_runtime: Any
+) -> None:
+    # six writes 50 ms apart, so each reaches the adapter as its own delivery; the broker
+    # acknowledges none of them. A delivery that waited for its PUBACKs would publish the
+    # second write only once the first was given up on (a dead letter)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listeners[0].socket.getsockname()[1]
+            publishes = [0]
+            nursery.start_soon(_counting_silent_broker, listeners, publishes)
+            src = {"devices": ["dev-p"], "channels": [1], "ticks": 6, "rate": 20.0}
+            cfg = config(f"mqtt://127.0.0.1:{port}", src, ack_timeout_s=3.0)
+            async with start_runtime(load_alphax(cfg)) as rt:
+                await wait_for(lambda: publishes[0] == 6, what="6 PUBLISH packets")
+                assert received("dlq") == []  # none given up on yet: all six went out at once
+                assert stats("ax")["outstanding"] == 6
+                assert rt.snapshot()["routes"]["w"]["delivered"] == 0
+                await wait_for(lambda: len(received("dlq")) == 6, what="6 dead letters")
+            nursery.cancel_scope.cancel()
+
+
 async def test_mqtts_with_a_private_ca(
     tmp_path: Path, load_alphax: Callable[[str], Loaded], start_runtime: Any
 ) -> None:
