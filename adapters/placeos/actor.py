@@ -3,7 +3,8 @@
 Inbound (to the router):
     ``status_change``  one per ``notify`` (value kept as the JSON it is, ``None`` allowed),
                        subject ``<sys>/<mod>_<index>/<name>``; emitted in batches (up to
-                       ``emit_batch``, or what arrived within ``emit_interval_s``)
+                       ``emit_batch``; at once when the link goes quiet, else what arrived within
+                       ``emit_interval_s``)
     ``exec_result``    the answer to an ``exec_request``, carrying its correlation id:
                        ``ok`` + ``value`` + ``code``, or ``error`` (the PlaceOS error name
                        in lower case, e.g. ``request_failed``), ``error_code``, ``message``;
@@ -247,14 +248,24 @@ class PlaceOSAdapter(Adapter):
             self.emit(batch)
 
     async def _flusher(self) -> None:
-        """Emit what the reader collected, at most ``emit_interval_s`` after the first one.
+        """Emit what the reader collected: at once when the link is quiet, else in batches.
 
-        Only this task replaces the event, and it does so before flushing, so an
-        envelope added at any point is either in this flush or wakes the next one.
+        After the first envelope it lets the reader run one scheduler round at a time; once
+        a round adds nothing (nothing more had arrived: a steady trickle) it flushes at once,
+        so a lone change does not wait. While every round brings more (a burst), it keeps
+        collecting up to ``emit_interval_s`` (or ``emit_batch``, see ``_notify``), so the
+        router gets one batch rather than one ``tell`` per change. Only this task replaces
+        the event, and it does so before flushing, so an envelope added at any point is
+        either in this flush or wakes the next one.
         """
         while True:
             await self._out_ready.wait()
-            await trio.sleep(self.config.emit_interval_s)
+            deadline = trio.current_time() + self.config.emit_interval_s
+            while True:
+                seen = len(self._out)
+                await trio.lowlevel.checkpoint()
+                if len(self._out) == seen or trio.current_time() >= deadline:
+                    break
             self._out_ready = trio.Event()
             self._flush()
 
