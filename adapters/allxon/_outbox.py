@@ -46,6 +46,7 @@ from adapters.allxon.codec import (
     StateItem,
     StateParams,
     epoch_str,
+    item_size,
     pack_items,
     signed_size,
 )
@@ -213,6 +214,7 @@ class Outbox:
         self.metrics: deque[Entry] = deque()
         self.events: deque[Entry] = deque()
         self.alerts: deque[Entry] = deque()
+        self._empty_sizes: dict[tuple[Kind, str], int] = {}  # see signed_size_alone
         self.dropped: Counter[str] = Counter()
         self.coalesced_states = 0
         self._seq = itertools.count(1)
@@ -233,7 +235,14 @@ class Outbox:
 
     def signed_size_alone(self, kind: Kind, module: str, item: DataItem) -> int:
         """Bytes of a signed message carrying only ``item`` (compare with the 2 KB limit)."""
-        return signed_size(build_message(kind, self.app_guid, module, _EPOCH_PLACEHOLDER, [item]))
+        # the message with an empty item list, plus the item's own JSON: the same bytes as
+        # encoding the one-item message, without building it for every envelope
+        key = (kind, module)
+        base = self._empty_sizes.get(key)
+        if base is None:
+            empty = build_message(kind, self.app_guid, module, _EPOCH_PLACEHOLDER, [])
+            base = self._empty_sizes[key] = signed_size(empty)
+        return base + item_size(item)
 
     # --- adding ------------------------------------------------------------------------------
 

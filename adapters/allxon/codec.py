@@ -303,6 +303,11 @@ def encoded_size(message: InboundFrame) -> int:
     return len(_encoder.encode(message))
 
 
+def item_size(item: msgspec.Struct) -> int:
+    """Bytes ``item`` adds to a message's item array (plus a comma when it is not alone)."""
+    return len(_encoder.encode(item))
+
+
 def signed_size(message: InboundFrame) -> int:
     """Bytes of the frame once signed: ``encoded_size + SIGNATURE_OVERHEAD``."""
     return encoded_size(message) + SIGNATURE_OVERHEAD

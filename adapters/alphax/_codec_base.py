@@ -124,4 +124,8 @@ def round_value(value: float, *, where: str = "value") -> float:
     """Round to 16 significant digits (the encoders' rule), then :func:`check_value`."""
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         value = float(format(value, ".16g"))
+        # parsed back from 16 digits, its shortest form (repr) has at most 16: only the
+        # magnitude is left to check (the hot path: every channel write comes through here)
+        if abs(value) < 1e16:
+            return value
     return check_value(value, where=where)

@@ -7,7 +7,14 @@ import pytest
 
 from adapters.allxon._declared import AlarmView, Declared, Rejected
 from adapters.allxon._intake import AlarmNotEnabled, data_item
-from adapters.allxon._outbox import Outbox, metric_item, metric_value, state_item
+from adapters.allxon._outbox import (
+    _EPOCH_PLACEHOLDER,
+    Outbox,
+    build_message,
+    metric_item,
+    metric_value,
+    state_item,
+)
 from adapters.allxon.cards import AlarmCard, MetricCard, Module, StateCard
 from adapters.allxon.codec import (
     MAX_FRAME_BYTES,
@@ -157,3 +164,22 @@ def test_alerts_need_an_enabled_alarm() -> None:
     ghost = Envelope(source="t", body=Alert(module="room", alarm="ghost", action="resolve"))
     with pytest.raises(Rejected, match="not declared"):
         data_item(ghost, DECLARED, alarms, Outbox(GUID), allow_undeclared=True)
+
+
+@pytest.mark.parametrize(
+    "kind, item",
+    [
+        ("metric", MetricItem(name="temp", value="21.5", time="1700000000")),
+        ("state", StateItem(name="table", value=[{"k": "ä" * 40}], time="1700000000")),
+        ("event", EventItem(name="door", value='open "front"', time="1700000000")),
+        ("alert", AlertItem(name="hot", action="trigger", message="over 30", time="1700000000")),
+    ],
+)
+def test_the_size_of_one_item_alone_is_that_of_its_one_item_message(
+    kind: str, item: object
+) -> None:
+    box = Outbox(GUID)
+    for module in ("room", "other-module"):  # the second call per (kind, module) is the cached one
+        for _ in range(2):
+            expected = signed_size(build_message(kind, GUID, module, _EPOCH_PLACEHOLDER, [item]))
+            assert box.signed_size_alone(kind, module, item) == expected
