@@ -4,10 +4,11 @@
 and then records, for every envelope whose value carries the moment its peer produced
 it (``{"t": epoch_s, ...}`` in ``body.value``), how long it took to reach the file.
 
-``alphax_e2e`` is the real AlphaX adapter; after each delivery returns (HTTP 2xx, or
-every PUBACK of the batch) it records, per adapter name, ``now - body.value`` -- the
-bench maps the PlaceOS simulator's set-time into the written value, so this is the
-whole path from the peer that produced the change to the peer that acknowledged it.
+``alphax_e2e`` is the real AlphaX adapter; when a write is acknowledged (HTTP 2xx, as the
+delivery returns; a PUBACK, as the adapter acks the deferred envelopes) it records, per
+adapter name, ``now - body.value`` -- the bench maps the PlaceOS simulator's set-time into
+the written value, so this is the whole path from the peer that produced the change to the
+peer that acknowledged it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def store_keys(name: str) -> int:
         return len(STORE_KEYS.get(name, ()))
 
 
+def acked_count(name: str) -> int:
+    """How many writes adapter ``name`` got acknowledged (cheap enough to poll)."""
+    with LOCK:
+        return ACKED[name][0][0] if name in ACKED else 0
+
+
 def acked(name: str) -> tuple[int, list[float]]:
     """How many writes adapter ``name`` got acknowledged, and their latencies (a copy)."""
     with LOCK:
@@ -69,15 +76,25 @@ class TimedFileAdapter(FileAdapter):
 class E2ETimedAlphaX(AlphaXAdapter):
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
         await super().deliver(route, batch)
-        acked = len(batch) - len(self._settled_in_deliver or ())
+        settled = self._settled_in_deliver or set()
+        # acknowledged before deliver returned (HTTP); MQTT defers and acks later (see ack)
+        self._record([env for env in batch if id(env) not in settled])
+
+    def ack(self, route: str, envelopes: Sequence[Envelope]) -> None:
+        super().ack(route, envelopes)
+        self._record(envelopes)
+
+    def _record(self, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
         now = time.time()
-        lat = [now - float(getattr(env.body, "value", now)) for env in batch]
+        lat = [now - float(getattr(env.body, "value", now)) for env in envelopes]
         # the simulator stores one value per (channel, timestamp ms): two writes of a channel
         # in the same millisecond are one stored value, so that is what "stored" is checked against
-        keys = {(getattr(env.body, "channel", 0), round(env.ts * 1000)) for env in batch}
+        keys = {(getattr(env.body, "channel", 0), round(env.ts * 1000)) for env in envelopes}
         with LOCK:
             count, latencies = ACKED.setdefault(self.name, ([0], []))
-            count[0] += acked
+            count[0] += len(envelopes)
             latencies.extend(lat)
             STORE_KEYS.setdefault(self.name, set()).update(keys)
 

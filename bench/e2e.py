@@ -240,7 +240,7 @@ map = {{ kind = "metric", module = "{MODULE}", name = "{{body.name}}", value = "
 def wait_acked(names: tuple[str, ...], target: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(_timing.acked(n)[0] >= target for n in names):
+        if all(_timing.acked_count(n) >= target for n in names):
             return
         time.sleep(0.01)
 
@@ -263,16 +263,18 @@ def one_run(
     rt.start()
     try:
         wait_acked(legs, args.statuses, 30)  # every binding's initial value
-        initial = {n: _timing.acked(n)[0] for n in ("ax_mqtt", "ax_http")}
+        initial = {n: _timing.acked_count(n) for n in ("ax_mqtt", "ax_http")}
         pconn.send(("rate", args.flood_rate, args.flood_s))
         time.sleep(1.0)
-        m0, h0, t0 = _timing.acked("ax_mqtt")[0], _timing.acked("ax_http")[0], time.perf_counter()
+        m0, h0 = _timing.acked_count("ax_mqtt"), _timing.acked_count("ax_http")
+        t0 = time.perf_counter()
         time.sleep(args.flood_s - 1.0)
-        m1, h1, t1 = _timing.acked("ax_mqtt")[0], _timing.acked("ax_http")[0], time.perf_counter()
+        m1, h1 = _timing.acked_count("ax_mqtt"), _timing.acked_count("ax_http")
+        t1 = time.perf_counter()
         flood_sent, sim_dropped = pconn.recv()
         flood_sent -= sim_dropped  # never sent: the bridge cannot be asked for them
         wait_acked(legs, initial["ax_mqtt"] + flood_sent, 120)
-        after_flood = {n: _timing.acked(n)[0] for n in ("ax_mqtt", "ax_http")}
+        after_flood = {n: _timing.acked_count(n) for n in ("ax_mqtt", "ax_http")}
         keys = {n: _timing.store_keys(n) for n in ("ax_mqtt", "ax_http")}
         _timing.reset()
         pconn.send(("rate", args.rate, args.rate_s))
