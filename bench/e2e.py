@@ -31,6 +31,9 @@ before answering), how long ago the simulator set it.
   checked per device after each run against the distinct (channel, ms) acknowledged;
 - fixed rate: ``--rate`` changes per second for ``--rate-s`` seconds; ``p50_ms`` / ``p99_ms``
   on the PlaceOS -> AlphaX MQTT path, from the simulator setting a value to its PUBACK;
+- ``bridge_cpu_us_per_msg`` / ``peers_cpu_us_per_msg``: CPU time per offered change at the
+  fixed rate, in this process (the bridge) and in the simulators and mosquitto together,
+  which share the two cores with it (so a busy peer shows up in the bridge's latency);
 - ``peak_rss_mb``: this process's peak resident set (the bridge; the simulators and
   mosquitto are other processes), from ``getrusage``.
 
@@ -44,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import resource
 import statistics
 import sys
@@ -149,6 +153,19 @@ def sinks_process(conn: Connection, mqtt_url: str) -> None:
     trio.run(main)
 
 
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by this process, or by process ``pid``
+    (Linux ``/proc``; NaN where it cannot be read)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ask(conn: Connection, *cmd: Any) -> Any:
     conn.send(cmd)
     return conn.recv()
@@ -252,7 +269,12 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def one_run(
-    args: argparse.Namespace, pconn: Connection, sconn: Connection, peers: dict[str, Any], tmp: Path
+    args: argparse.Namespace,
+    pconn: Connection,
+    sconn: Connection,
+    peers: dict[str, Any],
+    tmp: Path,
+    peer_pids: list[int],
 ) -> dict[str, Any]:
     legs = tuple(f"ax_{leg}" for leg in args.legs if leg != "allxon")
     cfg = tmp / "e2e.toml"
@@ -277,8 +299,10 @@ def one_run(
         after_flood = {n: _timing.acked_count(n) for n in ("ax_mqtt", "ax_http")}
         keys = {n: _timing.store_keys(n) for n in ("ax_mqtt", "ax_http")}
         _timing.reset()
+        cpu0 = [cpu_s(), *(cpu_s(pid) for pid in peer_pids)]
         pconn.send(("rate", args.rate, args.rate_s))
         rate_sent, rate_dropped = pconn.recv()
+        cpu1 = [cpu_s(), *(cpu_s(pid) for pid in peer_pids)]
         rate_sent -= rate_dropped
         sim_dropped += rate_dropped
         wait_acked(legs, rate_sent, 60)
@@ -315,6 +339,10 @@ def one_run(
         "p99_ms": 1000 * percentile(lat, 0.99),
         "http_p50_ms": 1000 * percentile(http_lat, 0.5),
         "http_p99_ms": 1000 * percentile(http_lat, 0.99),
+        # at the fixed rate: CPU per offered message, in the bridge and in the peers
+        # (simulators and mosquitto, which share the two cores with it)
+        "bridge_cpu_us": 1e6 * (cpu1[0] - cpu0[0]) / max(1, rate_sent),
+        "peers_cpu_us": 1e6 * (sum(cpu1[1:]) - sum(cpu0[1:])) / max(1, rate_sent),
         "failed": sum(routes[r]["failed"] for r in routes),
         "dropped": sum(routes[r]["dropped_total"] for r in routes),
         "allxon_delivered": routes.get("to-allxon", {}).get("delivered", 0),
@@ -379,7 +407,8 @@ def main() -> None:
                 "mqtt": broker.url,
             }
             for _ in range(args.repeat):
-                runs.append(one_run(args, pconn, sconn, peers, tmp))
+                pids = [p.pid for p in procs if p.pid] + ([broker.pid] if broker.pid else [])
+                runs.append(one_run(args, pconn, sconn, peers, tmp, pids))
             allxon = ask(sconn, "allxon")
         finally:
             pconn.send(("stop",))
@@ -421,6 +450,8 @@ def main() -> None:
                 "http_per_s": round(med("http_per_s")),
                 "http_p50_ms": round(med("http_p50_ms"), 2),
                 "http_p99_ms": round(med("http_p99_ms"), 2),
+                "bridge_cpu_us_per_msg": round(med("bridge_cpu_us")),
+                "peers_cpu_us_per_msg": round(med("peers_cpu_us")),
                 "offered_flood_rate": args.flood_rate,
                 "offered_rate": args.rate,
                 "not_stored": lost,
