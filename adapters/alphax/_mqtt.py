@@ -1,4 +1,7 @@
-"""MQTT to AlphaX: QoS 1 publishes through paho-mqtt 2.x, acknowledged before ``send`` returns.
+"""MQTT to AlphaX: QoS 1 publishes through paho-mqtt 2.x.
+
+``send`` returns once every message is acknowledged; ``publish`` + ``wait_acked`` split it,
+so a caller can publish its next batch while the previous one's PUBACKs are on their way.
 
 paho runs on this adapter's own trio thread: no paho network thread (``loop_start`` is not
 used). One driver task (a trio system task, see ``start``) owns the connection:

@@ -2,11 +2,12 @@
 
 Outbound (from routes): ``channel_write`` envelopes (``network_id``, ``channel`` 1..32 or
 252..255, ``value``, ``timestamp`` epoch s, else the envelope's ``ts``), written over the
-configured transport (see :mod:`adapters.alphax.connection`). A delivery returns once AlphaX
-has the data (HTTP 2xx, MQTT PUBACK; UDP/TCP: sent, best effort). What can never be sent is
-dead-lettered with the reason: a value the codec cannot encode, an envelope of another kind,
-or an HTTP 400/401/403/404/405/413 with the status and the server's error body. 429, 5xx and
-network trouble are retried, the data kept.
+configured transport (see :mod:`adapters.alphax.connection`). An envelope counts as
+delivered once AlphaX has the data: HTTP 2xx; MQTT PUBACK (published batches are deferred and
+acked as their PUBACKs arrive, so the next batch need not wait); UDP/TCP: sent, best effort.
+What can never be sent is dead-lettered with the reason: a value the codec cannot encode, an
+envelope of another kind, or an HTTP 400/401/403/404/405/413 with the status and the server's
+error body. 429, 5xx and network trouble are retried, the data kept.
 
 Inbound (to the router), with ``[poll]`` configured: ``channel_reading`` envelopes, subject
 ``<network_id>/<channel>``, each record read exactly once across polls and restarts (marks

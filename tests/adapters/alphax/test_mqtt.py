@@ -144,43 +144,6 @@ async def test_inflight_and_queue_limits_are_counted_and_logged(
     assert "in-flight window of 5 full" in caplog.text
 
 
-async def _silent_broker(listeners: list[trio.SocketListener], connects: list[int]) -> None:
-    """Accepts MQTT connections, answers CONNECT with CONNACK, then never acknowledges."""
-
-    async def handle(stream: trio.SocketStream) -> None:
-        first = await stream.receive_some(4096)
-        if first and first[0] >> 4 == 1:  # CONNECT
-            connects.append(1)
-            await stream.send_all(b"\x20\x02\x00\x00")  # CONNACK, accepted
-        while await stream.receive_some(65536):
-            pass  # PUBLISH packets fall on the floor: no PUBACK
-
-    await trio.serve_listeners(handle, listeners)
-
-
-async def test_missing_pubacks_are_dead_lettered_after_the_timeout(
-    load_alphax: Callable[[str], Loaded], start_runtime: Any
-) -> None:
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            port = listeners[0].socket.getsockname()[1]
-            connects: list[int] = []
-            nursery.start_soon(_silent_broker, listeners, connects)
-            src = {"devices": ["dev-s"], "channels": [1, 2], "ticks": 3}
-            cfg = config(f"mqtt://127.0.0.1:{port}", src, ack_timeout_s=0.5)
-            async with start_runtime(load_alphax(cfg)) as rt:
-                # 3 bulk messages (one per timestamp) of 2 channels each
-                await wait_for(lambda: len(received("dlq")) == 6, what="6 dead letters")
-                assert rt.snapshot()["routes"]["w"]["failed"] == 6
-                s = stats("ax")
-                assert s["ack_timeouts"] == 3 and s["outstanding"] == 3  # paho still holds them
-            reason = received("dlq")[0].headers["x-dead-letter-reason"]
-            assert "no PUBACK" in reason and "0.5 s" in reason and TOKEN not in reason
-            assert connects
-            nursery.cancel_scope.cancel()
-
-
 def _packet_kinds(buf: bytes) -> tuple[list[int], bytes]:
     """The types of the complete MQTT packets at the start of ``buf``, and the rest."""
     kinds: list[int] = []
@@ -200,22 +163,45 @@ def _packet_kinds(buf: bytes) -> tuple[list[int], bytes]:
         buf = buf[end:]
 
 
-async def _counting_silent_broker(
-    listeners: list[trio.SocketListener], publishes: list[int]
-) -> None:
-    """Like ``_silent_broker``, and counts the PUBLISH packets it got (``publishes[0]``)."""
+CONNECT, PUBLISH = 1, 3
+
+
+async def _silent_broker(listeners: list[trio.SocketListener], seen: Counter[int]) -> None:
+    """Answers CONNECT with CONNACK, then never acknowledges; counts packets by type."""
 
     async def handle(stream: trio.SocketStream) -> None:
         rest = b""
         while data := await stream.receive_some(65536):
             kinds, rest = _packet_kinds(rest + data)
             for kind in kinds:
-                if kind == 1:  # CONNECT
+                seen[kind] += 1
+                if kind == CONNECT:
                     await stream.send_all(b"\x20\x02\x00\x00")  # CONNACK, accepted
-                elif kind == 3:  # PUBLISH: never acknowledged
-                    publishes[0] += 1
 
     await trio.serve_listeners(handle, listeners)
+
+
+async def test_missing_pubacks_are_dead_lettered_after_the_timeout(
+    load_alphax: Callable[[str], Loaded], start_runtime: Any
+) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listeners[0].socket.getsockname()[1]
+            seen: Counter[int] = Counter()
+            nursery.start_soon(_silent_broker, listeners, seen)
+            src = {"devices": ["dev-s"], "channels": [1, 2], "ticks": 3}
+            cfg = config(f"mqtt://127.0.0.1:{port}", src, ack_timeout_s=0.5)
+            async with start_runtime(load_alphax(cfg)) as rt:
+                # 3 bulk messages (one per timestamp) of 2 channels each
+                await wait_for(lambda: len(received("dlq")) == 6, what="6 dead letters")
+                assert rt.snapshot()["routes"]["w"]["failed"] == 6
+                s = stats("ax")
+                assert s["ack_timeouts"] == 3 and s["outstanding"] == 3  # paho still holds them
+            reason = received("dlq")[0].headers["x-dead-letter-reason"]
+            assert "no PUBACK" in reason and "0.5 s" in reason and TOKEN not in reason
+            assert seen[CONNECT]
+            nursery.cancel_scope.cancel()
 
 
 async def test_the_next_batch_is_published_while_the_last_one_waits_for_pubacks(
@@ -228,12 +214,12 @@ async def test_the_next_batch_is_published_while_the_last_one_waits_for_pubacks(
         async with trio.open_nursery() as nursery:
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
             port = listeners[0].socket.getsockname()[1]
-            publishes = [0]
-            nursery.start_soon(_counting_silent_broker, listeners, publishes)
+            seen: Counter[int] = Counter()
+            nursery.start_soon(_silent_broker, listeners, seen)
             src = {"devices": ["dev-p"], "channels": [1], "ticks": 6, "rate": 20.0}
             cfg = config(f"mqtt://127.0.0.1:{port}", src, ack_timeout_s=3.0)
             async with start_runtime(load_alphax(cfg)) as rt:
-                await wait_for(lambda: publishes[0] == 6, what="6 PUBLISH packets")
+                await wait_for(lambda: seen[PUBLISH] == 6, what="6 PUBLISH packets")
                 assert received("dlq") == []  # none given up on yet: all six went out at once
                 assert stats("ax")["outstanding"] == 6
                 assert rt.snapshot()["routes"]["w"]["delivered"] == 0
