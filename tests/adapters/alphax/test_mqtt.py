@@ -13,7 +13,8 @@ import socket
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -181,17 +182,25 @@ async def _silent_broker(listeners: list[trio.SocketListener], seen: Counter[int
     await trio.serve_listeners(handle, listeners)
 
 
+@asynccontextmanager
+async def open_silent_broker() -> AsyncIterator[tuple[str, Counter[int]]]:
+    """A ``_silent_broker`` on a free loopback port: its URL and its packet counts."""
+    seen: Counter[int] = Counter()
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(_silent_broker, listeners, seen)
+        yield f"mqtt://127.0.0.1:{port}", seen
+        nursery.cancel_scope.cancel()
+
+
 async def test_missing_pubacks_are_dead_lettered_after_the_timeout(
     load_alphax: Callable[[str], Loaded], start_runtime: Any
 ) -> None:
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            port = listeners[0].socket.getsockname()[1]
-            seen: Counter[int] = Counter()
-            nursery.start_soon(_silent_broker, listeners, seen)
+        async with open_silent_broker() as (url, seen):
             src = {"devices": ["dev-s"], "channels": [1, 2], "ticks": 3}
-            cfg = config(f"mqtt://127.0.0.1:{port}", src, ack_timeout_s=0.5)
+            cfg = config(url, src, ack_timeout_s=0.5)
             async with start_runtime(load_alphax(cfg)) as rt:
                 # 3 bulk messages (one per timestamp) of 2 channels each
                 await wait_for(lambda: len(received("dlq")) == 6, what="6 dead letters")
@@ -201,7 +210,6 @@ async def test_missing_pubacks_are_dead_lettered_after_the_timeout(
             reason = received("dlq")[0].headers["x-dead-letter-reason"]
             assert "no PUBACK" in reason and "0.5 s" in reason and TOKEN not in reason
             assert seen[CONNECT]
-            nursery.cancel_scope.cancel()
 
 
 async def test_the_next_batch_is_published_while_the_last_one_waits_for_pubacks(
@@ -211,20 +219,15 @@ async def test_the_next_batch_is_published_while_the_last_one_waits_for_pubacks(
     # acknowledges none of them. A delivery that waited for its PUBACKs would publish the
     # second write only once the first was given up on (a dead letter)
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            port = listeners[0].socket.getsockname()[1]
-            seen: Counter[int] = Counter()
-            nursery.start_soon(_silent_broker, listeners, seen)
+        async with open_silent_broker() as (url, seen):
             src = {"devices": ["dev-p"], "channels": [1], "ticks": 6, "rate": 20.0}
-            cfg = config(f"mqtt://127.0.0.1:{port}", src, ack_timeout_s=3.0)
+            cfg = config(url, src, ack_timeout_s=3.0)
             async with start_runtime(load_alphax(cfg)) as rt:
                 await wait_for(lambda: seen[PUBLISH] == 6, what="6 PUBLISH packets")
                 assert received("dlq") == []  # none given up on yet: all six went out at once
                 assert stats("ax")["outstanding"] == 6
                 assert rt.snapshot()["routes"]["w"]["delivered"] == 0
                 await wait_for(lambda: len(received("dlq")) == 6, what="6 dead letters")
-            nursery.cancel_scope.cancel()
 
 
 async def test_mqtts_with_a_private_ca(
