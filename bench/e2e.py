@@ -103,9 +103,10 @@ def placeos_process(conn: Connection, statuses: int) -> None:
                         value = {"t": time.time(), "n": n, "c": i % 32 + 1}
                         changed += sim.set_status("sys-B", "Sensors", 1, f"s{i}", value)
                     await trio.sleep_until(start + sent / hz)
+                elapsed = trio.current_time() - start  # above seconds when it could not keep up
                 # frames the simulator could not queue for a slow reader (bounded per session)
                 dropped = sum(session.dropped_frames for session in sim.sessions)
-                conn.send((changed, dropped - dropped_before))
+                conn.send((changed, dropped - dropped_before, elapsed))
                 dropped_before = dropped
 
     trio.run(main)
@@ -293,7 +294,7 @@ def one_run(
         time.sleep(args.flood_s - 1.0)
         m1, h1 = _timing.acked_count("ax_mqtt"), _timing.acked_count("ax_http")
         t1 = time.perf_counter()
-        flood_sent, sim_dropped = pconn.recv()
+        flood_sent, sim_dropped, flood_elapsed = pconn.recv()
         flood_sent -= sim_dropped  # never sent: the bridge cannot be asked for them
         wait_acked(legs, initial["ax_mqtt"] + flood_sent, 120)
         after_flood = {n: _timing.acked_count(n) for n in ("ax_mqtt", "ax_http")}
@@ -301,7 +302,7 @@ def one_run(
         _timing.reset()
         cpu0 = [cpu_s(), *(cpu_s(pid) for pid in peer_pids)]
         pconn.send(("rate", args.rate, args.rate_s))
-        rate_sent, rate_dropped = pconn.recv()
+        rate_sent, rate_dropped, _ = pconn.recv()
         cpu1 = [cpu_s(), *(cpu_s(pid) for pid in peer_pids)]
         rate_sent -= rate_dropped
         sim_dropped += rate_dropped
@@ -327,6 +328,8 @@ def one_run(
     return {
         "msgs_per_s": (m1 - m0) / (t1 - t0),
         "http_per_s": (h1 - h0) / (t1 - t0),
+        # what the simulator managed to offer: below --flood-rate when it could not keep up
+        "sim_offered_per_s": flood_sent / flood_elapsed,
         "flood_sent": flood_sent,
         "sim_dropped": sim_dropped,
         "flood_acked_mqtt": after_flood["ax_mqtt"] - initial["ax_mqtt"],
@@ -453,6 +456,7 @@ def main() -> None:
                 "bridge_cpu_us_per_msg": round(med("bridge_cpu_us")),
                 "peers_cpu_us_per_msg": round(med("peers_cpu_us")),
                 "offered_flood_rate": args.flood_rate,
+                "sim_offered_per_s": round(med("sim_offered_per_s")),
                 "offered_rate": args.rate,
                 "not_stored": lost,
                 "sim_dropped": sum(r["sim_dropped"] for r in runs),
