@@ -1,4 +1,6 @@
-"""HTTP side of the AlphaX simulator: a Starlette app served by hypercorn under trio.
+"""HTTP side of the AlphaX simulator: the endpoints, served by the lean trio + h11 server of
+``_simh11`` (the simulator shares a 2-core machine with the bridge in the end-to-end benchmark,
+where hypercorn + Starlette cost ~460 us more CPU per request; see ``_simh11``).
 
 Endpoints: ``POST /post/v1``, ``POST /post/v2`` (token in the JSON body), ``GET /conduitv4``
 and ``GET /conduitv6`` (``token``, optional ``id``, ``ch``, ``fcdt``+``tcdt``). Every error is
@@ -15,7 +17,11 @@ Choices:
   ``max_body_bytes`` (before or after gunzip) -> 413.
 - ``X-HTTP-Method-Override`` (PUT or DELETE) is honoured on POST; no endpoint supports PUT or
   DELETE, so it yields 405 -- which shows the override was read.
-- The hypercorn access log is off: it would print ``?token=...``. Requests are logged here,
+- Routing is what the Starlette app it replaces did: a path not starting with ``/`` gets a
+  plain-text 404 and a method outside ``_METHODS`` a plain-text 405 with ``Allow`` (neither
+  logged nor kept); every other request goes through :meth:`_Handler.dispatch`, so a HEAD is
+  answered 405 like any method an endpoint does not support.
+- There is no transport access log (it would print ``?token=...``). Requests are logged here,
   redacted, and kept in ``sim.requests``.
 """
 
@@ -23,20 +29,16 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 import zlib
 from http import HTTPStatus
 from typing import Any, cast
 
 import msgspec
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from adapters.alphax._simcore import AlphaXSimulator, RequestLog
+from adapters.alphax._simh11 import HttpRequest, HttpResponse, listen_tcp, serve
 from adapters.alphax._simstore import StoredValue
 from adapters.alphax.codec import (
     CodecError,
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 _PATHS = {"/post/v1": "post/v1", "/post/v2": "post/v2", "/conduitv4": "conduitv4"}
 _PATHS["/conduitv6"] = "conduitv6"
 _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+_ROUTE = re.compile("^/(?P<path>.*)$")  # Starlette's regex for the route "/{path:path}"
+_PLAIN = {"content-type": "text/plain; charset=utf-8"}
 _REASONS = {401: "Unauthorised", 404: "Resource not Found", 413: "Request too large"}
 _GZIP_OVER = 1024
 _ENCODER = msgspec.json.Encoder()
@@ -97,13 +101,22 @@ class _Handler:
     def __init__(self, sim: AlphaXSimulator) -> None:
         self.sim = sim
 
-    async def dispatch(self, request: Request) -> Response:
-        endpoint = _PATHS.get(request.url.path.rstrip("/") or "/")
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        """Route as the Starlette app did (see the module docstring), then :meth:`dispatch`."""
+        if not _ROUTE.match(request.route_path):
+            return HttpResponse(404, b"Not Found", dict(_PLAIN))
+        if request.method not in _METHODS:
+            allow = {"allow": ", ".join(_METHODS)}
+            return HttpResponse(405, b"Method Not Allowed", _PLAIN | allow)
+        return await self.dispatch(request)
+
+    async def dispatch(self, request: HttpRequest) -> HttpResponse:
+        endpoint = _PATHS.get(request.path.rstrip("/") or "/")
         request_encoding = request.headers.get("content-encoding", "")
         body: bytes | None
         try:
             if endpoint is None:
-                raise _HttpError(404, f"no resource at {request.url.path}")
+                raise _HttpError(404, f"no resource at {request.path}")
             method = self._method(request)
             fault = self.sim.take_fault(endpoint)
             if fault is not None:
@@ -116,9 +129,8 @@ class _Handler:
             status = err.status
             body = encode_error_body(status, err.error, code_as_string=self.sim.code_as_string())
         response = self._respond(request, status, body)
-        path = redact(
-            str(request.url.path) + ("?" + request.url.query if request.url.query else "")
-        )
+        query = request.query.partition("#")[0]  # Starlette's url.query stopped at a "#"
+        path = redact(request.path + ("?" + query if query else ""))
         self.sim.requests.append(
             RequestLog(
                 request.method,
@@ -127,7 +139,7 @@ class _Handler:
                 status,
                 request_encoding,
                 response.headers.get("content-encoding", ""),
-                getattr(request.state, "body_bytes", 0),
+                request.body_bytes,
             )
         )
         level = logging.DEBUG if status < 400 else logging.INFO
@@ -135,7 +147,7 @@ class _Handler:
         return response
 
     @staticmethod
-    def _method(request: Request) -> str:
+    def _method(request: HttpRequest) -> str:
         override = request.headers.get("x-http-method-override")
         if override is None:
             return request.method
@@ -146,30 +158,30 @@ class _Handler:
             raise _HttpError(400, f"X-HTTP-Method-Override must be PUT or DELETE, not {override}")
         return override
 
-    def _respond(self, request: Request, status: int, body: bytes | None) -> Response:
+    def _respond(self, request: HttpRequest, status: int, body: bytes | None) -> HttpResponse:
         if status == 304 or body is None:
-            return Response(status_code=status)
+            return HttpResponse(status)
         headers = {"content-type": "application/json"}
         if len(body) > _GZIP_OVER and _accepts_gzip(request.headers.get("accept-encoding", "")):
             body = gzip.compress(body, compresslevel=5)
             headers["content-encoding"] = "gzip"
             headers["vary"] = "Accept-Encoding"
-        return Response(body, status_code=status, headers=headers)
+        return HttpResponse(status, body, headers)
 
-    async def _body(self, request: Request) -> bytes:
+    async def _body(self, request: HttpRequest) -> bytes:
         limit = self.sim.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise _HttpError(413, f"body of {declared} bytes is over the {limit}-byte limit")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        while chunk := await request.receive():
             size += len(chunk)
             if size > limit:
                 raise _HttpError(413, f"body is over the {limit}-byte limit")
             chunks.append(chunk)
         raw = b"".join(chunks)
-        request.state.body_bytes = len(raw)
+        request.body_bytes = len(raw)
         encoding = request.headers.get("content-encoding", "").strip().lower()
         if encoding in ("", "identity"):
             return raw
@@ -186,7 +198,7 @@ class _Handler:
             raise _HttpError(400, "gzip body is truncated or has trailing data")
         return plain
 
-    async def _post(self, request: Request, endpoint: str, method: str) -> tuple[int, bytes]:
+    async def _post(self, request: HttpRequest, endpoint: str, method: str) -> tuple[int, bytes]:
         if method != "POST":
             raise _HttpError(405, "Method Not Allowed")
         content_type = request.headers.get("content-type", "")
@@ -213,7 +225,7 @@ class _Handler:
         code: Any = "200" if self.sim.code_as_string() else 200
         return 200, _ENCODER.encode({"code": code, "error": "OK", "stored": stored})
 
-    def _read(self, request: Request, endpoint: str, method: str) -> tuple[int, bytes | None]:
+    def _read(self, request: HttpRequest, endpoint: str, method: str) -> tuple[int, bytes | None]:
         if method != "GET":
             raise _HttpError(405, "Method Not Allowed")
         query = request.query_params
@@ -326,12 +338,6 @@ _V6_FIELDS = frozenset(V6Record.__struct_fields__) - {
 }
 
 
-def build_app(sim: AlphaXSimulator) -> Starlette:
-    """The ASGI app for one simulator."""
-    handler = _Handler(sim)
-    return Starlette(routes=[Route("/{path:path}", handler.dispatch, methods=_METHODS)])
-
-
 async def serve_http(
     sim: AlphaXSimulator,
     host: str,
@@ -340,24 +346,15 @@ async def serve_http(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the app until ``shutdown`` is set; reports the bound port via ``task_status``.
+    """Serve the simulator's endpoints until ``shutdown`` is set; reports the bound port via
+    ``task_status`` (read from the bound socket, so port 0 works).
 
-    hypercorn's ``serve`` reports its binds (``["http://127.0.0.1:PORT"]``, read from the
-    bound socket's ``getsockname()``) through its own ``task_status``; the port is parsed
-    from there, so port 0 works.
+    After ``shutdown`` idle connections close at once and a request in flight has 1 s to finish
+    (as hypercorn's ``graceful_timeout`` was set).
     """
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger(__name__ + ".hypercorn")
-    config.graceful_timeout = 1.0
-    app = build_app(sim)
-
-    async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(cast(Any, app), config, shutdown_trigger=shutdown.wait, task_status=task_status)
-
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(run)
-        bound = int(binds[0].rsplit(":", 1)[1])
+    listener = await listen_tcp(host, port)
+    async with listener:
+        bound = int(listener.socket.getsockname()[1])
         log.info("AlphaX simulator HTTP on http://%s:%d", host, bound)
         task_status.started(bound)
+        await serve(_Handler(sim), listener, shutdown, grace_s=1.0)
