@@ -1,6 +1,6 @@
 """MQTT to AlphaX: QoS 1 publishes through paho-mqtt 2.x.
 
-``send`` returns once every message is acknowledged; ``publish`` + ``wait_acked`` split it,
+``publish`` hands a batch to paho and returns; ``wait_acked`` waits for that batch's PUBACKs,
 so a caller can publish its next batch while the previous one's PUBACKs are on their way.
 
 paho runs on this adapter's own trio thread: no paho network thread (``loop_start`` is not
@@ -25,7 +25,7 @@ Measured facts this module relies on (paho 2.2 source and library-findings.md):
 - A QoS 1 message published while disconnected, or published and not yet acknowledged when
   the connection dropped, stays in paho's ``_out_messages`` and is (re)sent, with DUP set,
   after the next CONNACK -- within this process. Nothing survives a process restart: the
-  envelopes of an unfinished ``send`` are requeued by the adapter host instead.
+  adapter hands back the envelopes still waiting for their PUBACKs instead.
 - Callbacks run on the trio thread inside ``loop_read``/``loop_write``/``loop_misc``, and
   ``publish()`` returns before any read: a PUBACK cannot overtake ``publish()``; an ack for
   a mid we never recorded is only counted (``stray_acks``).
@@ -33,19 +33,19 @@ Measured facts this module relies on (paho 2.2 source and library-findings.md):
   would be lost); so the writer waits for room itself and counts each time it has to.
 
 Our own record (``_pending``: mid -> message and its batch) holds every message handed to paho
-and not acknowledged, so a message without PUBACK is never forgotten silently: ``send`` waits
-for its batch's PUBACKs. While the broker is unreachable it waits (the route's queue and
+and not acknowledged, so a message without PUBACK is never forgotten silently: ``wait_acked``
+waits for its batch's PUBACKs. While the broker is unreachable it waits (the route's queue and
 overflow policy then apply upstream); once connected, acks taking longer than
 ``ack_timeout_s`` of connected time fail the envelopes with a reason (dead-lettered). paho
 still holds such a message and may deliver it later: counted as ``late_acks``, a possible
 duplicate at AlphaX, never a loss.
 
-TCP tuning, because ``send`` waits for its batch's PUBACKs (so nothing of ours is on the wire
-to carry TCP ACKs): the socket gets ``TCP_NODELAY`` on every (re)connect (paho does not set
-it), and ``TCP_QUICKACK`` after every read that brought PUBACKs (see ``_quick_ack``). Without
-them a batch stalls tens of milliseconds on Nagle's algorithm and delayed ACKs (measured with
-a default mosquitto: 11.8k instead of 97k channel writes/s, and p50 25 ms instead of 1 ms at
-1,000 messages/s).
+TCP tuning, because with nothing more to publish the adapter only waits for PUBACKs (nothing
+of ours is on the wire to carry TCP ACKs): the socket gets ``TCP_NODELAY`` on every
+(re)connect (paho does not set it), and ``TCP_QUICKACK`` after every read that brought PUBACKs
+(see ``_quick_ack``). Without them a batch stalls tens of milliseconds on Nagle's algorithm
+and delayed ACKs (measured with a default mosquitto: 11.8k instead of 97k channel writes/s,
+and p50 25 ms instead of 1 ms at 1,000 messages/s).
 
 Topics hold the token: they are logged only through ``redact_topic``.
 """
@@ -176,11 +176,6 @@ class MqttWriter:
     def outstanding(self) -> int:
         """Messages handed to paho and not acknowledged (including given-up ones)."""
         return len(self._pending)
-
-    async def send(self, messages: Sequence[Message]) -> list[Failure]:
-        """Publish ``messages`` at QoS 1 and return once all are acknowledged (or failed)."""
-        acks, failures = await self.publish(messages)
-        return failures + await self.wait_acked(acks)
 
     async def publish(self, messages: Sequence[Message]) -> tuple[Acks, list[Failure]]:
         """Hand ``messages`` to paho in order; return without waiting for their PUBACKs.
@@ -343,14 +338,14 @@ class MqttWriter:
             self.log.exception("MQTT %s: the connection driver failed", self.where)
             self.status.set("crashed", f"mqtt {self.where}: the connection driver failed")
             self._driver_error = f"the MQTT connection driver failed: {err!r}"
-            self._link_up.set()  # wake every waiting send: _check_driver raises for them
+            self._link_up.set()  # wake every waiting publish: _check_driver raises for them
             self._room.set()
         finally:
             self._driver_done.set()
 
     def _check_driver(self) -> None:
         """Raise once the driver died: the adapter crashes and its supervisor starts a new
-        one (with a new client), rather than every send waiting forever."""
+        one (with a new client), rather than every publish waiting forever."""
         if self._driver_error is not None:
             raise RuntimeError(self._driver_error)
 

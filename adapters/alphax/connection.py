@@ -102,12 +102,11 @@ class Conduit:
 
     async def deliver(self, batch: Sequence[Envelope]) -> list[Failure]:
         """Send ``batch``; returns ``(envelope, reason)`` for what can never be sent."""
+        if self.mqtt is not None:
+            failures, published = await self.publish(batch)
+            return failures + (await published.wait() if published is not None else [])
         cfg = self.cfg
         groups, failures = _uplinks.group_writes(batch)
-        if self.mqtt is not None:
-            messages, more = _uplinks.build_messages(groups, cfg.token, cfg.topic_form, cfg.v1_gaps)
-            self.encode_failures += len(failures) + len(more)
-            return failures + more + await self.mqtt.send(messages)
         docs, more = _uplinks.build_docs(groups, cfg.token, cfg.uplink, cfg.v1_gaps)
         failures += more
         if self.udp is not None:

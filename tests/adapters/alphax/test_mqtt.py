@@ -482,7 +482,7 @@ async def test_aclose_while_connecting_to_a_silent_broker(sending: bool) -> None
             async with trio.open_nursery() as nursery:
                 if sending:  # a delivery waiting for the connection, cancelled first
                     message = Message(codec.channel_topic(TOKEN, "dev-x", 1), b"1", ())
-                    nursery.start_soon(writer.send, [message])
+                    nursery.start_soon(writer.publish, [message])
                 writer.start()
                 await wait_for(lambda: gate.accepted >= 1, what="the connect attempt")
                 await trio.sleep(0.2)  # CONNECT on its way, CONNACK awaited
