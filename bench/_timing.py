@@ -17,11 +17,11 @@ import threading
 import time
 from collections.abc import Sequence
 
-from adapters.alphax.actor import AlphaXAdapter
 from adapters.alphax.config import AlphaXConfig
 from adapters.utility.file import FileAdapter, FileConfig
 from broker.envelope import Envelope
 from broker.hookspecs import AdapterType, hookimpl
+from tests.support.alphax_plugin import TimedAlphaX
 
 LOCK = threading.Lock()
 LATENCIES: list[float] = []
@@ -73,16 +73,8 @@ class TimedFileAdapter(FileAdapter):
             WRITTEN[0] += len(batch)
 
 
-class E2ETimedAlphaX(AlphaXAdapter):
-    async def deliver(self, route: str, batch: list[Envelope]) -> None:
-        await super().deliver(route, batch)
-        settled = self._settled_in_deliver or set()
-        # acknowledged before deliver returned (HTTP); MQTT defers and acks later (see ack)
-        self._record([env for env in batch if id(env) not in settled])
-
-    def ack(self, route: str, envelopes: Sequence[Envelope]) -> None:
-        super().ack(route, envelopes)
-        self._record(envelopes)
+class E2ETimedAlphaX(TimedAlphaX):
+    """``TimedAlphaX`` (called at each acknowledgement), timed from the peer's set-time."""
 
     def _record(self, envelopes: Sequence[Envelope]) -> None:
         if not envelopes:

@@ -154,8 +154,8 @@ class TimedAlphaX(TrackedAlphaX):
         super().ack(route, envelopes)
         self._record(envelopes)
 
-    @staticmethod
-    def _record(envelopes: Sequence[Envelope]) -> None:
+    def _record(self, envelopes: Sequence[Envelope]) -> None:
+        """The envelopes just acknowledged (override to record them elsewhere)."""
         now = time.time()
         latencies = [now - env.ts for env in envelopes]
         with TIMING.lock:
