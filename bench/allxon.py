@@ -18,10 +18,10 @@ sent. Reported (medians of ``--repeat`` runs):
 - ``budget``: the calls allowed per rolling hour;
 - ``largest_frame_bytes``: the largest frame the simulator received (limit 2048);
 - ``latest_share``: share of the names whose latest value reached the simulator;
-- ``sign_cpu_s``: process CPU seconds spent while frames were being signed, summed (exact
-  when nothing else runs, an upper bound otherwise; Argon2 runs its lanes on threads of its
-  own, so per-thread clocks undercount). ``sign_cpu_isolated_s`` is the same number of
-  signatures timed alone in this process beforehand, for comparison.
+- ``sign_cpu_s``: CPU seconds of the signing worker thread while it signed frames, summed
+  (the hash runs on that thread, see ``adapters/allxon/signing.py``).
+  ``sign_cpu_isolated_s`` is the same number of signatures timed alone in this process
+  beforehand, for comparison.
 
 Also: ``dropped`` (samples coalesced away, by the adapter's count) and ``seconds`` (from the
 first update to the last frame received). Last line: a JSON object.

@@ -3,7 +3,7 @@
 The simulator runs in the test's trio loop; the bridge (router, adapters and their own trio
 loops) runs in threads beside it. A ``probe`` injects states, metrics, alerts and properties;
 a ``responder`` answers commands; a ``collector`` records alarm and config updates. Each test
-keeps its frame count small: every frame costs a signature on each side (~10-20 ms of CPU).
+keeps its frame count small: every frame costs a signature on each side.
 """
 
 from __future__ import annotations

@@ -7,10 +7,12 @@ import hashlib
 import re
 
 import pytest
-from argon2.low_level import Type, hash_secret, verify_secret
+from argon2.exceptions import InvalidHashError, VerificationError
+from argon2.low_level import Type, hash_secret, hash_secret_raw, verify_secret
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.allxon import signing
 from adapters.allxon.signing import (
     SIGNATURE_OVERHEAD,
     SignatureError,
@@ -172,3 +174,51 @@ def test_sign_refuses_signed_or_methodless_text() -> None:
 def test_arbitrary_text_only_raises_signature_error(text: str) -> None:
     with pytest.raises(SignatureError):
         verify_frame(text, KEY)
+
+
+# --- the one-thread Argon2id (signing._argon2id) against argon2-cffi's own API -------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.binary(min_size=0, max_size=120), st.binary(min_size=16, max_size=16))
+def test_one_thread_hash_equals_the_librarys(password: bytes, salt: bytes) -> None:
+    library = hash_secret_raw(
+        password, salt, time_cost=16, memory_cost=64, parallelism=8, hash_len=16, type=Type.ID
+    )
+    assert signing._argon2id_one_thread(password, salt) == library
+    assert signing._argon2id is signing._argon2id_one_thread  # the self-check chose it
+
+
+def test_encoded_signature_is_the_librarys_for_the_same_salt() -> None:
+    salt = b"fixed salt 16 B!"
+    digest = hashlib.sha1(FRAME.encode()).hexdigest()
+    ours = signing.encode_signature(FRAME, KEY, salt=salt)
+    assert ours == _hand_sign(FRAME, KEY, salt)
+    assert verify_secret(ours.encode(), f"{digest}|{KEY}".encode(), Type.ID)
+
+
+def test_non_canonical_base64_is_malformed_as_argon2_says() -> None:
+    signed = sign_frame(FRAME, KEY)
+    encoded = signed.split("?authorization=")[1].split('"')[0]
+    # the 22nd character of a 16-byte value carries 2 bits of padding: "B" sets one of them
+    prefix, hash_text = encoded.rsplit("$", 1)
+    odd = prefix + "$" + hash_text[:-1] + ("B" if hash_text[-1] != "B" else "C")
+    digest = hashlib.sha1(FRAME.encode()).hexdigest()
+    with pytest.raises((VerificationError, InvalidHashError)):  # argon2 refuses it too
+        verify_secret(odd.encode(), f"{digest}|{KEY}".encode(), Type.ID)
+    with pytest.raises(SignatureError) as info:
+        verify_frame(signed.replace(encoded, odd), KEY)
+    assert info.value.reason is SignatureFailure.MALFORMED
+
+
+def test_a_build_whose_context_differs_falls_back_to_the_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(signing, "_KNOWN_VECTOR", b"\0" * 16)
+    assert signing._pick_argon2id() is signing._argon2id_library
+
+    def broken(password: bytes, salt: bytes) -> bytes:
+        raise TypeError("unknown field 'threads'")
+
+    monkeypatch.setattr(signing, "_argon2id_one_thread", broken)
+    assert signing._pick_argon2id() is signing._argon2id_library
