@@ -99,6 +99,12 @@ class Adapter:
     produces_envelopes = True
     #: The most envelopes handed to one ``deliver`` call.
     max_batch = 512
+    #: Seconds the host lets envelopes gather once one reaches an empty queue, before it
+    #: takes them: 0 hands each on at once. For a sink whose peer is paced anyway (Allxon
+    #: sends on a call budget every few seconds): each wake-up of its trio loop costs about
+    #: 50 µs of CPU, so at 1,000 envelopes a second, taking them every 20 ms instead of one
+    #: by one is that much less CPU on a machine the other adapters share.
+    gather_s = 0.0
 
     def __init__(self, name: str, config: AdapterConfig, ctx: AdapterContext) -> None:
         self.name = name
@@ -346,6 +352,8 @@ class AdapterHost(pykka.ThreadingActor):
             item = inlet.take(adapter.max_batch)
             if item is None:
                 await self._wake_event.wait()
+                if adapter.gather_s:
+                    await trio.sleep(adapter.gather_s)
                 continue
             route, batch = item
             batch = self._drop_expired(route, batch)

@@ -94,6 +94,9 @@ class AllxonAdapter(InboundHandling, Adapter):
 
     config: AllxonConfig
     max_batch = 512
+    #: What it is sent waits for the call budget and the flush anyway (flush_interval_s, 2 s
+    #: by default): 20 ms of gathering costs nothing there and saves a wake-up per envelope.
+    gather_s = 0.02
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

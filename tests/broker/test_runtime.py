@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from broker.envelope import Envelope, Metric
 from broker.runtime import Loaded, Runtime
 from tests.conftest import wait_until
 from tests.support import core_plugin
@@ -350,3 +351,42 @@ to = "sink"
     c = routes_of(rt)["r"]
     assert (c["delivered"], c["failed"]) == (20, 20)
     assert len(received("sink")) == 20
+
+
+def _trickle(gather_s: float, load_config: Callable[[str], Loaded], runtime_of: Any) -> list[int]:
+    """Ten envelopes 20 ms apart into a collector with ``gather_s``: the batch sizes it got."""
+    runtime_of(
+        load_config(f"""
+[adapters.src]
+type = "probe"
+[adapters.sink]
+type = "collector"
+gather_s = {gather_s}
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+""")
+    )
+    for i in range(10):
+        core_plugin.inject(
+            "src", [Envelope(source="src", body=Metric(module="m", name="n", value=i))]
+        )
+        time.sleep(0.02)
+    wait_until(lambda: len(received("sink")) == 10, what="10 envelopes at the sink")
+    assert [e.body.value for e in received("sink")] == [float(i) for i in range(10)]  # type: ignore[union-attr]
+    return list(core_plugin.BATCH_SIZES["sink"])
+
+
+def test_a_gathering_sink_takes_a_trickle_in_one_batch(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    # the 200 ms the ten take fit well inside a 2 s gathering window
+    assert _trickle(2.0, load_config, runtime_of) == [10]
+
+
+def test_a_sink_that_does_not_gather_takes_each_as_it_comes(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    sizes = _trickle(0.0, load_config, runtime_of)
+    assert sum(sizes) == 10 and len(sizes) >= 2, sizes  # 20 ms gaps: not one batch

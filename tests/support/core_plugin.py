@@ -24,6 +24,8 @@ from broker.hookspecs import AdapterType, Transform, hookimpl, transform
 RECEIVED: dict[str, list[Envelope]] = defaultdict(list)
 PROGRESS: dict[str, int] = {}
 GATES: dict[str, threading.Event] = {}
+#: The size of each batch a collector was handed, in order.
+BATCH_SIZES: dict[str, list[int]] = defaultdict(list)
 _lock = threading.Lock()
 
 
@@ -35,6 +37,7 @@ def reset() -> None:
         OBSERVED.clear()
         INBOX.clear()
         _batch_counts.clear()
+        BATCH_SIZES.clear()
 
 
 def received(name: str) -> list[Envelope]:
@@ -50,6 +53,7 @@ class CollectorConfig(AdapterConfig, kw_only=True):
     refuse_odd: bool = False
     #: Record, but never acknowledge (as a peer that has not confirmed yet): defer() all.
     defer_all: bool = False
+    gather_s: float = 0.0
 
 
 class Collector(Adapter):
@@ -59,6 +63,7 @@ class Collector(Adapter):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.max_batch = self.config.max_batch
+        self.gather_s = self.config.gather_s
 
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
         if self.config.gated:
@@ -78,6 +83,7 @@ class Collector(Adapter):
             self.defer(route, batch)
         with _lock:
             RECEIVED[self.name].extend(batch)
+            BATCH_SIZES[self.name].append(len(batch))
 
 
 _batch_counts: dict[str, int] = defaultdict(int)
