@@ -38,7 +38,7 @@ from typing import Any
 
 from broker.config import Config, RedeliveryPolicy, RouteSpec, TransformRef, as_list, suggest
 from broker.envelope import KINDS, Envelope
-from broker.errors import ConfigError, ConfigProblem
+from broker.errors import ConfigError, ConfigProblem, TransformError
 from broker.hookspecs import Transform, TransformFn
 from broker.mapping import MISSING, MapSpecError, compile_path
 from broker.mapping import Mapping as FieldMapping
@@ -227,8 +227,6 @@ def run_route(route: CompiledRoute, env: Envelope) -> list[Envelope]:
     Raises MappingError or TransformError (from broker.errors) for the caller to
     dead-letter.
     """
-    from broker.errors import TransformError
-
     out = route.mapping.apply(env) if route.mapping is not None else env
     batch: list[Envelope] = [out]
     for tname, fn in route.transforms:
