@@ -2,9 +2,9 @@
 
 Inbound (to the router):
     ``status_change``  one per ``notify`` (value kept as the JSON it is, ``None`` allowed),
-                       subject ``<sys>/<mod>_<index>/<name>``; emitted in batches (up to
-                       ``emit_batch``; at once when the link goes quiet, else what arrived within
-                       ``emit_interval_s``)
+                       subject ``<sys>/<mod>_<index>/<name>``; emitted in batches: what
+                       one socket read brought (up to ``emit_batch``), so a lone change goes
+                       on at once and a burst goes as one batch
     ``exec_result``    the answer to an ``exec_request``, carrying its correlation id:
                        ``ok`` + ``value`` + ``code``, or ``error`` (the PlaceOS error name
                        in lower case, e.g. ``request_failed``), ``error_code``, ``message``;
@@ -91,7 +91,6 @@ class PlaceOSAdapter(Adapter):
         self._waiting: list[_Exec] = []
         self._late: deque[int] = deque(maxlen=1000)
         self._out: list[Envelope] = []
-        self._out_ready = trio.Event()
         self.connections = 0
         self.quiet = False
         self.ignored_while_stopping = 0
@@ -103,7 +102,6 @@ class PlaceOSAdapter(Adapter):
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._flusher)
             nursery.start_soon(self._deadlines)
             await self._connect_forever()
 
@@ -187,29 +185,34 @@ class PlaceOSAdapter(Adapter):
     async def _read(self, session: Session) -> None:
         backlog = self.ctx.backlog
         while True:
-            message = await session.receive()
+            messages = await session.receive()
             while backlog.over():  # the router is far behind: stop reading, TCP pushes back
                 await trio.sleep(0.002)
-            try:
-                frame = codec.decode_server_frame(message)
-            except codec.MalformedFrameError:
-                self.malformed += 1
-                text = message if isinstance(message, str) else message.decode(errors="replace")
-                self.log.warning(
-                    "malformed frame from %s ignored (%d so far): %s",
-                    self.where,
-                    self.malformed,
-                    logs.truncate(logs.redact(text), 160),
-                )
-                continue
-            if type(frame) is codec.NotifyFrame:
-                self._notify(frame)
-            elif type(frame) is codec.SuccessFrame:
-                self._success(frame)
-            elif type(frame) is codec.ErrorFrame:
-                self._error(frame)
-            elif type(frame) is codec.DebugFrame:
-                self._debug(frame)
+            for message in messages:
+                self._dispatch(message)
+            self._flush()  # what this read brought: one batch for the router
+
+    def _dispatch(self, message: str | bytes) -> None:
+        try:
+            frame = codec.decode_server_frame(message)
+        except codec.MalformedFrameError:
+            self.malformed += 1
+            text = message if isinstance(message, str) else message.decode(errors="replace")
+            self.log.warning(
+                "malformed frame from %s ignored (%d so far): %s",
+                self.where,
+                self.malformed,
+                logs.truncate(logs.redact(text), 160),
+            )
+            return
+        if type(frame) is codec.NotifyFrame:
+            self._notify(frame)
+        elif type(frame) is codec.SuccessFrame:
+            self._success(frame)
+        elif type(frame) is codec.ErrorFrame:
+            self._error(frame)
+        elif type(frame) is codec.DebugFrame:
+            self._debug(frame)
 
     def _notify(self, frame: codec.NotifyFrame) -> None:
         if self.quiet:
@@ -239,35 +242,11 @@ class PlaceOSAdapter(Adapter):
         )
         if len(self._out) >= self.config.emit_batch:
             self._flush()
-        else:
-            self._out_ready.set()
 
     def _flush(self) -> None:
         batch, self._out = self._out, []
         if batch:
             self.emit(batch)
-
-    async def _flusher(self) -> None:
-        """Emit what the reader collected: at once when the link is quiet, else in batches.
-
-        After the first envelope it lets the reader run one scheduler round at a time; once
-        a round adds nothing (nothing more had arrived: a steady trickle) it flushes at once,
-        so a lone change does not wait. While every round brings more (a burst), it keeps
-        collecting up to ``emit_interval_s`` (or ``emit_batch``, see ``_notify``), so the
-        router gets one batch rather than one ``tell`` per change. Only this task replaces
-        the event, and it does so before flushing, so an envelope added at any point is
-        either in this flush or wakes the next one.
-        """
-        while True:
-            await self._out_ready.wait()
-            deadline = trio.current_time() + self.config.emit_interval_s
-            while True:
-                seen = len(self._out)
-                await trio.lowlevel.checkpoint()
-                if len(self._out) == seen or trio.current_time() >= deadline:
-                    break
-            self._out_ready = trio.Event()
-            self._flush()
 
     def _success(self, frame: codec.SuccessFrame) -> None:
         item = self._pending.pop(frame.id, None)
@@ -318,7 +297,6 @@ class PlaceOSAdapter(Adapter):
                 ),
             )
         )
-        self._out_ready.set()
 
     def quiesce(self) -> bool:
         """Shutdown: stop emitting status changes, keep the connection for queued execs."""

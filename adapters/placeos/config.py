@@ -57,7 +57,6 @@ class PlaceOSConfig(AdapterConfig, kw_only=True):
     auth_backoff_s: float = 120.0
     max_message_bytes: int = 4 * 1024 * 1024
     emit_batch: int = 256
-    emit_interval_s: float = 0.001
     bindings: list[Binding] = []
     debug: list[DebugTarget] = []
 
@@ -82,7 +81,6 @@ class PlaceOSConfig(AdapterConfig, kw_only=True):
             "backoff_initial_s",
             "backoff_max_s",
             "auth_backoff_s",
-            "emit_interval_s",
         ):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}")

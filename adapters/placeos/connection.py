@@ -2,12 +2,14 @@
 
 :func:`open_session` connects with the API key (``X-API-Key``) or a bearer token,
 TLS verification on (a CA file for a private CA), and a connect timeout of a few
-seconds (trio-websocket's default is 60 s, and an untrusted certificate shows no
-error, it just hangs).  A session then runs three tasks beside the caller's reader:
+seconds covering TCP, TLS and the upgrade.  The WebSocket is ``_wsclient``'s, which
+hands the reader every message one socket read brought, in one list (see there why
+not trio-websocket's one message per scheduler round).  A session then runs three tasks
+beside the caller's reader:
 
 - the **pinger** sends the text ``ping`` at once and every ``ping_interval_s``.  It
   writes straight to the socket, never through a queue, so it never waits behind data
-  (trio-websocket serialises writes with a FIFO lock: at most one frame ahead of it);
+  (writes are serialised by a FIFO lock: at most one frame ahead of it);
 - the **watchdog** declares the connection dead (:class:`ConnectionDead`) when no
   frame at all, ``pong`` or data, arrived for ``dead_after_s``;
 - what the caller adds (the binder, the exec sweeper) in the session's nursery.
@@ -29,8 +31,15 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import trio
-import trio_websocket
 
+from adapters.placeos._wsclient import (
+    Message,
+    WsClient,
+    WsClosed,
+    WsHandshakeError,
+    WsRejected,
+    open_websocket,
+)
 from adapters.placeos.config import PlaceOSConfig
 
 PING = "ping"
@@ -75,7 +84,7 @@ def auth_headers(config: PlaceOSConfig) -> list[tuple[bytes, bytes]]:
 class Session:
     """An open connection: send frames, read frames, know when it was last alive."""
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, config: PlaceOSConfig) -> None:
+    def __init__(self, ws: WsClient, config: PlaceOSConfig) -> None:
         self.ws = ws
         self.config = config
         self.last_frame_at = time.monotonic()
@@ -86,17 +95,18 @@ class Session:
         """Send one text frame; a closed connection raises ConnectionDead."""
         try:
             await self.ws.send_message(text)
-        except trio_websocket.ConnectionClosed as err:
-            raise ConnectionDead(f"closed while sending ({_reason(err)})") from err
+        except WsClosed as err:
+            raise ConnectionDead(f"closed while sending ({err})") from err
 
-    async def receive(self) -> str | bytes:
-        """The next frame; a closed connection raises ConnectionDead."""
+    async def receive(self) -> list[Message]:
+        """Every frame the next read brought (at least one); a closed connection raises
+        ConnectionDead."""
         try:
-            message = await self.ws.get_message()
-        except trio_websocket.ConnectionClosed as err:
-            raise ConnectionDead(f"closed by the server ({_reason(err)})") from err
+            messages = await self.ws.receive_messages()
+        except WsClosed as err:
+            raise ConnectionDead(f"closed by the server ({err})") from err
         self.last_frame_at = time.monotonic()
-        return message
+        return messages
 
     async def pinger(self) -> None:
         """``ping`` on connect and every ``ping_interval_s``, straight to the socket."""
@@ -119,34 +129,26 @@ async def open_session(config: PlaceOSConfig) -> AsyncIterator[Session]:
     """Connect, yield a Session, close on exit; failures become PlaceOSConnectionError."""
     opened = False
     try:
-        async with trio_websocket.open_websocket_url(
+        async with open_websocket(
             config.url,
             ssl_context=ssl_context_for(config),
             extra_headers=auth_headers(config),
             connect_timeout=config.connect_timeout_s,
             disconnect_timeout=config.disconnect_timeout_s,
             max_message_size=config.max_message_bytes,
-            receive_buffer_size=64 * 1024,
         ) as ws:
             opened = True
             yield Session(ws, config)
-    except trio_websocket.ConnectionRejected as err:
-        body = (err.body or b"").decode(errors="replace")
+    except WsRejected as err:
+        body = err.body.decode(errors="replace")
         if err.status_code in (401, 403):
             raise AuthRejected(err.status_code, body) from err
         raise HandshakeFailed(f"HTTP {err.status_code} at the handshake: {body[:200]}") from err
-    except trio_websocket.HandshakeError as err:
-        raise HandshakeFailed(f"handshake failed: {err!r}") from err
+    except WsHandshakeError as err:
+        raise HandshakeFailed(f"handshake failed: {err}") from err
     except trio.TooSlowError as err:
         raise HandshakeFailed(f"no answer within {config.connect_timeout_s} s") from err
     except OSError as err:
         if opened:
             raise ConnectionDead(f"socket error: {err.strerror or err}") from err
         raise HandshakeFailed(f"cannot connect: {err.strerror or err}") from err
-
-
-def _reason(err: trio_websocket.ConnectionClosed) -> str:
-    reason = err.reason
-    if reason is None:
-        return "no close frame"
-    return f"code {reason.code}{': ' + reason.reason if reason.reason else ''}"
