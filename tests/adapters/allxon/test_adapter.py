@@ -97,15 +97,21 @@ def setup(
 ) -> Callable[..., Any]:
     """``async with setup(sim, key=value...) as rt``: write the credential file and the config
     (allxon with ``SETTINGS`` updated by the keywords, probe, responder, collector and the
-    routes between them) and start the bridge. ``ca=False`` leaves ``ca_file`` out."""
+    routes between them) and start the bridge. ``ca=False`` leaves ``ca_file`` out;
+    ``credential`` gives the bridge another credential than the simulator's."""
     allxon_plugin.reset()
 
     @asynccontextmanager
     async def run(
-        sim: AllxonSimulator, *, ca: bool = True, routes: str | None = None, **settings: Any
+        sim: AllxonSimulator,
+        *,
+        ca: bool = True,
+        routes: str | None = None,
+        credential: PluginCredential | None = None,
+        **settings: Any,
     ) -> AsyncIterator[Runtime]:
         cred = tmp_path / "plugin_credential.json"
-        cred.write_bytes(encode_credential(sim.credential))
+        cred.write_bytes(encode_credential(credential or sim.credential))
         ca_path = tmp_path / "agent-ca.pem"
         ca_path.write_bytes(sim.ca_pem)
         values = {**SETTINGS, "url": sim.url, "credentials": str(cred)}
@@ -628,10 +634,8 @@ async def test_device_offline_keeps_data_and_announces_again_later(setup: Any) -
 async def test_a_wrong_access_key_shows_as_a_refused_announce(setup: Any, tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with open_allxon_simulator() as sim:
-            real = sim.credential
-            sim.credential = PluginCredential(app_guid=real.app_guid, access_key="e" * 32)
-            async with setup(sim) as rt:  # the bridge gets the wrong key ...
-                sim.credential = real  # ... the agent keeps the right one
+            wrong = PluginCredential(app_guid=sim.credential.app_guid, access_key="e" * 32)
+            async with setup(sim, credential=wrong) as rt:  # the agent keeps the right one
                 await wait_for(
                     lambda: rt.statuses["allxon"].state == "announce-refused",
                     what="the refused announce",
