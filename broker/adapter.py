@@ -9,9 +9,11 @@ An adapter is written as plain trio code::
         async def deliver(self, route, batch): # consume: send a batch to the peer
             ...
 
-Its :class:`AdapterHost` (a pykka actor) runs that code in a trio loop on its own
-thread.  Envelopes for the adapter arrive through its :class:`~broker.inlet.Inlet`
-(bounded, per route); what it produces goes to the router with a plain ``tell``.
+Its :class:`AdapterHost` (a pykka actor) runs that code as a task on the
+:class:`~broker.loop.SharedLoop` the adapters share, or in a trio loop on a thread of
+its own when its config says ``own_thread = true``.  Envelopes for the adapter arrive
+through its :class:`~broker.inlet.Inlet` (bounded, per route); what it produces goes to
+the router with a plain ``tell``.
 If ``run`` or ``deliver`` raises, the loop ends, the host reports the crash and the
 supervisor starts a fresh instance after a back-off; the inlet, and so everything
 queued, survives the restart.
@@ -33,6 +35,7 @@ import trio
 
 from broker.envelope import Envelope
 from broker.inlet import Inlet
+from broker.loop import SharedLoop
 from broker.messages import (
     Backlog,
     Crashed,
@@ -220,7 +223,12 @@ class Adapter:
 
 
 class AdapterHost(pykka.ThreadingActor):
-    """Runs one adapter instance's trio loop on its own thread, and stops it symmetrically."""
+    """Runs one adapter instance on a trio loop, and stops it symmetrically.
+
+    With a ``loop``, the instance is a task on that shared loop; without one, it gets a
+    ``trio.run`` on a thread of its own.  Either way a crash is reported to the supervisor
+    and never ends anything but this instance.
+    """
 
     use_daemon_thread = True
 
@@ -230,15 +238,18 @@ class AdapterHost(pykka.ThreadingActor):
         inlet: Inlet,
         supervisor: pykka.ActorRef[Any] | None,
         generation: int,
+        loop: SharedLoop | None = None,
     ) -> None:
         super().__init__()
         self.adapter = adapter
+        self.loop = loop
         self.inlet = inlet
         self.supervisor = supervisor
         self.generation = generation
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._started = threading.Event()
+        self._done = threading.Event()
         self._main_scope: trio.CancelScope | None = None
         self._source_scope: trio.CancelScope | None = None
         self._wake_event: trio.Event | None = None
@@ -248,10 +259,14 @@ class AdapterHost(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         name = self.adapter.name
-        self._thread = threading.Thread(
-            target=self._thread_main, name=f"adapter-{name}", daemon=True
-        )
-        self._thread.start()
+        if self.loop is not None:
+            self._token = self.loop.token
+            self.loop.spawn(self._task_main, f"adapter-{name}")
+        else:
+            self._thread = threading.Thread(
+                target=self._thread_main, name=f"adapter-{name}", daemon=True
+            )
+            self._thread.start()
         self._started.wait(10)
 
     def on_stop(self) -> None:
@@ -269,19 +284,40 @@ class AdapterHost(pykka.ThreadingActor):
     # --- the trio side ----------------------------------------------------------
 
     def _thread_main(self) -> None:
-        status = self.adapter.status
         error: BaseException | None = None
         try:
             trio.run(self._trio_main)
         except BaseException as err:
             error = err
         finally:
+            self._finish(error)
+
+    async def _task_main(self) -> None:
+        """The instance as a task on the shared loop: its errors end it, not the loop."""
+        assert self.loop is not None
+        error: BaseException | None = None
+        try:
+            await self._trio_main()
+        except BaseException as err:
+            if self.loop.closing:  # the loop is being stopped: a stop, not a crash
+                self._stopping = True
+                self._finish(None)
+                raise
+            error = err
+        self._finish(error)
+
+    def _finish(self, error: BaseException | None) -> None:
+        """The instance's loop or task ended: hand back what it owed, report a crash."""
+        status = self.adapter.status
+        try:
             self.inlet.detach()
             self._started.set()
             try:
                 self.adapter.release_deferred(crashed=error is not None and not self._stopping)
             except Exception:  # the router is gone (shutdown's end): nothing left to tell
                 log.debug("adapter %s: deferred envelopes not released", self.adapter.name)
+        finally:
+            self._done.set()
         if error is not None and not self._stopping:
             text = describe(error)
             repeat = status.last_error == text
@@ -410,6 +446,8 @@ class AdapterHost(pykka.ThreadingActor):
             self._thread.join(10)
             if self._thread.is_alive():
                 log.error("adapter %s did not stop within 10 s", self.adapter.name)
+        elif self.loop is not None and self._started.is_set() and not self._done.wait(10):
+            log.error("adapter %s did not stop within 10 s", self.adapter.name)
         self.adapter.status.set("stopped")
 
     def _cancel_all(self) -> None:

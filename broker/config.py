@@ -98,6 +98,9 @@ class AdapterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     type: str
     required: bool = True
+    #: Run this adapter on a trio loop of its own thread instead of the loop the adapters
+    #: share: for adapter code that blocks (synchronous I/O, long computations).
+    own_thread: bool = False
 
 
 class TransformRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

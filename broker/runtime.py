@@ -28,6 +28,7 @@ from broker.config import Config
 from broker.envelope import Envelope
 from broker.errors import ConfigProblem
 from broker.inlet import Inlet
+from broker.loop import SharedLoop
 from broker.messages import Backlog, Leftovers, Snapshot, Tick
 from broker.ops_http import OpsServer
 from broker.outbox import Outbox
@@ -96,6 +97,8 @@ class Runtime:
     backlog: Backlog = field(default_factory=Backlog)
     router: pykka.ActorRef[Any] | None = None
     supervisor: pykka.ActorRef[Any] | None = None
+    #: The trio loop the adapters share (see broker.loop).
+    loop: SharedLoop | None = None
     started_at: float = 0.0
     #: The durable outbox and dead-letter store (``<state_dir>/<[junction.outbox] file>``).
     outbox: Outbox | None = None
@@ -131,8 +134,10 @@ class Runtime:
             outbox=self.outbox,
             persist_kinds=self._persist_kinds(),
         )
+        self.loop = SharedLoop()
+        self.loop.start()
         self.supervisor = Supervisor.start(
-            settings.restart_backoff_s, settings.restart_backoff_max_s
+            settings.restart_backoff_s, settings.restart_backoff_max_s, self.loop
         )
         sup = self.supervisor.proxy()
         for name in cfg.adapters:
@@ -257,6 +262,8 @@ class Runtime:
         self._ticking.set()
         if self.supervisor is not None:
             self.supervisor.stop()
+        if self.loop is not None:
+            self.loop.close()
         left, _ = settle_leftovers(self.router, self.inlets, grace)
         final = self.snapshot()
         kept = {k: n for k, n in final.get("persist_queues", {}).items() if n > 0}

@@ -21,6 +21,7 @@ import pykka
 from broker.adapter import Adapter, AdapterHost, AdapterStatus
 from broker.backoff import Backoff
 from broker.inlet import Inlet
+from broker.loop import SharedLoop
 from broker.messages import Crashed, RestartDue
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,12 @@ class Supervisor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, backoff_s: float, backoff_max_s: float) -> None:
+    def __init__(
+        self, backoff_s: float, backoff_max_s: float, loop: SharedLoop | None = None
+    ) -> None:
         super().__init__()
+        #: where adapters without ``own_thread`` run (None: each on a thread of its own)
+        self.loop = loop
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self._slots: dict[str, _Slot] = {}
@@ -95,7 +100,10 @@ class Supervisor(pykka.ThreadingActor):
         adapter = slot.make()
         slot.generation += 1
         slot.backoff.started()
-        slot.host = AdapterHost.start(adapter, slot.inlet, self.actor_ref, slot.generation)
+        loop = None if getattr(adapter.config, "own_thread", False) else self.loop
+        slot.host = AdapterHost.start(
+            adapter, slot.inlet, self.actor_ref, slot.generation, loop=loop
+        )
 
     def _stop_slot(self, slot: _Slot) -> None:
         if slot.timer is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -26,6 +27,8 @@ PROGRESS: dict[str, int] = {}
 GATES: dict[str, threading.Event] = {}
 #: The size of each batch a collector was handed, in order.
 BATCH_SIZES: dict[str, list[int]] = defaultdict(list)
+#: The thread a collector's last deliver ran on.
+THREADS: dict[str, str] = {}
 _lock = threading.Lock()
 
 
@@ -38,6 +41,7 @@ def reset() -> None:
         INBOX.clear()
         _batch_counts.clear()
         BATCH_SIZES.clear()
+        THREADS.clear()
 
 
 def received(name: str) -> list[Envelope]:
@@ -54,6 +58,8 @@ class CollectorConfig(AdapterConfig, kw_only=True):
     #: Record, but never acknowledge (as a peer that has not confirmed yet): defer() all.
     defer_all: bool = False
     gather_s: float = 0.0
+    #: Block the thread this long in every deliver (an adapter doing synchronous I/O).
+    block_s: float = 0.0
 
 
 class Collector(Adapter):
@@ -66,6 +72,10 @@ class Collector(Adapter):
         self.gather_s = self.config.gather_s
 
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
+        with _lock:
+            THREADS[self.name] = threading.current_thread().name
+        if self.config.block_s:
+            time.sleep(self.config.block_s)
         if self.config.gated:
             gate = GATES.setdefault(self.name, threading.Event())
             while not gate.is_set():
