@@ -159,6 +159,32 @@ async def receive_n(client: WsClient, n: int) -> list[list[str | bytes]]:
     return batches
 
 
+async def closed_by(provoke: Callable[[RawPeer], Awaitable[None]]) -> tuple[WsClosed, Event]:
+    """A raw server does ``provoke`` after READY; the client's next receive must fail.
+
+    Returns the client's WsClosed and the first event it sent back (its close frame).
+    """
+    answers: list[Event] = []
+    done = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        peer = RawPeer(stream)
+        await peer.accept()
+        await provoke(peer)
+        try:
+            answers.append(await peer.next_event())
+        finally:
+            done.set()
+
+    with trio.fail_after(5):
+        async with raw_server(handler) as url:
+            async with ready(url) as client:
+                with pytest.raises(WsClosed) as caught:
+                    await client.receive_messages()
+            await done.wait()
+    return caught.value, answers[0]
+
+
 # ----------------------------------------------------------------- handshake
 
 
@@ -389,26 +415,12 @@ async def test_a_frame_split_across_reads_mid_character() -> None:
 
 
 async def test_invalid_utf8_closes_with_1007() -> None:
-    seen: list[Event] = []
-    done = trio.Event()
+    async def provoke(peer: RawPeer) -> None:
+        await peer.stream.send_all(b"\x81\x02\xff\xfe")  # FIN + text, 2 bytes, not UTF-8
 
-    async def handler(stream: trio.SocketStream) -> None:
-        peer = RawPeer(stream)
-        await peer.accept()
-        await stream.send_all(b"\x81\x02\xff\xfe")  # FIN + text, 2 bytes, not UTF-8
-        try:
-            seen.append(await peer.next_event())
-        finally:
-            done.set()
-
-    with trio.fail_after(5):
-        async with raw_server(handler) as url:
-            async with ready(url) as client:
-                with pytest.raises(WsClosed) as caught:
-                    await client.receive_messages()
-            await done.wait()
-    assert caught.value.code == 1007
-    assert isinstance(seen[0], CloseConnection) and seen[0].code == 1007
+    closed, answer = await closed_by(provoke)
+    assert closed.code == 1007
+    assert isinstance(answer, CloseConnection) and answer.code == 1007
 
 
 async def test_frames_in_the_same_read_as_the_101_are_not_stuck() -> None:
@@ -526,26 +538,12 @@ async def test_server_close_code_and_reason_then_sends_fail() -> None:
 
 
 async def test_server_close_frame_is_answered_with_its_code() -> None:
-    answers: list[Event] = []
-    done = trio.Event()
-
-    async def handler(stream: trio.SocketStream) -> None:
-        peer = RawPeer(stream)
-        await peer.accept()
+    async def provoke(peer: RawPeer) -> None:
         await peer.send(CloseConnection(code=4001, reason="going"))
-        try:
-            answers.append(await peer.next_event())
-        finally:
-            done.set()
 
-    with trio.fail_after(5):
-        async with raw_server(handler) as url:
-            async with ready(url) as client:
-                with pytest.raises(WsClosed) as caught:
-                    await client.receive_messages()
-            await done.wait()
-    assert (caught.value.code, caught.value.reason) == (4001, "going")
-    assert isinstance(answers[0], CloseConnection) and answers[0].code == 4001
+    closed, answer = await closed_by(provoke)
+    assert (closed.code, closed.reason) == (4001, "going")
+    assert isinstance(answer, CloseConnection) and answer.code == 4001
 
 
 async def test_leaving_the_block_closes_with_1000() -> None:
