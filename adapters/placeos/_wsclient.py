@@ -2,7 +2,7 @@
 
 Why not trio-websocket here: its reader task passes each message through a memory
 channel to ``get_message()``, a scheduler round per message. Under a flood of PlaceOS
-notifications that machinery was 44 % of the adapter thread's samples (trio's scheduler
+notifications that machinery was 43 % of the adapter thread's samples (trio's scheduler
 and channel) against 15 % for the adapter's own work, and the issue asks for the hot path
 batched at every boundary, frames read included. Here the caller's task reads up to
 64 KiB, wsproto (the protocol engine trio-websocket itself is built on: handshake,
@@ -251,9 +251,15 @@ async def open_websocket(
         target += "?" + parts.query
     with trio.fail_after(connect_timeout):
         client = await _connect(
-            host, port, target, secure, ssl_context, extra_headers, max_message_size
+            host,
+            port,
+            target,
+            secure,
+            ssl_context,
+            extra_headers,
+            max_message_size,
+            disconnect_timeout,
         )
-    client._disconnect_timeout = disconnect_timeout
     try:
         yield client
     finally:
@@ -269,6 +275,7 @@ async def _connect(
     ssl_context: ssl.SSLContext | None,
     extra_headers: Sequence[tuple[bytes, bytes]],
     max_message_size: int,
+    disconnect_timeout: float,
 ) -> WsClient:
     stream: trio.abc.Stream
     if secure:
@@ -304,7 +311,7 @@ async def _connect(
                 conn.receive_data(bytes(data))
                 for event in conn.events():
                     if isinstance(event, AcceptConnection):
-                        return WsClient(stream, conn, max_message_size, 0.0)
+                        return WsClient(stream, conn, max_message_size, disconnect_timeout)
                     if isinstance(event, RejectConnection):
                         rejected = event
                         if not event.has_body:
