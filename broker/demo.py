@@ -1,7 +1,7 @@
 """``junction demo``: the three peer simulators, the demo table, and a live view of both.
 
 The simulators run in ONE background thread with its own trio loop (:class:`PeersThread`);
-the bridge runs as it always does (pykka actors, each adapter in its own trio loop) and
+the bridge runs as it always does (pykka actors, the adapters on their shared trio loop) and
 reaches them over real loopback sockets, exactly as it would reach a site:
 
 - PlaceOS serves the rooms of ``routes/demo_building.toml`` with drift on (temperatures,

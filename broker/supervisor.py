@@ -1,10 +1,11 @@
 """The supervisor actor: starts adapter hosts, restarts crashed ones with back-off.
 
-pykka has no supervision of its own.  When an adapter's trio loop ends with an
-error, its host tells the supervisor (:class:`~broker.messages.Crashed`); the
-supervisor waits ``min(cap, base * 2**n)`` seconds, jittered to 50-100 %, then starts
-a fresh instance on the same inlet, so nothing queued for it is lost.  ``n`` counts
-consecutive crashes and resets once an instance has run for a minute.
+pykka has no supervision of its own.  When an adapter's task (on the shared loop, or
+on its own loop with ``own_thread``) ends with an error, its host tells the supervisor
+(:class:`~broker.messages.Crashed`); the supervisor waits ``min(cap, base * 2**n)``
+seconds, jittered to 50-100 %, then starts a fresh instance on the same inlet, so
+nothing queued for it is lost.  ``n`` counts consecutive crashes and resets once an
+instance has run for a minute.
 """
 
 from __future__ import annotations
