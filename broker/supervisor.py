@@ -101,7 +101,7 @@ class Supervisor(pykka.ThreadingActor):
         adapter = slot.make()
         slot.generation += 1
         slot.backoff.started()
-        loop = None if getattr(adapter.config, "own_thread", False) else self.loop
+        loop = None if adapter.config.own_thread else self.loop
         slot.host = AdapterHost.start(
             adapter, slot.inlet, self.actor_ref, slot.generation, loop=loop
         )
