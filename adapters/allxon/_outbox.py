@@ -183,6 +183,10 @@ def build_message(
     )
 
 
+def _by_seq(entry: Entry) -> int:
+    return entry.seq
+
+
 def _item_count(message: DataMessage) -> int:
     if isinstance(message, PluginState):
         return len(message.params.states)
@@ -212,6 +216,9 @@ class Outbox:
         self.limit = limit
         self.states: dict[tuple[str, str], Entry] = {}
         self.metrics: deque[Entry] = deque()
+        #: the newest buffered sample of each metric, so coalescing costs the number of
+        #: metric names, not the number of samples buffered
+        self._newest: dict[tuple[str, str], Entry] = {}
         self.events: deque[Entry] = deque()
         self.alerts: deque[Entry] = deque()
         self._empty_sizes: dict[tuple[Kind, str], int] = {}  # see signed_size_alone
@@ -258,6 +265,7 @@ class Outbox:
             self.states[key] = entry
         elif kind == "metric":
             self.metrics.append(entry)
+            self._newest[(module, item.name)] = entry
             if len(self.metrics) > self.max_metrics:
                 self._bound_metrics()
         elif kind == "event":
@@ -281,21 +289,23 @@ class Outbox:
         self.coalesce_metrics()
         floor = max(1, self.max_metrics * 9 // 10)
         while len(self.metrics) > floor:
-            self.metrics.popleft()
+            self._forget_metric(self.metrics.popleft())
             self.dropped["metric buffer full"] += 1
 
     def coalesce_metrics(self) -> int:
         """Keep only the newest sample of each metric; returns how many were dropped."""
-        latest: dict[tuple[str, str], int] = {}
-        for entry in self.metrics:
-            latest[(entry.module, entry.item.name)] = entry.seq
-        if len(latest) == len(self.metrics):
+        dropped = len(self.metrics) - len(self._newest)
+        if dropped == 0:
             return 0
-        kept = deque(e for e in self.metrics if latest[(e.module, e.item.name)] == e.seq)
-        dropped = len(self.metrics) - len(kept)
-        self.metrics = kept
+        self.metrics = deque(sorted(self._newest.values(), key=_by_seq))
         self.dropped["metric superseded"] += dropped
         return dropped
+
+    def _forget_metric(self, entry: Entry) -> None:
+        """``entry`` left the metric buffer: it is no longer its name's newest sample."""
+        key = (entry.module, entry.item.name)
+        if self._newest.get(key) is entry:
+            del self._newest[key]
 
     # --- taking ------------------------------------------------------------------------------
 
@@ -311,7 +321,8 @@ class Outbox:
             return self.events
         return self.alerts
 
-    def _frames(self, kind: Kind, entries: list[Entry], epoch: str) -> list[Frame]:
+    def _frames(self, kind: Kind, entries: list[Entry], epoch: str, most: int) -> list[Frame]:
+        """The first ``most`` frames (by their oldest entry) that ``entries`` pack into."""
         by_module: dict[str, list[Entry]] = {}
         for entry in entries:
             by_module.setdefault(entry.module, []).append(entry)
@@ -321,14 +332,15 @@ class Outbox:
             def build(items: list[Any], module: str = module) -> DataMessage:
                 return build_message(kind, self.app_guid, module, epoch, items)
 
-            messages = pack_items([e.item for e in group], build, self.limit)
+            # a module's frames are in age order: past its first ``most`` none is chosen
+            messages = pack_items([e.item for e in group], build, self.limit, most)
             start = 0
             for message in messages:
                 count = _item_count(message)
                 frames.append(Frame(kind, module, message, group[start : start + count]))
                 start += count
         frames.sort(key=lambda f: f.entries[0].seq)
-        return frames
+        return frames[:most]
 
     def take(self, max_frames: int, epoch: str) -> list[Frame]:
         """Up to ``max_frames`` messages, by priority and age; their items leave the buffers."""
@@ -340,9 +352,10 @@ class Outbox:
             entries = self._entries(kind)
             if not entries:
                 continue
-            frames = self._frames(kind, entries, epoch)
+            # one frame more than there is room for says whether the buffer overflows it
+            frames = self._frames(kind, entries, epoch, room + 1)
             if kind == "metric" and len(frames) > room and self.coalesce_metrics():
-                frames = self._frames(kind, self._entries(kind), epoch)
+                frames = self._frames(kind, self._entries(kind), epoch, room)
             chosen = frames[:room]
             self._remove(kind, chosen)
             out.extend(chosen)
@@ -362,6 +375,9 @@ class Outbox:
         buf = self._buffer(kind)
         kept = deque(e for e in buf if e.seq not in taken)
         if kind == "metric":
+            for frame in frames:
+                for entry in frame.entries:
+                    self._forget_metric(entry)
             self.metrics = kept
         elif kind == "event":
             self.events = kept
@@ -382,6 +398,11 @@ class Outbox:
             merged = deque(heapq.merge(entries, self._buffer(kind), key=lambda e: e.seq))
             if kind == "metric":
                 self.metrics = merged
+                for entry in entries:
+                    key = (entry.module, entry.item.name)
+                    newest = self._newest.get(key)
+                    if newest is None or newest.seq < entry.seq:
+                        self._newest[key] = entry
                 if len(merged) > self.max_metrics:
                     self._bound_metrics()
             elif kind == "event":

@@ -326,6 +326,7 @@ def pack_items(
     items: Sequence[_ItemT],
     build: Callable[[list[_ItemT]], _MsgT],
     limit: int = MAX_FRAME_BYTES,
+    max_messages: int | None = None,
 ) -> list[_MsgT]:
     """Split ``items`` over as few messages as possible, each at most ``limit`` bytes signed.
 
@@ -333,8 +334,12 @@ def pack_items(
     ``lambda xs: PluginState(params=StateParams(..., states=xs))``); order is kept. The size of
     a chunk is computed exactly (compact JSON: empty frame + items + commas) and re-checked on the
     built message. Raises ``FrameTooLargeError`` when one item alone does not fit.
+
+    ``max_messages``: only the first that many messages (the same ones the whole split
+    starts with); the items after them are not even sized, so a caller that can send a
+    few frames of a long backlog pays for those few.
     """
-    if not items:
+    if not items or max_messages == 0:
         return []
     base = signed_size(build([]))
     chunks: list[list[_ItemT]] = []
@@ -345,6 +350,9 @@ def pack_items(
         extra = item_size + (1 if current else 0)
         if current and size + extra > limit:
             chunks.append(current)
+            if len(chunks) == max_messages:
+                current = []
+                break
             current, size, extra = [], base, item_size
         if size + extra > limit:
             raise FrameTooLargeError(
@@ -353,7 +361,8 @@ def pack_items(
             )
         current.append(item)
         size += extra
-    chunks.append(current)
+    if current:
+        chunks.append(current)
     messages = [build(chunk) for chunk in chunks]
     for message in messages:
         if signed_size(message) > limit:  # would mean build() did not nest items as documented

@@ -435,6 +435,9 @@ def test_pack_items_splits_under_the_limit_and_keeps_order() -> None:
         bigger = build([*frame.params.states, nxt.params.states[0]])
         assert signed_size(bigger) > MAX_FRAME_BYTES
     assert pack_items([], build) == []
+    # a capped split is the start of the whole one
+    for most in range(len(frames) + 2):
+        assert pack_items(states, build, max_messages=most) == frames[:most]
 
 
 def test_pack_items_rejects_an_item_too_large_alone() -> None:

@@ -3,12 +3,18 @@ samples first and keep every name's latest value, losses counted, unsent frames 
 
 from __future__ import annotations
 
+import copy
+from collections import deque
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.allxon._declared import AlarmView, Declared, Rejected
 from adapters.allxon._intake import AlarmNotEnabled, data_item
 from adapters.allxon._outbox import (
     _EPOCH_PLACEHOLDER,
+    Frame,
     Outbox,
     build_message,
     metric_item,
@@ -96,6 +102,53 @@ def test_a_flood_with_too_few_calls_keeps_the_latest_of_every_name() -> None:
     left = {e.item.name: e.item.value for e in box.metrics}
     assert len(sent) + len(left) == 40 and not set(sent) & set(left)
     assert {**sent, **left} == {f"m{k}": str(2960 + k) for k in range(40)}
+
+
+def reference_take(box: Outbox, room: int) -> list[Frame]:
+    """What ``take(room)`` gives for metrics, done the long way: pack every sample, and
+    when that needs more frames than ``room``, keep each name's newest and pack again."""
+    frames = box._frames("metric", list(box.metrics), "1700000000", 10**9)
+    if len(frames) > room:
+        newest = {(e.module, e.item.name): e.seq for e in box.metrics}
+        kept = [e for e in box.metrics if newest[(e.module, e.item.name)] == e.seq]
+        frames = box._frames("metric", kept, "1700000000", 10**9)
+    return frames[:room]
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.sampled_from(["room", "hall"]), st.integers(0, 6)),
+        st.tuples(st.just("take"), st.integers(1, 3), st.booleans()),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(operations)
+def test_taking_a_few_frames_of_a_backlog_is_taking_the_first_of_all_of_them(
+    ops: list[tuple[str, object, object]],
+) -> None:
+    box = Outbox(GUID, max_metrics=120, limit=400)
+    value = 0.0
+    for op, a, b in ops:
+        if op == "add":
+            value += 1
+            box.add("metric", str(a), metric(f"m{b}", value))
+        else:
+            assert isinstance(a, int)
+            expected = reference_take(copy.deepcopy(box), a)
+            frames = box.take(a, "1700000000")
+            assert [[e.seq for e in f.entries] for f in frames] == [
+                [e.seq for e in f.entries] for f in expected
+            ]
+            if b:  # the link dropped: they come back
+                box.put_back(frames)
+        # the newest sample of each name is tracked exactly
+        newest = {(e.module, e.item.name): e for e in box.metrics}
+        assert box._newest == newest
+        assert list(box.metrics) == sorted(box.metrics, key=lambda e: e.seq)
+    assert isinstance(box.metrics, deque)
 
 
 def test_the_metric_bound_drops_the_oldest_samples_first_and_counts_them() -> None:
