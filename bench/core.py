@@ -35,6 +35,7 @@ from broker import plugins as plugins_mod
 from broker.config import AdapterConfig, Config, JunctionSettings, RouteSpec
 from broker.envelope import Envelope, Metric
 from broker.inlet import Inlet
+from broker.loop import SharedLoop
 from broker.messages import Backlog, Inbound, Snapshot
 from broker.router import Router
 from broker.routing import compile_table
@@ -107,8 +108,15 @@ def router_rate(routes: int, n: int, batch: int) -> float:
     table = table_with(routes)
     sink = Inlet("sink")
     backlog = Backlog()
+    loop = SharedLoop()
+    loop.start()
     router = Router.start(
-        table, {"sink": sink, "sensors": Inlet("sensors")}, JunctionSettings(), None, backlog
+        table,
+        {"sink": sink, "sensors": Inlet("sensors")},
+        JunctionSettings(),
+        None,
+        backlog,
+        loop=loop,
     )
     envelopes = [
         Envelope(
@@ -143,6 +151,7 @@ def router_rate(routes: int, n: int, batch: int) -> float:
     elapsed = time.perf_counter() - began
     snap = router.ask(Snapshot())
     router.stop()
+    loop.close()
     c = snap["routes"]["hot"]
     assert c["matched"] == n and c["queued"] == n and taken == n, (c, taken)
     return n / elapsed

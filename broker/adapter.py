@@ -368,6 +368,12 @@ class AdapterHost(pykka.ThreadingActor):
             self._source_scope.cancel()
 
     def _schedule_wake(self) -> None:
+        # the router offers on the shared loop's thread: an adapter on that loop is woken
+        # at once; one on a thread of its own through its token
+        loop = self.loop
+        if loop is not None and loop.on_loop_thread():
+            self._wake()
+            return
         token = self._token
         if token is None:
             raise RuntimeError("loop not running")

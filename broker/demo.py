@@ -357,7 +357,7 @@ class LatestValues:
 
     @hookimpl
     def junction_envelopes_received(self, adapter: str, envelopes: Sequence[Envelope]) -> None:
-        """Remember the last value of each subject (runs on the router thread; cheap)."""
+        """Remember the last value of each subject (runs in the router; cheap)."""
         latest: dict[str, tuple[float, str]] = {}
         for env in envelopes:
             text = _value_text(env)

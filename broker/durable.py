@@ -13,7 +13,7 @@ route's ``redelivery.attempts``; a permanent one, the last attempt, or an envelo
 goes to the back of the window: order holds for first deliveries and after a restart, and
 a retry may arrive after envelopes that were behind it.
 
-Runs on the router's thread only; the router tells it what happened and asks it what is
+Runs in the router only (one task); the router tells it what happened and asks it what is
 pending. Envelopes in the window are known by object identity (``id()``): the same object
 comes back in ``Delivered``/``Failed``, and is kept alive by the window meanwhile.
 """

@@ -9,7 +9,8 @@ the ``junction.plugins`` entry-point group::
     [project.entry-points."junction.plugins"]
     my_plugin = "my_package.plugin"
 
-Hooks are synchronous and must not block: they run on the router's thread.  Observer
+Hooks are synchronous and must not block: they run in the router, on the trio loop
+the adapters share (a hook that blocks stalls every adapter on it).  Observer
 hooks are called once per batch, not per envelope, and not at all when no plugin
 implements them.
 """

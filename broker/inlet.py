@@ -7,21 +7,23 @@ cannot starve another, and applies that route's overflow policy when full:
 
 ``drop_newest``  the incoming envelope is refused (counted, reason ``queue_full``)
 ``drop_oldest``  the oldest queued envelope makes room (counted, reason ``queue_full``)
-``block``        the router waits for room, up to ``block_timeout_s`` per offered
-                 batch, then drops what still does not fit (counted, reason
-                 ``block_timeout``) -- so a dead target stalls the router once per
-                 batch, never once per envelope
+``block``        what does not fit is handed back (:attr:`Offer.waiting`): the router
+                 waits for room (:meth:`Inlet.when_room`), up to ``block_timeout_s``
+                 per offered batch, then drops what still does not fit (counted,
+                 reason ``block_timeout``) -- so a dead target stalls the router once
+                 per batch, never once per envelope
 
-The router thread calls :meth:`Inlet.offer`; the adapter's trio thread drains with
-:meth:`Inlet.take`.  A wake-up is scheduled on the trio loop at most once per idle
-period (the batched actor->trio hand-off measured in library-findings.md).
+The router calls :meth:`Inlet.offer`, which never waits: the router runs on the trio
+loop the adapters share, where waiting would keep the very adapter it waits for from
+taking.  The adapter's trio task drains with :meth:`Inlet.take`.  A wake-up is scheduled
+on the adapter's loop at most once per idle period (the batched actor->trio hand-off
+measured in library-findings.md).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ class Offer:
 
     accepted: int = 0
     dropped: list[tuple[Envelope, str]] = field(default_factory=list)
+    #: ``block``: the envelopes that found the queue full (not queued, not dropped), in order
+    waiting: list[Envelope] = field(default_factory=list)
 
 
 class Inlet:
@@ -53,39 +57,37 @@ class Inlet:
         self.adapter = adapter
         self.block_timeout_s = block_timeout_s
         self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
         self._queues: dict[str, _RouteQueue] = {}
         self._ready: deque[str] = deque()
         self._waker: Callable[[], None] | None = None
         self._wake_scheduled = False
+        #: called once (from the taking thread) when room is next made; see when_room
+        self._room_waiter: Callable[[], object] | None = None
         #: envelopes taken by the adapter and not yet settled by the router, per route
         self._in_flight: Counter[str] = Counter()
 
     # --- router side ------------------------------------------------------------
 
     def offer(self, route: str, envelopes: list[Envelope], capacity: int, policy: str) -> Offer:
-        """Queue ``envelopes`` for ``route`` under its bound and overflow policy."""
+        """Queue ``envelopes`` for ``route`` under its bound and overflow policy (never
+        waits: under ``block``, the envelopes from the first that did not fit on are
+        handed back in :attr:`Offer.waiting`)."""
         result = Offer()
-        deadline: float | None = None
         with self._lock:
             q = self._queues.get(route)
             if q is None:
                 q = self._queues[route] = _RouteQueue(deque(), capacity, policy)
             else:
                 q.capacity, q.policy = capacity, policy
-            for env in envelopes:
+            for i, env in enumerate(envelopes):
                 if len(q.items) >= q.capacity:
                     if policy == "drop_newest":
                         result.dropped.append((env, "queue_full"))
                         continue
-                    if policy == "drop_oldest":
-                        result.dropped.append((q.items.popleft(), "queue_full"))
-                    else:
-                        if deadline is None:
-                            deadline = time.monotonic() + self.block_timeout_s
-                        if not self._wait_for_room(q, deadline):
-                            result.dropped.append((env, "block_timeout"))
-                            continue
+                    if policy != "drop_oldest":  # block: the router waits for room
+                        result.waiting = envelopes[i:]
+                        break
+                    result.dropped.append((q.items.popleft(), "queue_full"))
                 if not q.items:
                     self._ready.append(route)
                 q.items.append(env)
@@ -109,17 +111,6 @@ class Inlet:
             if not self._wake_scheduled and self._waker is not None:
                 self._wake_scheduled = True
                 self._wake_locked()
-
-    def _wait_for_room(self, q: _RouteQueue, deadline: float) -> bool:
-        if self._waker is not None and not self._wake_scheduled:
-            self._wake_scheduled = True
-            self._wake_locked()
-        while len(q.items) >= q.capacity:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._room.wait(left)
-        return True
 
     def _wake_locked(self) -> None:
         waker = self._waker
@@ -156,6 +147,7 @@ class Inlet:
 
         None also re-arms the wake-up: the next offer schedules one.
         """
+        taken: tuple[str, list[Envelope]] | None = None
         with self._lock:
             while self._ready:
                 route = self._ready.popleft()
@@ -167,10 +159,22 @@ class Inlet:
                 if q.items:
                     self._ready.append(route)
                 self._in_flight[route] += n
-                self._room.notify_all()
-                return route, batch
-            self._wake_scheduled = False
-            return None
+                taken = route, batch
+                break
+            else:
+                self._wake_scheduled = False
+            waiter = None
+            if taken is not None:
+                waiter, self._room_waiter = self._room_waiter, None
+        if waiter is not None:
+            waiter()
+        return taken
+
+    def when_room(self, waiter: Callable[[], object] | None) -> None:
+        """Call ``waiter`` once, from the thread that takes, when room is next made (None:
+        forget it): how the router learns that a ``block`` batch may go on.  One at a time."""
+        with self._lock:
+            self._room_waiter = waiter
 
     def done(self, route: str, count: int) -> None:
         """``count`` envelopes of ``route`` that the adapter took are settled (sent or failed).
@@ -229,5 +233,4 @@ class Inlet:
                 q.items.clear()
             self._ready.clear()
             self._in_flight.clear()
-            self._room.notify_all()
             return out

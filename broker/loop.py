@@ -37,6 +37,7 @@ class SharedLoop:
         self._nursery: trio.Nursery | None = None
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
+        self._thread_id: int | None = None
         self._error: BaseException | None = None
 
     def start(self) -> None:
@@ -53,6 +54,31 @@ class SharedLoop:
         if token is None or self.closing:
             raise RuntimeError(f"the shared loop is not running; cannot start {name}")
         token.run_sync_soon(self._start_task, task, name)
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The loop's thread, once started."""
+        return self._thread
+
+    def on_loop_thread(self) -> bool:
+        """True when called from the loop's own thread (so trio may be used directly)."""
+        return threading.get_ident() == self._thread_id
+
+    def call_soon(self, fn: Callable[[], object]) -> bool:
+        """Run the synchronous ``fn`` on the loop: at once on the loop's thread, soon from any
+        other; False when the loop has finished (``fn`` will never run).  ``fn`` must not
+        raise (it runs as a trio callback, where an error would end the loop)."""
+        if threading.get_ident() == self._thread_id:
+            fn()
+            return True
+        token = self.token
+        if token is None:
+            return False
+        try:
+            token.run_sync_soon(fn)
+        except trio.RunFinishedError:
+            return False
+        return True
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel whatever still runs on the loop and wait for its thread to end."""
@@ -80,6 +106,7 @@ class SharedLoop:
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._thread_id = threading.get_ident()
             self.token = trio.lowlevel.current_trio_token()
             self._ready.set()
             await trio.sleep_forever()

@@ -10,7 +10,7 @@
 ``replay``   dead letters a person asked to replay (``junction dlq replay``); the running
              bridge takes them a few at a time, so a backfill is paced.
 
-The router thread is the only writer while the bridge runs (one transaction per batch, never
+The router is the only writer while the bridge runs (one transaction per batch, never
 one per envelope; ``synchronous=NORMAL`` in WAL mode survives a killed process, only a power
 cut can lose the last commits). The ``junction dlq`` commands open the same file from another
 process; SQLite's locking and ``busy_timeout`` keep the two apart.
@@ -190,7 +190,7 @@ class Outbox:
         self._db.close()
 
     def _checkpoint_loop(self, every_s: float = 0.1) -> None:
-        """Move the WAL into the database file now and then, off the router's thread."""
+        """Move the WAL into the database file now and then, off the loop the router runs on."""
         try:
             db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
         except sqlite3.Error as err:

@@ -19,6 +19,15 @@ what the adapter holds, or the outbox rows of a ``persist`` route), not derived.
 
 ``persist`` routes go through :mod:`broker.durable` and the outbox (:mod:`broker.outbox`).
 
+The router is served by a task on the adapters' shared trio loop
+(:class:`~broker.loop_actor.LoopActor`): a batch from an adapter on that loop reaches it
+without a thread hop, and its results reach the adapters the same way.  So it never
+blocks: a ``block`` route whose target's queue is full holds the rest of the batch
+(:meth:`Router.blocked`) and the router waits for room asynchronously, up to the
+``block_timeout_s``, before it takes its next message -- the loop runs on meanwhile.
+Outbox writes stay on the loop: SQLite in WAL mode with ``synchronous=NORMAL`` commits
+without an fsync, and the checkpoints run on a thread of their own.
+
 Request/reply: a route with ``expects_reply = true`` records each request's
 correlation id, the asker and a deadline.  An envelope that comes back carrying
 that correlation id is a reply: it goes (through the route's ``reply_map``) to the
@@ -28,6 +37,7 @@ asker.  A request with no reply by its deadline gets a timeout result instead.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import logging
 import time
@@ -37,13 +47,15 @@ from typing import Any
 
 import msgspec
 import pluggy
-import pykka
+import trio
 
 from broker.config import JunctionSettings, RedeliveryPolicy
 from broker.durable import DurableQueues
 from broker.envelope import CommandResult, Envelope, ExecResult, LogLine
 from broker.errors import TransformError
 from broker.inlet import Inlet
+from broker.loop import SharedLoop
+from broker.loop_actor import LoopActor
 from broker.mapping import MappingError
 from broker.messages import (
     Backlog,
@@ -141,6 +153,20 @@ class _Pending:
     request: Envelope
 
 
+@dataclass
+class _Stall:
+    """The rest of a batch a ``block`` route could not queue yet (its target is full)."""
+
+    target: str
+    queue: str
+    envelopes: list[Envelope]
+    size: int
+    policy: str
+    deadline: float  # time.monotonic(): then what still does not fit is dropped
+    counters: RouteCounters
+    overflow_reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class Swap:
     """Replace the routing table in one step (hot reload; see broker.reload).
@@ -175,10 +201,8 @@ class _Throttle:
         return False, 0
 
 
-class Router(pykka.ThreadingActor):
+class Router(LoopActor):
     """Routes envelopes between adapters (see the module docstring)."""
-
-    use_daemon_thread = True
 
     def __init__(
         self,
@@ -189,8 +213,11 @@ class Router(pykka.ThreadingActor):
         backlog: Backlog | None = None,
         outbox: Outbox | None = None,
         persist_kinds: dict[str, frozenset[str]] | None = None,
+        *,
+        loop: SharedLoop | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(loop=loop)
+        self._stalls: list[_Stall] = []
         self.table = table
         self.inlets = inlets
         self.settings = settings
@@ -501,10 +528,61 @@ class Router(pykka.ThreadingActor):
             for env in batch:
                 self._drop(name, env, f"no adapter {target!r}")
             return
-        result = inlet.offer(name, batch, size, "block" if policy == "persist" else policy)
+        inlet_policy = "block" if policy == "persist" else policy
+        result = inlet.offer(name, batch, size, inlet_policy)
         counters.queued += result.accepted
         for env, reason in result.dropped:
             self._drop(name, env, overflow_reason or reason, target)
+        if result.waiting:
+            deadline = time.monotonic() + inlet.block_timeout_s
+            self._stalls.append(
+                _Stall(
+                    target,
+                    name,
+                    result.waiting,
+                    size,
+                    inlet_policy,
+                    deadline,
+                    counters,
+                    overflow_reason,
+                )
+            )
+
+    # --- waiting for room (block) -----------------------------------------------------
+
+    def blocked(self) -> bool:
+        """A ``block`` batch waits for room: no next message until it is queued or dropped."""
+        return bool(self._stalls)
+
+    async def wait_unblocked(self) -> None:
+        """Queue the held batches as their targets make room; past a batch's deadline,
+        drop what still does not fit (``block_timeout``)."""
+        loop = self.loop
+        assert loop is not None
+        while self._stalls:
+            stall = self._stalls[0]
+            inlet = self.inlets.get(stall.target)
+            if inlet is None:  # as in _offer (no message, so no reload, comes meanwhile)
+                for env in stall.envelopes:
+                    self._drop(stall.queue, env, f"no adapter {stall.target!r}")
+                self._stalls.pop(0)
+                continue
+            room = trio.Event()
+            inlet.when_room(functools.partial(loop.call_soon, room.set))
+            result = inlet.offer(stall.queue, stall.envelopes, stall.size, stall.policy)
+            stall.counters.queued += result.accepted
+            for env, reason in result.dropped:
+                self._drop(stall.queue, env, stall.overflow_reason or reason, stall.target)
+            left = stall.deadline - time.monotonic()
+            if result.waiting and left > 0:
+                stall.envelopes = result.waiting
+                with trio.move_on_after(left):
+                    await room.wait()
+                continue
+            inlet.when_room(None)
+            for env in result.waiting:
+                self._drop(stall.queue, env, stall.overflow_reason or "block_timeout", stall.target)
+            self._stalls.pop(0)
 
     def _delivered(self, msg: Delivered) -> None:
         inlet = self.inlets.get(msg.target)

@@ -1,9 +1,10 @@
 """Running a configuration: build the actors, start them, stop them without loss.
 
-Start-up order: plugins -> config -> routing table -> inlets -> router -> supervisor
--> adapters.  Shutdown reverses it and drains first: sources stop producing, the
-router finishes what it holds, targets empty their queues, all within the grace
-period; whatever is still queued after that is logged by route and counted.
+Start-up order: plugins -> config -> routing table -> inlets -> the shared loop -> router
+(served on that loop) -> supervisor -> adapters.  Shutdown reverses it and drains first:
+sources stop producing, the router finishes what it holds, targets empty their queues,
+all within the grace period; whatever is still queued after that is logged by route and
+counted; the loop closes last.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class Runtime:
             settings.outbox.max_bytes,
             max_dead=settings.outbox.max_dead_letters,
         )
+        self.loop = SharedLoop()
+        self.loop.start()
         self.router = Router.start(
             self.loaded.table,
             self.inlets,
@@ -133,9 +136,8 @@ class Runtime:
             self.backlog,
             outbox=self.outbox,
             persist_kinds=self._persist_kinds(),
+            loop=self.loop,
         )
-        self.loop = SharedLoop()
-        self.loop.start()
         self.supervisor = Supervisor.start(
             settings.restart_backoff_s, settings.restart_backoff_max_s, self.loop
         )
@@ -261,9 +263,7 @@ class Runtime:
             time.sleep(0.02)
         self._ticking.set()
         if self.supervisor is not None:
-            self.supervisor.stop()
-        if self.loop is not None:
-            self.loop.close()
+            self.supervisor.stop()  # every adapter has stopped when this returns
         left, _ = settle_leftovers(self.router, self.inlets, grace)
         final = self.snapshot()
         kept = {k: n for k, n in final.get("persist_queues", {}).items() if n > 0}
@@ -284,6 +284,8 @@ class Runtime:
             )
         if self.router is not None and self.router.is_alive():
             self.router.stop()
+        if self.loop is not None:  # last: the router is served on it
+            self.loop.close()
         if self.outbox is not None:
             self.outbox.close()
         log.info("junction stopped: %s", _summary(final))
@@ -296,7 +298,7 @@ def settle_leftovers(
     grace: float,
     remove: bool = False,
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """Empty stopped targets' queues (on the router's thread): outbox rows wait for a
+    """Empty stopped targets' queues (in the router): outbox rows wait for a
     later run, the rest is dead-lettered. ``remove`` also has the router forget the
     inlets. Returns (dead-lettered, kept) per ``adapter/queue``."""
     left: dict[str, int] = {}

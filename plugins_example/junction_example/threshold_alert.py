@@ -39,7 +39,7 @@ the first one's updates.  State lives in memory: after a restart the first sampl
 above the threshold triggers again, and an alarm active before the restart is not
 resolved by this transform.
 
-Threads: transforms run on the router's single thread, one envelope at a time, so the
+Threads: transforms run in the router, one envelope at a time on one thread, so the
 state needs no lock (and the transform must not block).
 """
 

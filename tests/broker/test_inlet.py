@@ -39,19 +39,8 @@ def test_drop_oldest_keeps_the_latest() -> None:
     assert values(batch) == [float(i) for i in range(5, 15)]
 
 
-def test_block_times_out_once_per_batch_then_drops() -> None:
-    inlet = Inlet("t", block_timeout_s=0.2)
-    began = time.monotonic()
-    result = inlet.offer("r", envs(60), capacity=10, policy="block")
-    waited = time.monotonic() - began
-    assert result.accepted == 10
-    assert [r for _, r in result.dropped] == ["block_timeout"] * 50
-    # one timeout for the whole batch, not one per envelope (that would be 50 x 0.2 s)
-    assert 0.2 <= waited < 5
-
-
-def test_block_waits_for_the_consumer_and_loses_nothing() -> None:
-    inlet = Inlet("t", block_timeout_s=5)
+def test_block_hands_the_rest_back_and_loses_nothing_as_room_is_made() -> None:
+    inlet = Inlet("t")
     got: list[float] = []
     stop = threading.Event()
 
@@ -66,10 +55,20 @@ def test_block_waits_for_the_consumer_and_loses_nothing() -> None:
 
     worker = threading.Thread(target=consume)
     worker.start()
-    result = inlet.offer("r", envs(200), capacity=5, policy="block")
+    rest, accepted, handed_back = envs(200), 0, 0
+    while rest:  # what the router does: offer, and on a hand-back wait for room
+        room = threading.Event()
+        inlet.when_room(room.set)
+        result = inlet.offer("r", rest, capacity=5, policy="block")
+        assert not result.dropped
+        accepted += result.accepted
+        handed_back += bool(result.waiting)
+        rest = result.waiting
+        if rest:
+            assert room.wait(5)
     stop.set()
     worker.join(5)
-    assert result.accepted == 200 and not result.dropped
+    assert accepted == 200 and handed_back > 0
     assert got == [float(i) for i in range(200)]
 
 
@@ -119,3 +118,27 @@ def test_a_failing_waker_keeps_the_data() -> None:
     calls: list[int] = []
     inlet.attach(lambda: calls.append(1))  # a restarted adapter is woken for what waits
     assert calls == [1]
+
+
+def test_block_hands_back_what_did_not_fit_without_waiting() -> None:
+    inlet = Inlet("t", block_timeout_s=60)  # a wait would outlast the test run
+    result = inlet.offer("r", envs(15), capacity=10, policy="block")
+    assert result.accepted == 10 and result.dropped == []
+    assert values(result.waiting) == [float(i) for i in range(10, 15)]
+    assert inlet.depth("r") == 10
+
+
+def test_when_room_calls_its_waiter_once_from_the_taking_thread() -> None:
+    inlet = Inlet("t")
+    inlet.offer("r", envs(10), capacity=10, policy="block")
+    calls: list[str] = []
+    inlet.when_room(lambda: calls.append(threading.current_thread().name))
+    taker = threading.Thread(target=lambda: inlet.take(4), name="taker")
+    taker.start()
+    taker.join()
+    inlet.take(4)
+    assert calls == ["taker"]
+    inlet.when_room(lambda: calls.append("forgotten"))
+    inlet.when_room(None)
+    inlet.take(4)
+    assert calls == ["taker"]

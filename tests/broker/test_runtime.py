@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from broker.envelope import Envelope, Metric
 from broker.runtime import Loaded, Runtime
 from tests.conftest import wait_until
@@ -87,7 +89,7 @@ match = { "body.value" = { ge = 100 } }
     assert len(observed) == 10 and all("dead_letter" in str(o[2]) for o in observed)
 
 
-def _overflow_config(policy: str, block_timeout: float = 5.0) -> str:
+def _overflow_config(policy: str, block_timeout: float = 5.0, own_thread: bool = False) -> str:
     return f"""
 [junction]
 block_timeout_s = {block_timeout}
@@ -98,6 +100,7 @@ batch = 100
 [adapters.sink]
 type = "collector"
 gated = true
+own_thread = {str(own_thread).lower()}
 [[routes]]
 name = "r"
 from = "src"
@@ -145,10 +148,15 @@ def test_overflow_drop_oldest_keeps_the_latest(
     assert values[-10:] == [float(i) for i in range(90, 100)]
 
 
+@pytest.mark.parametrize("own_thread", [False, True], ids=["shared-loop", "own-thread"])
 def test_overflow_block_waits_and_loses_nothing(
-    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+    load_config: Callable[[str], Loaded],
+    runtime_of: Callable[[Loaded], Runtime],
+    own_thread: bool,
 ) -> None:
-    rt = runtime_of(load_config(_overflow_config("block")))
+    # the router waits for room on the shared loop: the target's takes (on that loop or
+    # on a thread of its own) must wake it
+    rt = runtime_of(load_config(_overflow_config("block", own_thread=own_thread)))
     time.sleep(0.3)
     assert len(received("sink")) == 0
     _open_gate("sink")

@@ -1,0 +1,186 @@
+"""A pykka actor served by a task on the shared trio loop instead of a thread of its own.
+
+Why: the router's messages come almost all from adapters on the
+:class:`~broker.loop.SharedLoop`.  As a threaded actor, every batch crossed to the
+router's thread and every result crossed back: two futex wakes and two GIL hand-overs per
+hop, and the woken side waits for the GIL while the other runs (measured in bench/e2e.py
+at 1,000 msg/s: the hop to the router alone had a p99 of 1.5 ms).  On the loop, a ``tell``
+from a loop task is an append and an event; only other threads pay a cross-thread wake.
+
+It is still a pykka actor: ``tell``, ``ask`` (from other threads: a future that a loop
+task waits on would block the loop), ``stop``, ``is_alive`` and the registry behave as
+for a :class:`pykka.ThreadingActor`.  What the actor must do in exchange: handle every
+message without blocking (no waiting on locks or futures; short, bounded work only), and
+when it has to wait (room in a full queue), say so through :meth:`LoopActor.blocked` and
+wait in :meth:`LoopActor.wait_unblocked`, which is async and lets the loop run meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+import trio
+from pykka import ActorRegistry
+
+from broker.loop import SharedLoop
+
+log = logging.getLogger(__name__)
+
+#: Messages handled in a row, or seconds spent, before the actor lets the loop's other
+#: tasks run (whichever comes first): a flood into the router must not starve the adapters.
+BURST = 64
+SLICE_S = 0.002
+
+
+class _LoopInbox:
+    """A thread-safe inbox whose ``put`` wakes the actor's task when it waits for mail."""
+
+    def __init__(self) -> None:
+        self.items: deque[Any] = deque()
+        self.lock = threading.Lock()
+        #: set by the serving task while it waits for mail; the next put calls it once
+        self.waker: Callable[[], None] | None = None
+
+    def put(self, envelope: Any, /) -> None:
+        with self.lock:
+            self.items.append(envelope)
+            waker, self.waker = self.waker, None
+        if waker is not None:
+            waker()
+
+    def get(self) -> Any:
+        return self.items.popleft()
+
+    def empty(self) -> bool:
+        return not self.items
+
+
+#: Threads of the loops LoopActors are served on: a future waited on there never completes.
+_SERVING_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+class _LoopFuture(pykka.ThreadingFuture[Any]):
+    """A threading future that refuses to wait on a thread serving a LoopActor."""
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        if self._result is None and threading.current_thread() in _SERVING_THREADS:
+            raise RuntimeError(
+                "waiting for an actor's answer on the trio loop that serves the router would "
+                "deadlock it: tell, and take the answer as a message, instead"
+            )
+        return super().get(timeout=timeout)
+
+
+class LoopActor(pykka.Actor):
+    """A pykka actor whose messages a task on ``loop`` handles, in order, one at a time.
+
+    Start it with ``start(..., loop=<a running SharedLoop>)``.
+    """
+
+    actor_inbox: _LoopInbox
+
+    def __init__(self, *args: Any, loop: SharedLoop | None = None, **kwargs: Any) -> None:
+        self.loop = loop
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return _LoopInbox()
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return _LoopFuture()
+
+    def _start_actor_loop(self) -> None:
+        loop = self.loop
+        if loop is None or loop.thread is None:
+            raise RuntimeError(f"{type(self).__name__} needs a running loop: start(..., loop=)")
+        _SERVING_THREADS.add(loop.thread)
+        loop.spawn(self._serve, type(self).__name__.lower())
+
+    # --- what a subclass may override ---------------------------------------------------
+
+    def blocked(self) -> bool:
+        """True when the actor must wait (in :meth:`wait_unblocked`) before its next message."""
+        return False
+
+    async def wait_unblocked(self) -> None:
+        """Wait, letting the loop run, until :meth:`blocked` is False."""
+
+    # --- the serving task -----------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        inbox = self.actor_inbox
+        stopped = self.actor_stopped
+        try:
+            self._actor_loop_setup()
+            while not stopped.is_set():
+                if not inbox.items:
+                    wake = trio.Event()
+                    with inbox.lock:
+                        if not inbox.items:
+                            inbox.waker = self._waker(wake)
+                    if inbox.waker is not None:
+                        await wake.wait()
+                    continue
+                began, handled = time.perf_counter(), 0
+                while inbox.items and not stopped.is_set():
+                    self._handle_envelope(inbox.items.popleft())
+                    handled += 1
+                    if self.blocked():
+                        await self.wait_unblocked()
+                    if handled >= BURST or time.perf_counter() - began > SLICE_S:
+                        await trio.lowlevel.checkpoint()
+                        began, handled = time.perf_counter(), 0
+        finally:
+            inbox.waker = None
+            if not stopped.is_set():  # the loop is closing under it
+                self._stop()
+            self._actor_loop_teardown()
+
+    def _waker(self, wake: trio.Event) -> Callable[[], None]:
+        loop = self.loop
+        assert loop is not None
+
+        def waker() -> None:  # called by a put, on any thread
+            if not loop.call_soon(wake.set):
+                self._abandon()
+
+        return waker
+
+    def _abandon(self) -> None:
+        """The loop has finished: nobody will ever handle what is in the inbox."""
+        if not self.actor_stopped.is_set():
+            ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+        self._actor_loop_teardown()
+
+    def _handle_envelope(self, envelope: Any) -> None:
+        """One message, as pykka's own actor loop handles it (replies, failures, stop)."""
+        try:
+            response = self._handle_receive(envelope.message)
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(response)
+        except Exception:
+            if envelope.reply_to is not None:
+                log.info("exception returned from %s to its caller", self, exc_info=True)
+                envelope.reply_to.set_exception()
+            else:
+                self._handle_failure(*sys.exc_info())
+                try:
+                    self.on_failure(*sys.exc_info())
+                except Exception:
+                    self._handle_failure(*sys.exc_info())
+        except BaseException:
+            # pykka's threads stop every actor here; on the loop that would wait for adapter
+            # tasks the waiting itself keeps from running, so this actor alone stops
+            log.exception("%s stopped by %r", self, sys.exc_info()[1])
+            self._stop()
