@@ -14,6 +14,7 @@ import trio
 
 from broker.loop import SharedLoop
 from broker.loop_actor import BURST, LoopActor
+from tests.conftest import wait_until
 
 
 class Recorder(LoopActor):
@@ -135,10 +136,24 @@ def test_a_flood_lets_the_loops_other_tasks_run(loop: SharedLoop) -> None:
     ref.stop()
 
 
-def test_a_blocked_actor_waits_without_blocking_the_loop(loop: SharedLoop) -> None:
+@pytest.mark.parametrize("from_loop", [False, True], ids=["from-a-thread", "from-the-loop"])
+def test_a_blocked_actor_waits_without_blocking_the_loop(loop: SharedLoop, from_loop: bool) -> None:
     ref = Recorder.start(loop)
-    ref.tell("hold")
-    ref.tell("next")  # not handled while the actor waits
+    told = threading.Event()
+
+    async def tell_both() -> None:
+        ref.tell("hold")
+        ref.tell("next")  # not handled while the actor waits
+        told.set()
+
+    if from_loop:
+        loop.spawn(tell_both, "teller")
+        assert told.wait(10)
+    else:
+        ref.tell("hold")
+        ref.tell("next")
+    actor = Recorder.started[-1]
+    wait_until(lambda: actor.holding, what="the actor to take 'hold'")
     ran = threading.Event()
 
     async def other() -> None:
@@ -146,8 +161,7 @@ def test_a_blocked_actor_waits_without_blocking_the_loop(loop: SharedLoop) -> No
 
     loop.spawn(other, "other")
     assert ran.wait(5)  # the loop runs while the actor waits
-    actor = Recorder.started[-1]
-    assert actor.seen == ["hold"]
+    assert actor.seen == ["hold"]  # and "next" waits
     actor.release.set()
     assert ref.ask("seen?", timeout=10) == ["hold", "next"]
     ref.stop()
