@@ -121,7 +121,12 @@ queue_size = 100000
     while time.monotonic() < deadline and (not sink.exists() or sink.stat().st_size == 0):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # hung: never leave it running after the test
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
