@@ -369,10 +369,10 @@ class AdapterHost(pykka.ThreadingActor):
 
     def _schedule_wake(self) -> None:
         # the router offers on the shared loop's thread: an adapter on that loop is woken
-        # at once; one on a thread of its own through its token
-        loop = self.loop
-        if loop is not None and loop.on_loop_thread():
-            self._wake()
+        # at once (call_soon); one on a thread of its own through its token
+        if self.loop is not None:
+            if not self.loop.call_soon(self._wake):
+                raise RuntimeError("loop not running")
             return
         token = self._token
         if token is None:

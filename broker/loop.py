@@ -68,7 +68,7 @@ class SharedLoop:
         """Run the synchronous ``fn`` on the loop: at once on the loop's thread, soon from any
         other; False when the loop has finished (``fn`` will never run).  ``fn`` must not
         raise (it runs as a trio callback, where an error would end the loop)."""
-        if threading.get_ident() == self._thread_id:
+        if self.on_loop_thread():
             fn()
             return True
         token = self.token

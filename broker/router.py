@@ -157,11 +157,11 @@ class _Pending:
 class _Stall:
     """The rest of a batch a ``block`` route could not queue yet (its target is full)."""
 
+    inlet: Inlet  # the target's (no reload can swap it: no message is taken meanwhile)
     target: str
     queue: str
     envelopes: list[Envelope]
     size: int
-    policy: str
     deadline: float  # time.monotonic(): then what still does not fit is dropped
     counters: RouteCounters
     overflow_reason: str
@@ -537,11 +537,11 @@ class Router(LoopActor):
             deadline = time.monotonic() + inlet.block_timeout_s
             self._stalls.append(
                 _Stall(
+                    inlet,
                     target,
                     name,
                     result.waiting,
                     size,
-                    inlet_policy,
                     deadline,
                     counters,
                     overflow_reason,
@@ -561,15 +561,10 @@ class Router(LoopActor):
         assert loop is not None
         while self._stalls:
             stall = self._stalls[0]
-            inlet = self.inlets.get(stall.target)
-            if inlet is None:  # as in _offer (no message, so no reload, comes meanwhile)
-                for env in stall.envelopes:
-                    self._drop(stall.queue, env, f"no adapter {stall.target!r}")
-                self._stalls.pop(0)
-                continue
+            inlet = stall.inlet
             room = trio.Event()
             inlet.when_room(functools.partial(loop.call_soon, room.set))
-            result = inlet.offer(stall.queue, stall.envelopes, stall.size, stall.policy)
+            result = inlet.offer(stall.queue, stall.envelopes, stall.size, "block")
             stall.counters.queued += result.accepted
             for env, reason in result.dropped:
                 self._drop(stall.queue, env, stall.overflow_reason or reason, stall.target)
