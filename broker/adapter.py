@@ -21,7 +21,6 @@ queued, survives the restart.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -33,16 +32,18 @@ from typing import TYPE_CHECKING, Any
 import pykka
 import trio
 
+from broker.backoff import Backoff
 from broker.envelope import Envelope
 from broker.inlet import Inlet
 from broker.loop import SharedLoop
+from broker.loop_actor import LoopActor
 from broker.messages import (
     Backlog,
-    Crashed,
     Delivered,
     Failed,
     Inbound,
     Leftovers,
+    Quiesce,
     describe,
 )
 
@@ -181,8 +182,7 @@ class Adapter:
 
     async def publish(self, envelopes: Sequence[Envelope]) -> None:
         """Like :meth:`emit`, but first waits while the router's backlog is over its mark."""
-        while self.ctx.backlog.over():
-            await trio.sleep(0.002)
+        await self.ctx.backlog.wait_room()
         self.emit(envelopes)
 
     def fail(
@@ -222,173 +222,189 @@ class Adapter:
             self.ctx.router.tell(Delivered(route, self.name, len(envelopes), list(envelopes)))
 
 
-class AdapterHost(pykka.ThreadingActor):
-    """Runs one adapter instance on a trio loop, and stops it symmetrically.
+class AdapterActor(LoopActor):
+    """The actor of one adapter *name*: its mailbox, its running instance, its restarts.
 
-    With a ``loop``, the instance is a task on that shared loop; without one, it gets a
-    ``trio.run`` on a thread of its own.  Either way a crash is reported to the supervisor
-    and never ends anything but this instance.
+    Served on a :class:`~broker.loop.SharedLoop` -- the one the adapters and the router
+    share, or a loop of its own for ``own_thread = true``.  Its mailbox is the adapter's
+    :class:`~broker.inlet.Inlet`: control messages (:class:`Quiesce`, ``stop``) and the
+    envelopes the router queued for it.  Beside the mailbox it runs the current instance
+    (built by ``make``) as a trio task: the instance's :meth:`Adapter.run` and, for a
+    target, the delivery task that takes batches from the inlet.  When the instance
+    raises, the actor reports the crash, waits its :class:`~broker.backoff.Backoff` (a
+    trio sleep) and runs a fresh instance on the same inlet, so nothing queued is lost.
+    ``stop`` cancels the instance, waits for its ``aclose``, hands back what it owed, and
+    is answered only then.
     """
-
-    use_daemon_thread = True
 
     def __init__(
         self,
-        adapter: Adapter,
+        name: str,
+        make: Callable[[], Adapter],
         inlet: Inlet,
-        supervisor: pykka.ActorRef[Any] | None,
-        generation: int,
-        loop: SharedLoop | None = None,
+        status: AdapterStatus,
+        backoff: Backoff,
+        *,
+        loop: SharedLoop,
+        first: Adapter | None = None,
+        running: threading.Event | None = None,
     ) -> None:
-        super().__init__()
-        self.adapter = adapter
-        self.loop = loop
+        super().__init__(loop=loop, mailbox=inlet)
+        self.name = name
+        self.make = make
         self.inlet = inlet
-        self.supervisor = supervisor
-        self.generation = generation
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._started = threading.Event()
-        self._done = threading.Event()
-        self._main_scope: trio.CancelScope | None = None
+        self.status = status
+        self.backoff = backoff
+        #: the instance running now (or the last one); tests and reload read it
+        self.adapter: Adapter | None = first
+        self.generation = 0
+        #: set once the first instance takes envelopes, or has crashed (start waits for it)
+        self.running = running or threading.Event()
         self._source_scope: trio.CancelScope | None = None
+        self._instance_scope: trio.CancelScope | None = None
         self._wake_event: trio.Event | None = None
-        self._stopping = False
+        self._quiesced = False
 
-    # --- pykka lifecycle --------------------------------------------------------
-
-    def on_start(self) -> None:
-        name = self.adapter.name
-        if self.loop is not None:
-            self._token = self.loop.token
-            self.loop.spawn(self._task_main, f"adapter-{name}")
-        else:
-            self._thread = threading.Thread(
-                target=self._thread_main, name=f"adapter-{name}", daemon=True
-            )
-            self._thread.start()
-        self._started.wait(10)
-
-    def on_stop(self) -> None:
-        self._shutdown_loop()
-
-    def on_failure(self, *exc_info: Any) -> None:
-        self._shutdown_loop()
+    # --- the mailbox --------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
-        if message == "quiesce":
-            self._call_soon(self._quiesce)
+        if isinstance(message, Quiesce):
+            self._quiesce()
             return True
-        return None
-
-    # --- the trio side ----------------------------------------------------------
-
-    def _thread_main(self) -> None:
-        error: BaseException | None = None
-        try:
-            trio.run(self._trio_main)
-        except BaseException as err:
-            error = err
-        finally:
-            self._finish(error)
-
-    async def _task_main(self) -> None:
-        """The instance as a task on the shared loop: its errors end it, not the loop."""
-        assert self.loop is not None
-        error: BaseException | None = None
-        try:
-            await self._trio_main()
-        except BaseException as err:
-            if self.loop.closing:  # the loop is being stopped: a stop, not a crash
-                self._stopping = True
-                self._finish(None)
-                raise
-            error = err
-        self._finish(error)
-
-    def _finish(self, error: BaseException | None) -> None:
-        """The instance's loop or task ended: hand back what it owed, report a crash."""
-        status = self.adapter.status
-        try:
-            self.inlet.detach()
-            self._started.set()
-            try:
-                self.adapter.release_deferred(crashed=error is not None and not self._stopping)
-            except Exception:  # the router is gone (shutdown's end): nothing left to tell
-                log.debug("adapter %s: deferred envelopes not released", self.adapter.name)
-        finally:
-            self._done.set()
-        if error is not None and not self._stopping:
-            text = describe(error)
-            repeat = status.last_error == text
-            status.set("crashed", text)
-            status.last_error = text
-            # The traceback once; the same error again is one line.
-            log.error(
-                "adapter %s crashed: %s%s",
-                self.adapter.name,
-                text,
-                " (same error as last time)" if repeat else "",
-                exc_info=None if repeat else error,
-            )
-            if self.supervisor is not None:
-                self.supervisor.tell(Crashed(self.adapter.name, self.generation, describe(error)))
-        elif not self._stopping:
-            status.set("stopped", "its loop ended")
-
-    async def _trio_main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._wake_event = trio.Event()
-        self.adapter.status.set("running")
-        try:
-            async with trio.open_nursery() as nursery:
-                self._main_scope = nursery.cancel_scope
-                if self.adapter.accepts_envelopes:
-                    nursery.start_soon(self._pump)
-                nursery.start_soon(self._run_source)
-                self.inlet.attach(self._schedule_wake)
-                self._started.set()
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.adapter.aclose()
-
-    async def _run_source(self) -> None:
-        with trio.CancelScope() as scope:
-            self._source_scope = scope
-            await self.adapter.run()
+        return super().on_receive(message)
 
     def _quiesce(self) -> None:
-        # Runs on the trio loop: must never raise.
+        self._quiesced = True
+        adapter = self.adapter
         try:
-            handled = self.adapter.quiesce()
+            handled = adapter.quiesce() if adapter is not None else False
         except Exception:
-            log.exception("adapter %s failed to quiesce; cancelling its loop", self.adapter.name)
+            log.exception("adapter %s failed to quiesce; cancelling its source", self.name)
             handled = False
         if not handled and self._source_scope is not None:
             self._source_scope.cancel()
 
+    # --- the instance and its restarts ----------------------------------------------
+
+    def on_stop(self) -> None:
+        # on the loop, from the stop message: end the instance; run_beside then returns
+        if self._instance_scope is not None:
+            self._instance_scope.cancel()
+
+    def _stopping(self) -> bool:
+        return self.actor_stopped.is_set() or (self.loop is not None and self.loop.closing)
+
+    async def run_beside(self) -> None:
+        """Run instances one after the other until the actor stops (see the class doc)."""
+        while not self._stopping():
+            adapter = self.adapter if self.generation == 0 else None
+            if adapter is None:
+                try:
+                    adapter = self.make()
+                except Exception as err:  # its constructor refused: a crash like any other
+                    await self._crashed(err)
+                    continue
+            self.adapter = adapter
+            self.generation += 1
+            self.backoff.started()
+            if self.generation > 1:
+                log.info("adapter %s restarted (generation %d)", self.name, self.generation)
+            error = await self._run_instance(adapter)
+            if self._stopping():
+                return
+            if error is None:
+                self.status.set("stopped", "its loop ended")
+                self.running.set()
+                await trio.sleep_forever()  # until stop: nothing runs, the inlet keeps
+            else:
+                await self._crashed(error)
+
+    async def _crashed(self, error: BaseException) -> None:
+        text = describe(error)
+        repeat = self.status.last_error == text
+        self.status.set("crashed", text)
+        self.status.last_error = text
+        # The traceback once; the same error again is one line.
+        log.error(
+            "adapter %s crashed: %s%s",
+            self.name,
+            text,
+            " (same error as last time)" if repeat else "",
+            exc_info=None if repeat else error,
+        )
+        ran = self.backoff.lasted()
+        delay = self.backoff.failed()
+        self.status.restarts += 1
+        self.status.set("restarting", f"in {delay:.1f} s after: {text}")
+        log.warning(
+            "adapter %s crashed after %.1f s (%s); restart %d in %.1f s",
+            self.name,
+            ran,
+            text,
+            self.backoff.failures,
+            delay,
+        )
+        self.running.set()  # a start() waiting for the first instance waits no longer
+        await trio.sleep(delay)
+
+    async def _run_instance(self, adapter: Adapter) -> BaseException | None:
+        """Run one instance until it ends; its error, or None when it ended by itself or
+        was stopped.  The instance always closes and hands back what it owed."""
+        adapter.status.set("running")
+        error: BaseException | None = None
+        with trio.CancelScope() as self._instance_scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    if adapter.accepts_envelopes:
+                        nursery.start_soon(self._deliver_from_inlet, adapter)
+                    nursery.start_soon(self._run_source, adapter)
+                    self.inlet.attach(self._schedule_wake)
+                    self.running.set()
+            except BaseException as err:  # the instance's bug ends it, never the loop
+                if not self._stopping():
+                    error = err
+                elif not _only_cancelled(err):
+                    log.error("adapter %s failed while stopping: %s", self.name, describe(err))
+            finally:
+                self._instance_scope = None
+                self.inlet.detach()
+                with trio.CancelScope(shield=True):
+                    await self._close(adapter)
+                crashed = error is not None and not self._stopping()
+                try:
+                    adapter.release_deferred(crashed=crashed)
+                except Exception:  # the router is gone (shutdown's end): nothing left to tell
+                    log.debug("adapter %s: deferred envelopes not released", self.name)
+                if self._stopping():
+                    self.status.set("stopped")
+        return error
+
+    async def _close(self, adapter: Adapter) -> None:
+        try:
+            await adapter.aclose()
+        except Exception:
+            log.exception("adapter %s: aclose failed", self.name)
+
+    async def _run_source(self, adapter: Adapter) -> None:
+        with trio.CancelScope() as scope:
+            self._source_scope = scope
+            if self._quiesced and not adapter.quiesce():
+                return  # shutdown began before this instance: it produces nothing
+            await adapter.run()
+
     def _schedule_wake(self) -> None:
-        # the router offers on the shared loop's thread: an adapter on that loop is woken
-        # at once (call_soon); one on a thread of its own through its token
-        if self.loop is not None:
-            if not self.loop.call_soon(self._wake):
-                raise RuntimeError("loop not running")
-            return
-        token = self._token
-        if token is None:
+        # called by the inlet, on any thread, at most once per idle period
+        assert self.loop is not None
+        if not self.loop.call_soon(self._wake):
             raise RuntimeError("loop not running")
-        token.run_sync_soon(self._wake)
 
     def _wake(self) -> None:
-        # Runs on the trio loop: must never raise (that would kill the whole run).
-        try:
-            if self._wake_event is not None:
-                self._wake_event.set()
-        except Exception:  # pragma: no cover - Event.set cannot fail today
-            log.exception("wake-up failed for %s", self.adapter.name)
+        # a trio callback (or inline on the loop's thread): must never raise
+        if self._wake_event is not None:
+            self._wake_event.set()
 
-    async def _pump(self) -> None:
-        adapter, inlet, router = self.adapter, self.inlet, self.adapter.ctx.router
+    async def _deliver_from_inlet(self, adapter: Adapter) -> None:
+        inlet, router = self.inlet, adapter.ctx.router
         while True:
             self._wake_event = trio.Event()
             item = inlet.take(adapter.max_batch)
@@ -398,7 +414,7 @@ class AdapterHost(pykka.ThreadingActor):
                     await trio.sleep(adapter.gather_s)
                 continue
             route, batch = item
-            batch = self._drop_expired(route, batch)
+            batch = self._drop_expired(adapter, route, batch)
             if not batch:
                 continue
             settled: set[int] = set()
@@ -422,7 +438,8 @@ class AdapterHost(pykka.ThreadingActor):
             if sent:
                 router.tell(Delivered(route, adapter.name, len(sent), sent))
 
-    def _drop_expired(self, route: str, batch: list[Envelope]) -> list[Envelope]:
+    @staticmethod
+    def _drop_expired(adapter: Adapter, route: str, batch: list[Envelope]) -> list[Envelope]:
         """Fail envelopes whose deadline passed while they waited (stale); keep the rest."""
         now = 0.0
         expired: list[Envelope] = []
@@ -433,29 +450,12 @@ class AdapterHost(pykka.ThreadingActor):
                     expired.append(env)
         if not expired:
             return batch
-        self.adapter.fail(route, expired, "stale: its deadline passed before it could be sent")
+        adapter.fail(route, expired, "stale: its deadline passed before it could be sent")
         return [e for e in batch if e.deadline is None or e.deadline > now]
 
-    # --- stopping ---------------------------------------------------------------
 
-    def _call_soon(self, fn: Any) -> None:
-        token = self._token
-        if token is None:
-            return
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(fn)
-
-    def _shutdown_loop(self) -> None:
-        self._stopping = True
-        self._call_soon(self._cancel_all)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(10)
-            if self._thread.is_alive():
-                log.error("adapter %s did not stop within 10 s", self.adapter.name)
-        elif self.loop is not None and self._started.is_set() and not self._done.wait(10):
-            log.error("adapter %s did not stop within 10 s", self.adapter.name)
-        self.adapter.status.set("stopped")
-
-    def _cancel_all(self) -> None:
-        if self._main_scope is not None:
-            self._main_scope.cancel()
+def _only_cancelled(err: BaseException) -> bool:
+    """True for a trio cancellation, alone or in (nested) nursery groups."""
+    if isinstance(err, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in err.exceptions)
+    return isinstance(err, trio.Cancelled)

@@ -1,8 +1,11 @@
-"""The bounded queues between the router and one target adapter.
+"""An adapter's mailbox: its control messages and the bounded queues the router fills.
 
-An :class:`Inlet` belongs to an adapter *name*, not to one running instance: it
-outlives adapter restarts, so what was queued for a crashed adapter is delivered by
-its replacement.  It keeps one bounded queue per route, so a flood on one route
+An :class:`Inlet` is the :class:`~broker.loop_actor.Mailbox` of an adapter's actor
+(:class:`~broker.adapter.AdapterActor`): ``tell``, ``ask`` and ``stop`` put control
+messages in it, and the router offers envelopes to its per-route queues -- one object,
+one lock, nothing else reaches the adapter.  It belongs to an adapter *name*: it
+outlives restarts of the adapter's instance, so what was queued for a crashed instance
+is delivered by its replacement.  It keeps one bounded queue per route, so a flood on one route
 cannot starve another, and applies that route's overflow policy when full:
 
 ``drop_newest``  the incoming envelope is refused (counted, reason ``queue_full``)
@@ -15,20 +18,21 @@ cannot starve another, and applies that route's overflow policy when full:
 
 The router calls :meth:`Inlet.offer`, which never waits: the router runs on the trio
 loop the adapters share, where waiting would keep the very adapter it waits for from
-taking.  The adapter's trio task drains with :meth:`Inlet.take`.  A wake-up is scheduled
-on the adapter's loop at most once per idle period (the batched actor->trio hand-off
-measured in library-findings.md).
+taking.  The adapter's delivery task drains with :meth:`Inlet.take`.  A wake-up is
+scheduled on the adapter's loop at most once per idle period: one hand-off per batch,
+never one per envelope.  :meth:`Inlet.when_room` is the other direction: the only way a
+sender waits for a full mailbox (the ``block`` policy).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker.envelope import Envelope
+from broker.loop_actor import Mailbox
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +54,14 @@ class Offer:
     waiting: list[Envelope] = field(default_factory=list)
 
 
-class Inlet:
-    """Per-route bounded queues feeding one adapter, safe across threads."""
+class Inlet(Mailbox):
+    """An adapter's mailbox: its control messages (``tell``/``ask``/``stop``, unbounded)
+    and per-route bounded queues of envelopes, one lock for both, safe across threads."""
 
     def __init__(self, adapter: str, block_timeout_s: float = 5.0) -> None:
+        super().__init__()
         self.adapter = adapter
         self.block_timeout_s = block_timeout_s
-        self._lock = threading.Lock()
         self._queues: dict[str, _RouteQueue] = {}
         self._ready: deque[str] = deque()
         self._waker: Callable[[], None] | None = None
@@ -73,7 +78,7 @@ class Inlet:
         waits: under ``block``, the envelopes from the first that did not fit on are
         handed back in :attr:`Offer.waiting`)."""
         result = Offer()
-        with self._lock:
+        with self.lock:
             q = self._queues.get(route)
             if q is None:
                 q = self._queues[route] = _RouteQueue(deque(), capacity, policy)
@@ -101,7 +106,7 @@ class Inlet:
         """Queue ``envelopes`` past any bound: the caller (the outbox window) bounds them."""
         if not envelopes:
             return
-        with self._lock:
+        with self.lock:
             q = self._queues.get(route)
             if q is None:
                 q = self._queues[route] = _RouteQueue(deque(), capacity, "persist")
@@ -126,7 +131,7 @@ class Inlet:
 
     def attach(self, waker: Callable[[], None]) -> None:
         """Connect a running adapter; ``waker`` is called (from any thread) when data waits."""
-        with self._lock:
+        with self.lock:
             self._waker = waker
             self._wake_scheduled = bool(self._ready)
             if self._wake_scheduled:
@@ -138,7 +143,7 @@ class Inlet:
         What it had taken stays counted in flight until the router settles it (the
         adapter's ``Failed`` or ``Delivered`` message is on its way).
         """
-        with self._lock:
+        with self.lock:
             self._waker = None
             self._wake_scheduled = False
 
@@ -148,7 +153,7 @@ class Inlet:
         None also re-arms the wake-up: the next offer schedules one.
         """
         taken: tuple[str, list[Envelope]] | None = None
-        with self._lock:
+        with self.lock:
             while self._ready:
                 route = self._ready.popleft()
                 q = self._queues[route]
@@ -173,7 +178,7 @@ class Inlet:
     def when_room(self, waiter: Callable[[], object] | None) -> None:
         """Call ``waiter`` once, from the thread that takes, when room is next made (None:
         forget it): how the router learns that a ``block`` batch may go on.  One at a time."""
-        with self._lock:
+        with self.lock:
             self._room_waiter = waiter
 
     def done(self, route: str, count: int) -> None:
@@ -182,7 +187,7 @@ class Inlet:
         Called by the router when it counts them, so an envelope is always either pending
         here or counted there -- the route's ledger balances at every moment.
         """
-        with self._lock:
+        with self.lock:
             self._settle_locked(route, count)
 
     def _settle_locked(self, route: str, count: int) -> None:
@@ -194,7 +199,7 @@ class Inlet:
 
     def requeue(self, route: str, envelopes: list[Envelope]) -> None:
         """Put a taken batch back at the front of its route's queue (no loss on stop)."""
-        with self._lock:
+        with self.lock:
             q = self._queues[route]
             if not q.items:
                 self._ready.appendleft(route)
@@ -205,29 +210,29 @@ class Inlet:
 
     def pending(self) -> int:
         """Envelopes queued or being delivered right now."""
-        with self._lock:
+        with self.lock:
             return sum(self._in_flight.values()) + sum(len(q.items) for q in self._queues.values())
 
     def depth(self, route: str) -> int:
         """Envelopes of ``route`` queued (not yet taken)."""
-        with self._lock:
+        with self.lock:
             q = self._queues.get(route)
             return len(q.items) if q is not None else 0
 
     def route_pending(self, route: str) -> int:
         """Envelopes of ``route`` queued or taken and not yet settled."""
-        with self._lock:
+        with self.lock:
             q = self._queues.get(route)
             return (len(q.items) if q is not None else 0) + self._in_flight.get(route, 0)
 
     def depths(self) -> dict[str, int]:
         """Queued envelopes per route."""
-        with self._lock:
+        with self.lock:
             return {name: len(q.items) for name, q in self._queues.items()}
 
     def drain_all(self) -> dict[str, list[Envelope]]:
         """Remove and return everything still queued (used at the end of shutdown)."""
-        with self._lock:
+        with self.lock:
             out = {name: list(q.items) for name, q in self._queues.items() if q.items}
             for q in self._queues.values():
                 q.items.clear()

@@ -29,6 +29,7 @@ from typing import Any
 import pykka
 import trio
 from pykka import ActorRegistry
+from pykka.messages import _ActorStop
 
 from broker.loop import SharedLoop
 
@@ -40,8 +41,15 @@ BURST = 64
 SLICE_S = 0.002
 
 
-class _LoopInbox:
-    """A thread-safe inbox whose ``put`` wakes the actor's task when it waits for mail."""
+class Mailbox:
+    """An actor's mailbox: what ``tell``, ``ask`` and ``stop`` put in, thread-safe, and
+    the one wake-up of the actor's task while it waits for mail.
+
+    Unbounded, as pykka's own inboxes are (a bounded ``put`` would block the sender's
+    thread, which may be the loop itself): what must be bounded travels in a mailbox that
+    also has bounded lanes (an adapter's :class:`~broker.inlet.Inlet`), or is counted
+    by its sender (the router's :class:`~broker.messages.Backlog`).
+    """
 
     def __init__(self) -> None:
         self.items: deque[Any] = deque()
@@ -85,15 +93,24 @@ class LoopActor(pykka.Actor):
     Start it with ``start(..., loop=<a running SharedLoop>)``.
     """
 
-    actor_inbox: _LoopInbox
+    actor_inbox: Mailbox
 
-    def __init__(self, *args: Any, loop: SharedLoop | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        loop: SharedLoop | None = None,
+        mailbox: Mailbox | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.loop = loop
+        #: a mailbox that outlives this actor (an adapter's inlet), or None for a new one
+        self._given_mailbox = mailbox
         super().__init__(*args, **kwargs)
+        #: stop requests answered once the actor's tasks have ended (see _serve)
+        self._stop_replies: list[pykka.Future[Any]] = []
 
-    @staticmethod
-    def _create_actor_inbox() -> Any:
-        return _LoopInbox()
+    def _create_actor_inbox(self) -> Any:  # type: ignore[override]  # pykka calls it on self
+        return self._given_mailbox if self._given_mailbox is not None else Mailbox()
 
     @staticmethod
     def _create_future() -> pykka.Future[Any]:
@@ -115,36 +132,52 @@ class LoopActor(pykka.Actor):
     async def wait_unblocked(self) -> None:
         """Wait, letting the loop run, until :meth:`blocked` is False."""
 
+    async def run_beside(self) -> None:
+        """The actor's own long-running work (an adapter's connection), as a task beside
+        its mailbox; cancelled when the actor stops, and the stop is answered only once it
+        has ended.  The default has none."""
+
     # --- the serving task -----------------------------------------------------------------
 
     async def _serve(self) -> None:
-        inbox = self.actor_inbox
         stopped = self.actor_stopped
         try:
-            self._actor_loop_setup()
-            while not stopped.is_set():
-                if not inbox.items:
-                    wake = trio.Event()
-                    with inbox.lock:
-                        if not inbox.items:
-                            inbox.waker = self._waker(wake)
-                    if inbox.waker is not None:
-                        await wake.wait()
-                    continue
-                began, handled = time.perf_counter(), 0
-                while inbox.items and not stopped.is_set():
-                    self._handle_envelope(inbox.items.popleft())
-                    handled += 1
-                    if self.blocked():
-                        await self.wait_unblocked()
-                    if handled >= BURST or time.perf_counter() - began > SLICE_S:
-                        await trio.lowlevel.checkpoint()
-                        began, handled = time.perf_counter(), 0
+            async with trio.open_nursery() as nursery:
+                self._actor_loop_setup()
+                if type(self).run_beside is not LoopActor.run_beside:
+                    nursery.start_soon(self.run_beside)
+                await self._serve_mailbox()
+                nursery.cancel_scope.cancel()
         finally:
-            inbox.waker = None
+            self.actor_inbox.waker = None
             if not stopped.is_set():  # the loop is closing under it
                 self._stop()
             self._actor_loop_teardown()
+            replies, self._stop_replies = self._stop_replies, []
+            for reply in replies:
+                reply.set(None)
+
+    async def _serve_mailbox(self) -> None:
+        inbox = self.actor_inbox
+        stopped = self.actor_stopped
+        while not stopped.is_set():
+            if not inbox.items:
+                wake = trio.Event()
+                with inbox.lock:
+                    if not inbox.items:
+                        inbox.waker = self._waker(wake)
+                if inbox.waker is not None:
+                    await wake.wait()
+                continue
+            began, handled = time.perf_counter(), 0
+            while inbox.items and not stopped.is_set():
+                self._handle_envelope(inbox.items.popleft())
+                handled += 1
+                if self.blocked():
+                    await self.wait_unblocked()
+                if handled >= BURST or time.perf_counter() - began > SLICE_S:
+                    await trio.lowlevel.checkpoint()
+                    began, handled = time.perf_counter(), 0
 
     def _waker(self, wake: trio.Event) -> Callable[[], None]:
         loop = self.loop
@@ -165,6 +198,11 @@ class LoopActor(pykka.Actor):
 
     def _handle_envelope(self, envelope: Any) -> None:
         """One message, as pykka's own actor loop handles it (replies, failures, stop)."""
+        if isinstance(envelope.message, _ActorStop) and envelope.reply_to is not None:
+            # answered in _serve, once the tasks beside the mailbox have ended
+            self._stop_replies.append(envelope.reply_to)
+            self._stop()
+            return
         try:
             response = self._handle_receive(envelope.message)
             if envelope.reply_to is not None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+import trio
 
 from broker.envelope import Envelope
 from broker.errors import unwrap
@@ -65,29 +68,21 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class Crashed:
-    """An adapter's loop ended with an error; the supervisor restarts it."""
-
-    adapter: str
-    generation: int
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class RestartDue:
-    """The supervisor's back-off for ``adapter`` has elapsed."""
-
-    adapter: str
-    generation: int
+class Quiesce:
+    """Shutdown began: the adapter stops producing; what is queued for it is still sent."""
 
 
 class Backlog:
-    """Envelopes handed to the router and not yet processed, for source back-pressure."""
+    """Envelopes handed to the router and not yet routed: the fill level of the router's
+    mailbox, in envelopes.  A source that can pause its peer waits in :meth:`wait_room`
+    while it is over ``high_water`` -- the one way a source is slowed down."""
 
     def __init__(self, high_water: int = 20_000) -> None:
         self.high_water = high_water
         self._value = 0
         self._lock = threading.Lock()
+        #: sources waiting for room: (their loop's token, the event to set)
+        self._waiters: list[tuple[trio.lowlevel.TrioToken, trio.Event]] = []
 
     def add(self, n: int) -> None:
         with self._lock:
@@ -96,6 +91,12 @@ class Backlog:
     def sub(self, n: int) -> None:
         with self._lock:
             self._value -= n
+            if not self._waiters or self._value > self.high_water:
+                return
+            waiters, self._waiters = self._waiters, []
+        for token, event in waiters:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(event.set)
 
     @property
     def value(self) -> int:
@@ -103,6 +104,16 @@ class Backlog:
 
     def over(self) -> bool:
         return self._value > self.high_water
+
+    async def wait_room(self) -> None:
+        """Return once the router's mailbox is at or under its mark (at once if it is)."""
+        while self._value > self.high_water:
+            event = trio.Event()
+            with self._lock:
+                if self._value <= self.high_water:
+                    return
+                self._waiters.append((trio.lowlevel.current_trio_token(), event))
+            await event.wait()
 
 
 def describe(obj: Any) -> str:

@@ -4,7 +4,7 @@
 :func:`broker.runtime.load` as start-up; an invalid file raises ConfigError / PluginError
 and changes nothing.  A valid one is diffed against the running configuration:
 
-adapters   *added* ones start (new inlet, status, supervisor slot); *removed* ones get up
+adapters   *added* ones start (new inlet, status, actor); *removed* ones get up
            to ``shutdown_grace_s`` to empty their inlet, then stop, and what is still
            queued for them is reported as left; *changed* ones (config struct differs by
            msgspec equality -- a rotated ``${file:...}`` secret counts) restart with the new
@@ -268,8 +268,8 @@ def _extra_plugins(plugins: plugins_mod.Plugins) -> list[str]:
 
 
 def _apply(runtime: Runtime, report: ReloadReport, merged: Loaded) -> None:
-    router, supervisor = runtime.router, runtime.supervisor
-    if router is None or supervisor is None:
+    router = runtime.router
+    if router is None:
         raise RuntimeError("reload needs a started runtime")
     settings = merged.config.junction
     adapters = merged.config.adapters
@@ -299,13 +299,11 @@ def _apply(runtime: Runtime, report: ReloadReport, merged: Loaded) -> None:
         if name not in gone:
             ctx.settings = settings  # untouched adapters (and their later restarts) see them
 
-    sup = supervisor.proxy()
-    state_dir = Path(settings.state_dir)
     for name in report.restarted:
-        sup.remove(name).get()
-        _start(runtime, name, state_dir, report)
+        runtime.stop_adapter(name)
+        _start(runtime, name, report)
     for name in report.added:
-        _start(runtime, name, state_dir, report)
+        _start(runtime, name, report)
     if gone:
         _remove(runtime, sorted(gone), settings, report)  # the router forgets their inlets
         runtime.inlets = routed
@@ -317,34 +315,30 @@ def _apply(runtime: Runtime, report: ReloadReport, merged: Loaded) -> None:
         logging.getLogger().setLevel(settings.log_level.upper())
 
 
-def _start(runtime: Runtime, name: str, state_dir: Path, report: ReloadReport) -> None:
-    """Add adapter ``name`` to the supervisor with a factory built from the new config."""
-    assert runtime.supervisor is not None
-    sup = runtime.supervisor.proxy()
+def _start(runtime: Runtime, name: str, report: ReloadReport) -> None:
+    """Start adapter ``name``'s actor with an instance built from the new config."""
     status = runtime.statuses[name]
     try:
-        sup.add(name, runtime._factory(name, state_dir), runtime.inlets[name], status).get()
+        runtime.start_adapter(name)
     except Exception as err:  # its constructor refused the config: the others go on
         text = describe(err)
         report.failed[name] = text
         status.set("crashed", f"reload could not start it: {text}")
         status.last_error = text
         log.error("reload: adapter %s could not be started: %s", name, text)
-        sup.remove(name).get()
+        runtime.stop_adapter(name)
 
 
 def _remove(
     runtime: Runtime, names: list[str], settings: JunctionSettings, report: ReloadReport
 ) -> None:
     """Give removed adapters the grace period to empty their inlets, then stop them."""
-    assert runtime.supervisor is not None
-    sup = runtime.supervisor.proxy()
     deadline = time.monotonic() + settings.shutdown_grace_s
     for name in names:
         inlet = runtime.inlets[name]
         while inlet.pending() and time.monotonic() < deadline:
             time.sleep(0.02)
-        sup.remove(name).get()
+        runtime.stop_adapter(name)
         left, kept = settle_leftovers(
             runtime.router, {name: inlet}, settings.shutdown_grace_s, remove=True
         )

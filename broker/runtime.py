@@ -1,10 +1,37 @@
 """Running a configuration: build the actors, start them, stop them without loss.
 
+The concurrency model, once
+===========================
+Junction is a handful of pykka actors served on trio loops.  Every adapter and the router
+is an actor (:class:`~broker.loop_actor.LoopActor`): ``tell``, ``ask``, ``stop`` and the
+pykka registry work as for any pykka actor, but no actor has a thread of its own -- its
+mailbox is served by a task on a :class:`~broker.loop.SharedLoop`.  The router and every
+adapter share one loop (thread ``junction-loop``); an adapter whose config says
+``own_thread = true`` is served on a loop of its own (thread ``adapter-<name>``).
+
+- **One way in.**  A message reaches an actor through its mailbox and nothing else.  The
+  router's mailbox takes :class:`~broker.messages.Inbound` batches, acknowledgements and
+  control messages; an adapter's mailbox is its :class:`~broker.inlet.Inlet`: control
+  messages plus one bounded queue per route.  A put into a mailbox wakes the task that
+  waits on it, once per idle period.
+- **One back-pressure mechanism.**  Every queue is bounded and its route says what a full
+  one does (:mod:`broker.inlet`); the router waits for room in a full ``block`` queue
+  without blocking the loop.  A source waits for room in the router's mailbox
+  (:meth:`~broker.messages.Backlog.wait_room`).
+- **One place tracks an envelope in flight**: the target's inlet, from ``take`` until the
+  router counts it delivered, failed or dead-lettered (``persist`` routes also keep it in
+  the outbox until then).
+- **No thread without data.**  Restarts (each adapter actor supervises its own instance,
+  with one :class:`~broker.backoff.Backoff`) and the router's tick are trio tasks.  The
+  threads a bridge runs are the loops above, the main thread (signals, start and stop),
+  the outbox's checkpointer, trio's worker threads for blocking calls (Allxon signatures,
+  file writes, MQTT connects) and the operations endpoint's server.
+
 Start-up order: plugins -> config -> routing table -> inlets -> the shared loop -> router
-(served on that loop) -> supervisor -> adapters.  Shutdown reverses it and drains first:
-sources stop producing, the router finishes what it holds, targets empty their queues,
-all within the grace period; whatever is still queued after that is logged by route and
-counted; the loop closes last.
+(served on that loop) -> the router's tick -> adapters.  Shutdown reverses it and drains
+first: sources stop producing, the router finishes what it holds, targets empty their
+queues, all within the grace period; whatever is still queued after that is logged by
+route and counted; the loop closes last.
 """
 
 from __future__ import annotations
@@ -21,26 +48,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pykka
+import trio
 
 from broker import config as config_mod
 from broker import plugins as plugins_mod
-from broker.adapter import Adapter, AdapterContext, AdapterStatus
+from broker.adapter import AdapterActor, AdapterContext, AdapterStatus
+from broker.backoff import Backoff
 from broker.config import Config
 from broker.envelope import Envelope
 from broker.errors import ConfigProblem
 from broker.inlet import Inlet
 from broker.loop import SharedLoop
-from broker.messages import Backlog, Leftovers, Snapshot, Tick
+from broker.messages import Backlog, Leftovers, Quiesce, Snapshot, Tick
 from broker.ops_http import OpsServer
 from broker.outbox import Outbox
 from broker.router import Router
 from broker.routing import RoutingTable, compile_table
-from broker.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from broker.reload import ReloadReport
 
 log = logging.getLogger(__name__)
+
+#: Seconds between the router's ticks (reply deadlines, redelivery, dead-letter replay).
+TICK_S = 0.25
+#: An adapter instance that ran this long before it crashed restarts from the first delay.
+STABLE_AFTER_S = 60.0
 
 
 @dataclass
@@ -97,7 +130,10 @@ class Runtime:
     inlets: dict[str, Inlet] = field(default_factory=dict)
     backlog: Backlog = field(default_factory=Backlog)
     router: pykka.ActorRef[Any] | None = None
-    supervisor: pykka.ActorRef[Any] | None = None
+    #: Each adapter's actor, by name (see broker.adapter.AdapterActor).
+    adapters: dict[str, pykka.ActorRef[Any]] = field(default_factory=dict)
+    #: The loops of ``own_thread`` adapters, by name.
+    own_loops: dict[str, SharedLoop] = field(default_factory=dict)
     #: The trio loop the adapters share (see broker.loop).
     loop: SharedLoop | None = None
     started_at: float = 0.0
@@ -107,8 +143,6 @@ class Runtime:
     ops: OpsServer | None = None
     #: Each adapter's context, so a reload can hand running adapters new settings.
     contexts: dict[str, AdapterContext] = field(default_factory=dict)
-    _ticker: threading.Thread | None = None
-    _ticking: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         cfg = self.loaded.config
@@ -138,16 +172,9 @@ class Runtime:
             persist_kinds=self._persist_kinds(),
             loop=self.loop,
         )
-        self.supervisor = Supervisor.start(
-            settings.restart_backoff_s, settings.restart_backoff_max_s, self.loop
-        )
-        sup = self.supervisor.proxy()
+        self.loop.spawn(self._tick, "router-tick")
         for name in cfg.adapters:
-            sup.add(
-                name, self._factory(name, state_dir), self.inlets[name], self.statuses[name]
-            ).get()
-        self._ticker = threading.Thread(target=self._tick, name="router-ticker", daemon=True)
-        self._ticker.start()
+            self.start_adapter(name)
         # what start-up built (modules, plugins, the compiled table) lives as long as the
         # process: out of the collector's sight, a full collection scans only what came after
         # (measured in bench/e2e.py: the longest pause at 1,000 msg/s went from 42 to 8 ms)
@@ -171,24 +198,72 @@ class Runtime:
             self.ops.start()
             log.info("operations endpoint on %s (/metrics /healthz /readyz /status)", self.ops.url)
 
-    def _factory(self, name: str, state_dir: Path) -> Any:
-        acfg = self.loaded.config.adapters[name]
+    def start_adapter(self, name: str) -> None:
+        """Start the actor of adapter ``name`` (its inlet and status exist already).
+
+        Its first instance is built here, so a constructor that refuses its config raises
+        to the caller (start-up, reload); the actor builds the later ones itself.
+        """
+        cfg = self.loaded.config
+        acfg = cfg.adapters[name]
         atype = self.loaded.plugins.adapter_types[acfg.type]
-        assert self.router is not None
+        assert self.router is not None and self.loop is not None
         ctx = AdapterContext(
             router=self.router,
-            settings=self.loaded.config.junction,
+            settings=cfg.junction,
             status=self.statuses[name],
             backlog=self.backlog,
-            state_dir=state_dir,
+            state_dir=Path(cfg.junction.state_dir),
             routes_for=self._routes_for,
         )
         self.contexts[name] = ctx
 
-        def make() -> Adapter:
+        def make() -> Any:
             return atype.factory(name, acfg, ctx)
 
-        return make
+        first = make()
+        loop = self.loop
+        if acfg.own_thread:
+            loop = self.own_loops[name] = SharedLoop(f"adapter-{name}")
+            loop.start()
+        settings = cfg.junction
+        backoff = Backoff(
+            settings.restart_backoff_s, settings.restart_backoff_max_s, STABLE_AFTER_S
+        )
+        running = threading.Event()
+        self.adapters[name] = AdapterActor.start(
+            name,
+            make,
+            self.inlets[name],
+            self.statuses[name],
+            backoff,
+            loop=loop,
+            first=first,
+            running=running,
+        )
+        if not running.wait(10):
+            log.error("adapter %s did not start within 10 s", name)
+
+    def stop_adapter(self, name: str) -> None:
+        """Stop adapter ``name``'s actor: its instance closes and hands back what it owed;
+        its inlet (and what is queued there) stays with the runtime."""
+        ref = self.adapters.pop(name, None)
+        if ref is not None:
+            try:
+                ref.stop(timeout=15)
+            except pykka.Timeout:
+                log.error("adapter %s did not stop within 15 s", name)
+        loop = self.own_loops.pop(name, None)
+        if loop is not None:
+            loop.close()
+
+    def _quiesce_adapters(self) -> None:
+        """Every adapter stops producing; targets go on draining their queues."""
+        for name, ref in list(self.adapters.items()):
+            try:
+                ref.ask(Quiesce(), timeout=10)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                log.warning("adapter %s did not confirm it stopped producing", name)
 
     def _persist_kinds(self) -> dict[str, frozenset[str]]:
         """Per adapter name, the kinds its type keeps durable by default."""
@@ -202,8 +277,10 @@ class Runtime:
     def _routes_for(self, env: Envelope) -> list[str]:
         return [r.name for r in self.loaded.table.match(env)]
 
-    def _tick(self) -> None:
-        while not self._ticking.wait(0.25):
+    async def _tick(self) -> None:
+        """The router's clock, as a task on its loop: a Tick into its mailbox."""
+        while True:
+            await trio.sleep(TICK_S)
             router = self.router
             if router is None:
                 return
@@ -248,8 +325,7 @@ class Runtime:
         deadline = time.monotonic() + grace
         if self.ops is not None:
             self.ops.stop()  # first: nothing scrapes a runtime that is shutting down
-        if self.supervisor is not None:
-            self.supervisor.proxy().quiesce().get()
+        self._quiesce_adapters()
         quiet = 0
         while time.monotonic() < deadline:
             if self.router is not None and self.router.is_alive():
@@ -261,9 +337,8 @@ class Runtime:
             else:
                 quiet = 0
             time.sleep(0.02)
-        self._ticking.set()
-        if self.supervisor is not None:
-            self.supervisor.stop()  # every adapter has stopped when this returns
+        for name in list(self.adapters):
+            self.stop_adapter(name)
         left, _ = settle_leftovers(self.router, self.inlets, grace)
         final = self.snapshot()
         kept = {k: n for k, n in final.get("persist_queues", {}).items() if n > 0}

@@ -186,8 +186,7 @@ class PlaceOSAdapter(Adapter):
         backlog = self.ctx.backlog
         while True:
             messages = await session.receive()
-            while backlog.over():  # the router is far behind: stop reading, TCP pushes back
-                await trio.sleep(0.002)
+            await backlog.wait_room()  # the router is far behind: stop reading, TCP pushes back
             for message in messages:
                 self._dispatch(message)
             self._flush()  # what this read brought: one batch for the router

@@ -25,7 +25,7 @@ import trio
 
 from adapters.placeos.simulator import open_placeos_simulator
 from broker import reload as reload_mod
-from broker.adapter import Adapter, AdapterHost
+from broker.adapter import Adapter, AdapterActor
 from broker.envelope import Envelope, Metric, StatusChange
 from broker.errors import ConfigError
 from broker.runtime import Loaded, Runtime, load
@@ -42,7 +42,7 @@ def instances(rt: Runtime) -> dict[str, Adapter]:
     """The adapter objects running now for ``rt``, by name (read through their hosts)."""
     assert rt.router is not None
     out: dict[str, Adapter] = {}
-    for ref in pykka.ActorRegistry.get_by_class(AdapterHost):
+    for ref in pykka.ActorRegistry.get_by_class(AdapterActor):
         try:
             adapter: Adapter = ref.proxy().adapter.get(timeout=5)
         except pykka.ActorDeadError:
