@@ -1,4 +1,4 @@
-"""Adapters: the base class protocol adapters subclass, and the actor that hosts one.
+"""Adapters: the base class protocol adapters subclass, and the actor that runs one.
 
 An adapter is written as plain trio code::
 
@@ -9,14 +9,14 @@ An adapter is written as plain trio code::
         async def deliver(self, route, batch): # consume: send a batch to the peer
             ...
 
-Its :class:`AdapterHost` (a pykka actor) runs that code as a task on the
-:class:`~broker.loop.SharedLoop` the adapters share, or in a trio loop on a thread of
-its own when its config says ``own_thread = true``.  Envelopes for the adapter arrive
-through its :class:`~broker.inlet.Inlet` (bounded, per route); what it produces goes to
-the router with a plain ``tell``.
-If ``run`` or ``deliver`` raises, the loop ends, the host reports the crash and the
-supervisor starts a fresh instance after a back-off; the inlet, and so everything
-queued, survives the restart.
+Its :class:`AdapterActor` (a pykka actor served on the
+:class:`~broker.loop.SharedLoop` the adapters share, or on a loop of its own when its
+config says ``own_thread = true``) runs that code as trio tasks.  Envelopes for the
+adapter arrive in the actor's mailbox, its :class:`~broker.inlet.Inlet` (bounded, per
+route); what it produces goes to the router with a plain ``tell``.
+If ``run`` or ``deliver`` raises, the instance ends, the actor reports the crash and
+starts a fresh instance after a back-off; the inlet, and so everything queued,
+survives the restart.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class AdapterContext:
 class Adapter:
     """Base class of every adapter; subclasses override :meth:`run` and/or :meth:`deliver`.
 
-    All methods run on the adapter's trio thread.  ``emit`` never blocks; ``publish``
+    All methods run on the adapter's trio loop (shared with the router and the other
+    adapters unless ``own_thread``): they must never block it.  ``emit`` never blocks; ``publish``
     waits (asynchronously) while the router is far behind, which is how a source that
     can pause reading passes back-pressure to its peer.
     """

@@ -1,11 +1,12 @@
-"""A pykka actor served by a task on the shared trio loop instead of a thread of its own.
+"""A pykka actor served by a task on a trio loop instead of a thread of its own.
 
-Why: the router's messages come almost all from adapters on the
-:class:`~broker.loop.SharedLoop`.  As a threaded actor, every batch crossed to the
-router's thread and every result crossed back: two futex wakes and two GIL hand-overs per
-hop, and the woken side waits for the GIL while the other runs (measured in bench/e2e.py
-at 1,000 msg/s: the hop to the router alone had a p99 of 1.5 ms).  On the loop, a ``tell``
-from a loop task is an append and an event; only other threads pay a cross-thread wake.
+Every actor of Junction is one: the router and every adapter (see broker.runtime).
+Why: their messages come almost all from each other, on the :class:`~broker.loop.SharedLoop`.
+As threaded actors, every batch crossed to the receiver's thread and every result
+crossed back: two futex wakes and two GIL hand-overs per hop, and the woken side waits for
+the GIL while the other runs (measured in bench/e2e.py at 1,000 msg/s: the hop to a
+threaded router alone had a p99 of 1.5 ms).  On the loop, a ``tell`` from a loop task is
+an append and an event; only other threads pay a cross-thread wake.
 
 It is still a pykka actor: ``tell``, ``ask`` (from other threads: a future that a loop
 task waits on would block the loop), ``stop``, ``is_alive`` and the registry behave as
@@ -13,6 +14,9 @@ for a :class:`pykka.ThreadingActor`.  What the actor must do in exchange: handle
 message without blocking (no waiting on locks or futures; short, bounded work only), and
 when it has to wait (room in a full queue), say so through :meth:`LoopActor.blocked` and
 wait in :meth:`LoopActor.wait_unblocked`, which is async and lets the loop run meanwhile.
+An actor with long-running work of its own (an adapter's connection) runs it in
+:meth:`LoopActor.run_beside`, a task beside its mailbox; ``stop`` cancels it and is
+answered once it has ended.
 """
 
 from __future__ import annotations

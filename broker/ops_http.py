@@ -271,7 +271,9 @@ def families(snap: Mapping[str, Any]) -> list[Metric]:
         "junction_adapter_reconnects", "Reconnects to the adapter's peer", labels=["adapter"]
     )
     restarts = CounterMetricFamily(
-        "junction_adapter_restarts", "Restarts of the adapter by its supervisor", labels=["adapter"]
+        "junction_adapter_restarts",
+        "Restarts of the adapter's instance after a crash",
+        labels=["adapter"],
     )
     for name, a in (snap.get("adapters") or {}).items():
         connected.add_metric([name], 1.0 if a.get("state") in CONNECTED_STATES else 0.0)

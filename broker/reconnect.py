@@ -2,8 +2,8 @@
 
 An adapter gives it a coroutine that opens one connection and serves it until it ends,
 and the exception types that mean "the peer or the network" (retried with capped,
-jittered back-off). Anything else is a bug: it is raised, so the supervisor restarts
-the adapter. Status and logs follow one pattern for every peer: ``connecting``, then the
+jittered back-off). Anything else is a bug: it is raised, so the adapter's
+actor restarts it. Status and logs follow one pattern for every peer: ``connecting``, then the
 adapter's own states, then ``disconnected`` (or what ``classify`` says, e.g.
 ``auth-failed``) with the reason and the next attempt; the same error is logged once a
 minute with how many similar lines were held back, a new one at once.
@@ -63,7 +63,7 @@ async def reconnect_forever(
             if on_lost is not None:
                 on_lost(error)
         if error is not None and not isinstance(error, transient):
-            raise error  # a bug, not the network: the supervisor restarts the adapter
+            raise error  # a bug, not the network: the adapter's actor restarts it
         delay = backoff.failed()
         why = str(error) if error is not None else "the connection closed"
         retry = classify(error, delay) if classify is not None and error else Retry(delay)

@@ -344,7 +344,7 @@ class MqttWriter:
             self._driver_done.set()
 
     def _check_driver(self) -> None:
-        """Raise once the driver died: the adapter crashes and its supervisor starts a new
+        """Raise once the driver died: the adapter crashes and its actor starts a new
         one (with a new client), rather than every publish waiting forever."""
         if self._driver_error is not None:
             raise RuntimeError(self._driver_error)

@@ -29,6 +29,8 @@ GATES: dict[str, threading.Event] = {}
 BATCH_SIZES: dict[str, list[int]] = defaultdict(list)
 #: The thread a collector's last deliver ran on.
 THREADS: dict[str, str] = {}
+#: Collectors whose aclose() has finished, in order.
+CLOSED: list[str] = []
 _lock = threading.Lock()
 
 
@@ -42,6 +44,7 @@ def reset() -> None:
         _batch_counts.clear()
         BATCH_SIZES.clear()
         THREADS.clear()
+        CLOSED.clear()
 
 
 def received(name: str) -> list[Envelope]:
@@ -60,6 +63,8 @@ class CollectorConfig(AdapterConfig, kw_only=True):
     gather_s: float = 0.0
     #: Block the thread this long in every deliver (an adapter doing synchronous I/O).
     block_s: float = 0.0
+    #: Take this long (awaiting) to close, as a peer connection being shut down would.
+    close_s: float = 0.0
 
 
 class Collector(Adapter):
@@ -70,6 +75,12 @@ class Collector(Adapter):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.max_batch = self.config.max_batch
         self.gather_s = self.config.gather_s
+
+    async def aclose(self) -> None:
+        if self.config.close_s:
+            await trio.sleep(self.config.close_s)
+        with _lock:
+            CLOSED.append(self.name)
 
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
         with _lock:

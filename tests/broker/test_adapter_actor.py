@@ -1,0 +1,153 @@
+"""The runtime's shape: every thread a bridge runs carries data, restarts wait on the loop,
+a stop is answered once the instance has closed, and a source waits for room in the
+router's mailbox on an event.
+
+Real actors and trio loops throughout; the adapters are the test plugin's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pykka
+import trio
+
+from broker.adapter import AdapterActor
+from broker.messages import Backlog
+from broker.runtime import Loaded, Runtime
+from tests.conftest import wait_until
+from tests.support import core_plugin
+from tests.support.core_plugin import received
+
+#: The threads a running bridge may add, each with the data it carries (see the runtime's
+#: module docstring); ``adapter-own`` is this config's own_thread adapter.
+ALLOWED = {
+    "junction-loop",  # the router and every adapter without own_thread
+    "adapter-own",  # the own_thread adapter
+    "outbox-checkpoint",  # the outbox's WAL checkpoints
+}
+
+
+def _new_threads(before: set[int]) -> set[str]:
+    return {t.name for t in threading.enumerate() if t.ident not in before}
+
+
+def test_a_running_bridge_has_no_thread_without_data_even_while_a_restart_waits(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    before = {t.ident for t in threading.enumerate() if t.ident is not None}
+    rt = runtime_of(
+        load_config("""
+[junction]
+restart_backoff_s = 30.0
+restart_backoff_max_s = 30.0
+[adapters.src]
+type = "burst"
+count = 50
+[adapters.sink]
+type = "collector"
+[adapters.own]
+type = "collector"
+own_thread = true
+[adapters.crashy]
+type = "collector"
+crash_on_batches = [1]
+[[routes]]
+name = "r"
+from = "src"
+to = ["sink", "own", "crashy"]
+""")
+    )
+    wait_until(lambda: len(received("sink")) == 50 and len(received("own")) == 50)
+    wait_until(lambda: rt.statuses["crashy"].state == "restarting", what="a pending restart")
+    threads = _new_threads(before)
+    assert threads <= ALLOWED, f"threads without data: {sorted(threads - ALLOWED)}"
+    assert {"junction-loop", "adapter-own"} <= threads
+    assert core_plugin.THREADS == {
+        "sink": "junction-loop",
+        "crashy": "junction-loop",
+        "own": "adapter-own",
+    }
+    # every adapter is a pykka actor in the registry, none with a thread of its own
+    names = {
+        ref.proxy().name.get(timeout=5) for ref in pykka.ActorRegistry.get_by_class(AdapterActor)
+    }
+    assert names >= {"src", "sink", "own", "crashy"}
+
+
+def test_stop_is_answered_once_the_instance_has_closed(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(
+        load_config("""
+[adapters.src]
+type = "burst"
+count = 10
+[adapters.sink]
+type = "collector"
+close_s = 0.3
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+""")
+    )
+    wait_until(lambda: len(received("sink")) == 10)
+    ref = rt.adapters["sink"]
+    rt.stop_adapter("sink")
+    assert core_plugin.CLOSED == ["sink"]  # its aclose (0.3 s) ended before stop returned
+    assert not ref.is_alive()
+    assert rt.statuses["sink"].state == "stopped"
+
+
+def test_a_restarted_instance_takes_what_was_queued_for_the_one_that_crashed(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(
+        load_config("""
+[junction]
+restart_backoff_s = 0.05
+[adapters.src]
+type = "burst"
+count = 100
+batch = 10
+[adapters.sink]
+type = "collector"
+crash_on_batches = [2]
+max_batch = 10
+close_s = 0.05
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+""")
+    )
+    wait_until(lambda: rt.statuses["sink"].restarts == 1, what="one restart")
+    wait_until(lambda: len(received("sink")) == 90, what="the 90 not in the crashed batch")
+    assert core_plugin.CLOSED[:1] == ["sink"]  # the crashed instance was closed
+    actor = rt.adapters["sink"]
+    assert actor.proxy().generation.get(timeout=5) == 2
+
+
+async def test_a_source_waits_for_room_in_the_routers_mailbox_on_an_event() -> None:
+    backlog = Backlog(high_water=10)
+    backlog.add(25)
+    resumed: list[float] = []
+
+    async def source() -> None:
+        await backlog.wait_room()
+        resumed.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(source)
+        await trio.sleep(0.05)
+        assert resumed == []  # over its mark: the source waits
+        await trio.to_thread.run_sync(backlog.sub, 10)  # the router, on another thread
+        await trio.sleep(0.05)
+        assert resumed == []  # 15 is still over 10
+        await trio.to_thread.run_sync(backlog.sub, 5)
+        with trio.fail_after(5):
+            while not resumed:
+                await trio.sleep(0.005)
+    await backlog.wait_room()  # at the mark: returns at once
