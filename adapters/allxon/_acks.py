@@ -1,9 +1,9 @@
 """Command acks: what a reply envelope means for the Portal, and the ack message. Pure.
 
-A command is acked twice (protocol note): ``ACCEPTED`` or ``REJECTED`` at once, then
-``ACKED`` (success) or ``ERRORED``. The reply that comes back through the router is a
-``CommandResult`` (or an ``ExecResult`` when the request was mapped to an exec and the route
-has no ``reply_map``); ``outcome_of`` reads either:
+A command is acked twice (docs/protocols/allxon.md, "Commands and acks"): ``ACCEPTED`` or
+``REJECTED`` at once, then ``ACKED`` (success) or ``ERRORED``. The reply that comes back
+through the router is a ``CommandResult`` (or an ``ExecResult`` when the request was mapped to
+an exec and the route has no ``reply_map``); ``outcome_of`` reads either:
 
 - ``CommandResult(ok=True, result, states)`` -> ACKED with ``result`` (``{"response":
   message or "done"}`` when empty) and the states;

@@ -300,7 +300,7 @@ OctoMessage: TypeAlias = (
 
 
 class AgentError(enum.Enum):
-    """What an agent error frame means (protocol note, "Errors from the agent")."""
+    """What an agent error frame means (docs/protocols/allxon.md, "Errors from the agent")."""
 
     DEVICE_OFFLINE = "device_offline"  # -32000: agent cannot reach its cloud; re-send update later
     INVALID_REQUEST = "invalid_request"  # -32600: bad signature, epoch too far off, ...

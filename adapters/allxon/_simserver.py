@@ -1,7 +1,8 @@
 """The simulated Allxon agent itself (private; use ``simulator.open_allxon_simulator``).
 
 See ``adapters.allxon.simulator`` for the behaviour: check order of a received frame, the
-decisions the protocol note leaves open, and what is recorded. This module holds the server
+decisions the protocol leaves open (docs/protocols/allxon.md, "What the simulator decides"),
+and what is recorded. This module holds the server
 side: one task per plugin connection, verification and signing in worker threads, the
 recorded state in ``_simstore.SimStore``.
 """
@@ -343,7 +344,10 @@ class AllxonSimulator:
                 await self._send_initial_updates(connection)
 
     async def _send_initial_updates(self, connection: _Connection) -> None:
-        """What the real agent sends after an update: empty alarm and config updates."""
+        """What the real agent sends after an update: alarm and config updates, here empty.
+
+        The real agent's carry the Portal's settings, or nothing (a reset: all alarms off).
+        """
         alarms = AlarmUpdateParams(
             app_guid=self.credential.app_guid, epoch=epoch_str(time.time()), version="1", modules=[]
         )

@@ -4,15 +4,16 @@ Pure. The structs (``Module``, ``PropertyCard``, ``CommandCard``, ``CardParam``,
 ``UpdateParams``) are frozen msgspec structs with camelCase wire names, unknown fields ignored,
 optional fields ``UNSET`` (left out of the output, never ``null``) and card arrays that default
 to ``[]`` and are always written. ``WireStruct`` is the base every Octo wire struct shares
-(also used by ``_messages``); it deliberately has no ``omit_defaults`` (that dropped
-``"jsonrpc": "2.0"``, see library-findings).
+(also used by ``_messages``); it deliberately has no ``omit_defaults`` (msgspec then silently
+dropped ``"jsonrpc": "2.0"``, which equals its default).
 
  ``validate_update(params)`` returns every problem at once (an empty list means valid), each
 naming the wire path of the bad field (``modules[0].commands[2].params[1].displayFormat``) and
 the bad value, so a misdeclared card fails at start-up with a message a person can act on
 instead of a card silently missing on the Portal.
 
-The rules (``shared/protocols/allxon-octo.md``; field limits from the older public SDK):
+The rules (``docs/protocols/allxon.md``, "Declaring cards"; field limits from the older public
+SDK):
 
 - names (cards, params, modules) match ``^[a-zA-Z][a-zA-Z0-9_-]*$``; card/param names are at most
   32 characters, ``moduleName`` at most 64 (applying the name pattern to ``moduleName`` is our

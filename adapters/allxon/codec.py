@@ -1,14 +1,14 @@
 """Allxon Octo v2 wire codec: JSON-RPC 2.0 notification frames <-> frozen msgspec structs.
 
-Pure: text in, structs out and back; no trio, no sockets, no signatures (see ``signing``). The
-authoritative description of every field is ``shared/protocols/allxon-octo.md``. This module is
-the public face: it re-exports the declaration structs of ``cards`` and the message structs of
-``_messages`` (kept apart only to keep modules small).
+Pure: text in, structs out and back; no trio, no sockets, no signatures (see ``signing``). Every
+field is described in ``docs/protocols/allxon.md`` ("Methods" and the sections after it). This
+module is the public face: it re-exports the declaration structs of ``cards`` and the message
+structs of ``_messages`` (kept apart only to keep modules small).
 
 Encoding rules that the agent depends on, kept by construction:
 
-- every frame carries ``"jsonrpc": "2.0"`` (no ``omit_defaults`` anywhere: it silently dropped
-  that field in msgspec, see library-findings);
+- every frame carries ``"jsonrpc": "2.0"`` (no ``omit_defaults`` anywhere: with it, msgspec
+  silently dropped that field, which equals its default);
 - module card arrays and item arrays default to ``[]`` and are always written, never ``null``;
 - optional fields are ``UNSET`` by default and then left out of the output (never ``null``);
 - field names are the wire's camelCase (``appGUID`` spelled out), Python attributes snake_case.
@@ -170,7 +170,10 @@ __all__ = [
 ]
 
 MAX_FRAME_BYTES = 2048
-"""The agent's limit for one frame, signature included (seed 000: "maximum payload 2 KB")."""
+"""The agent's limit for one frame, signature included.
+
+See docs/protocols/allxon.md, "Framing and size".
+"""
 
 _EXCERPT_CHARS = 120
 

@@ -3,7 +3,7 @@
 Every Octo frame, in both directions, carries its signature inside the JSON-RPC ``method``
 value: ``"v2/notifyPluginState?authorization=$argon2id$v=19$m=64,t=16,p=8$<salt>$<hash>"``.
 
-Signing (``sign_frame``), exactly as ``shared/protocols/allxon-octo.md`` says:
+Signing (``sign_frame``), exactly as ``docs/protocols/allxon.md``, "Message signing" says:
 
 1. the caller serializes the frame with the plain method, exactly as it will be sent;
 2. ``digest`` = lowercase hex SHA-1 of the UTF-8 bytes of that text;
@@ -83,7 +83,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The Argon2id parameters the Octo agent uses (protocol note, "Message signing").
+# The Argon2id parameters the Octo agent uses (docs/protocols/allxon.md, "Message signing").
 TIME_COST = 16
 MEMORY_COST_KIB = 64
 PARALLELISM = 8

@@ -11,8 +11,8 @@ Use it from tests::
 or from a shell: ``junction sim allxon --write-credentials plugin_credential.json --port 55688``
 (``main(argv)``); it prints the plugin's cards and latest values every few seconds.
 
-Behaviour (the real agent's, as ``shared/protocols/allxon-octo.md`` describes it; the choices
-the note leaves open are marked *decided*):
+Behaviour (the real agent's, as ``docs/protocols/allxon.md`` describes it; the choices it leaves
+open are marked *decided* and listed there under "What the simulator decides"):
 
 - TLS with a throwaway CA from ``trustme`` (``sim.ca_pem``, ``sim.client_ssl_context()``);
   text frames only (a binary frame gets a -32700 error frame).
@@ -25,15 +25,16 @@ the note leaves open are marked *decided*):
   a worker thread); not ``v2/notifyPluginUpdate`` as the first accepted frame of the connection
   -> -32600; wrong ``appGUID`` -> -32600; a declaration that breaks the card rules -> -32600
   (listing the first problems); past the rolling call budget -> -32600.
-- *Decided*: rejections never close the connection (the note only says the agent treats a
+- *Decided*: rejections never close the connection (the agent is only known to treat a
   plugin that skipped the update as offline; keeping the socket lets it recover by sending the
-  update). Only accepted calls use budget (the note does not say which calls count). The
+  update). Only accepted calls use budget (which calls count is not documented). The
   error code for an exhausted budget is not documented; we use -32600.
 - *Decided*: while offline every frame gets -32000 and the connection must send
-  ``v2/notifyPluginUpdate`` again once the device is back (the note: "re-send
-  notifyPluginUpdate later").
-- After an accepted update it sends the empty ``v2/notifyPluginAlarmUpdate`` and
-  ``v2/notifyPluginConfigUpdate`` that the real agent sends (``send_initial_updates``).
+  ``v2/notifyPluginUpdate`` again once the device is back (an offline agent wants the update
+  re-sent later: docs/protocols/allxon.md, "Errors from the agent").
+- After an accepted update it sends the ``v2/notifyPluginAlarmUpdate`` and
+  ``v2/notifyPluginConfigUpdate`` that the real agent sends, empty here (a reset: every alarm
+  disabled), as the real agent's may be (``send_initial_updates``).
 - Everything it sends is signed with the access key, in a worker thread.
 """
 

@@ -44,7 +44,7 @@ class V4Record(msgspec.Struct, frozen=True):
 
 
 class V6Record(msgspec.Struct, frozen=True):
-    """A ``/conduitv6`` record (fields as in the seed; null and absent mean the same)."""
+    """A ``/conduitv6`` record (docs/protocols/alphax.md, "Reading"; null and absent: the same)."""
 
     val_date: int
     dev_netid: str
@@ -108,7 +108,7 @@ def encode_v4_records(records: Iterable[V4Record]) -> bytes:
 
 
 def encode_v6_records(records: Iterable[V6Record]) -> bytes:
-    """Encode v6 records as a JSON array (absent fields as ``null``, as the seed shows)."""
+    """Encode v6 records as a JSON array (absent fields as ``null``, as the vendor docs show)."""
     return _ENCODER.encode(list(records))
 
 
@@ -148,7 +148,7 @@ def decode_error_body(raw: bytes | str) -> ErrorBody:
 
 
 def encode_error_body(code: int, error: str, *, code_as_string: bool = False) -> bytes:
-    """Encode ``{"code", "error"}`` with the code as a number or (like the seed) a string."""
+    """Encode ``{"code", "error"}`` with the code as a number or (as AlphaX may) a string."""
     return _ENCODER.encode({"code": str(code) if code_as_string else code, "error": error})
 
 

@@ -20,7 +20,7 @@ used). One driver task (a trio system task, see ``start``) owns the connection:
 - ``on_socket_close`` calls ``trio.lowlevel.notify_closing`` so a task parked on the socket
   wakes; every task checks that ``client.socket()`` is still its socket after each paho call.
 
-Measured facts this module relies on (paho 2.2 source and library-findings.md):
+Facts this module relies on (read in the paho 2.2 source and measured with it):
 
 - A QoS 1 message published while disconnected, or published and not yet acknowledged when
   the connection dropped, stays in paho's ``_out_messages`` and is (re)sent, with DUP set,

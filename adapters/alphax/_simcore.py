@@ -9,7 +9,8 @@ Choices (documented for the tests and the bridge):
 - Rate limits apply to HTTP only (UDP, TCP and MQTT have no way to answer 429). Writes: a
   sliding one-second window per token (Basic/Premium 100 requests/s). Reads: one call per
   interval per token (Basic 15 s, Premium 5 s); a 304 counts as a call, a 400 does not.
-- No ``Retry-After`` header: the seed does not promise one, so clients must pace by tier.
+- No ``Retry-After`` header: AlphaX does not promise one, so clients must pace by tier
+  (docs/protocols/alphax.md, "Rate limits").
 - Faults scripted with :meth:`AlphaXSimulator.fail_next` answer before anything else is checked
   and store nothing.
 """

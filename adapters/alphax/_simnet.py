@@ -1,10 +1,11 @@
 """UDP and TCP listeners of the AlphaX simulator (trio sockets).
 
-**Choice** (protocol note): one JSON uplink document, v1 or v2 (told apart by ``data``), per
-UDP datagram and per newline-terminated line on TCP (``\\r\\n`` accepted). Malformed input is
-counted in ``sim.store.rejects()`` and logged, never fatal. TCP lines over ``MAX_LINE`` bytes
-are rejected (``line_too_long``) and skipped to the next newline; bytes left without a newline
-when the peer closes are rejected as ``unterminated_line``. Nothing is sent back on either.
+**Choice** (docs/protocols/alphax.md, "TCP and UDP"): one JSON uplink document, v1 or v2 (told
+apart by ``data``), per UDP datagram and per newline-terminated line on TCP (``\\r\\n``
+accepted). Malformed input is counted in ``sim.store.rejects()`` and logged, never fatal. TCP
+lines over ``MAX_LINE`` bytes are rejected (``line_too_long``) and skipped to the next newline;
+bytes left without a newline when the peer closes are rejected as ``unterminated_line``.
+Nothing is sent back on either.
 """
 
 from __future__ import annotations

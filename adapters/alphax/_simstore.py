@@ -70,7 +70,7 @@ class SimStore:
     def add_many(
         self, network_id: str, channel: int, points: Iterable[Point], *, token: str | None = None
     ) -> int:
-        """Bulk-seed one channel with ``(epoch seconds, value)`` points (default token)."""
+        """Bulk-load one channel with ``(epoch seconds, value)`` points (default token)."""
         with self._lock:
             series = (
                 self._data.setdefault(token or self.default_token, {})

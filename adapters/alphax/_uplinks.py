@@ -9,7 +9,7 @@ for the same device and time starts a second uplink, so no value is lost and the
 is sent after the earlier one.
 
 v1 (hex) carries channels 1..N by position, plus the four 16-bit device fields (252..255,
-sent as 0 when not written: the seed says to pad unknown fields with ``0000``). So a v1
+sent as 0 when not written: the vendor docs say to pad unknown fields with ``0000``). So a v1
 uplink takes the longest run 1..k of written channels whose ``value * 1000`` fits a signed
 32-bit integer, and device fields that are integers in range. The rest of the group (a channel
 after a gap, a value too big for v1) goes into a v2 uplink of the same device and time when

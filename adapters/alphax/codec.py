@@ -1,6 +1,6 @@
 """AlphaX Conduit wire codec: pure bytes/str <-> typed structs, no I/O.
 
-What it covers (see /work/shared/protocols/alphax-conduit.md):
+What it covers (see ``docs/protocols/alphax.md``, "Uplink v1 (hex)" to "MQTT"):
 
 - v1 uplink ``data`` hex string, little-endian: four 16-bit device fields (voltage mV -> channel
   255 unsigned, RSSI -> 254 signed, message id -> 253 unsigned, error code -> 252 unsigned), then
@@ -8,7 +8,7 @@ What it covers (see /work/shared/protocols/alphax-conduit.md):
 - v1 and v2 uplink JSON bodies, v4 / v6 read records, error bodies, MQTT topics and the
   single-channel MQTT payload (a plain number), and :func:`redact` for every log line.
 
-Choices made here (the seed is silent or ambiguous):
+Choices made here (the vendor docs are silent or ambiguous; docs/protocols/alphax.md, "Choices"):
 
 - Precision (v1): values are rounded to the nearest thousandth, as the service itself divides by
   1000; pass ``strict_precision=True`` to get :class:`PrecisionLossError` instead. A value whose
@@ -17,7 +17,8 @@ Choices made here (the seed is silent or ambiguous):
   in magnitude and have at most 16 significant digits in its shortest decimal form. Encoders
   round to 16 significant digits first (so ``0.1 + 0.2`` goes out as ``0.3``); decoders reject.
 - A v2 body must have at least one value and no channel twice.
-- Read responses may be a JSON array of records or one bare record (the seed shows both forms).
+- Read responses may be a JSON array of records or one bare record (the vendor docs show only
+  bare records and never say how several come back; reading an array is our choice).
 
 Exception tree (all carry ``.where``: the field, byte offset or topic level at fault)::
 

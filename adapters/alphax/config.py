@@ -50,10 +50,10 @@ Reading back (HTTP, whatever the write transport), as ``channel_reading`` envelo
     # interval_s = 15                    # default: the tier's read limit (Enterprise: 2 s)
     # start_lookback_s = 3600            # how far back the very first poll starts
 
-Tier limits (the protocol note): Basic and Premium 100 writes/s, Enterprise unlimited; reads
-Basic 1 call / 15 s, Premium 1 / 5 s, Enterprise unlimited. One HTTP post is one write, however
-many channels it carries -- the rule the simulator applies; ``writes_per_s`` overrides the
-tier's figure if the real service counts differently.
+Tier limits (docs/protocols/alphax.md, "Rate limits"): Basic and Premium 100 writes/s,
+Enterprise unlimited; reads Basic 1 call / 15 s, Premium 1 / 5 s, Enterprise unlimited. One
+HTTP post is one write, however many channels it carries -- the rule the simulator applies;
+``writes_per_s`` overrides the tier's figure if the real service counts differently.
 """
 
 from __future__ import annotations

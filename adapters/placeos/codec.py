@@ -1,15 +1,15 @@
 """PlaceOS real-time WebSocket codec: text frames <-> frozen msgspec structs, both directions.
 
-Pure: ``str``/``bytes`` in, structs out and back; no trio, no sockets. The authoritative
-description of the wire is ``shared/protocols/placeos-realtime.md`` (what the real server does);
-the public docs page (the "seed") is wrong in three places and this codec follows the server:
+Pure: ``str``/``bytes`` in, structs out and back; no trio, no sockets. The wire as the real
+server speaks it is described in ``docs/protocols/placeos.md``; the public docs page is wrong
+in a few places ("Where the public docs are wrong") and this codec follows the server:
 
-- a ``notify`` ``value`` is *embedded* JSON, never a string holding JSON. A seed-style
+- a ``notify`` ``value`` is *embedded* JSON, never a string holding JSON. A docs-style
   ``"value": "[]"`` therefore decodes to the JSON *string* ``"[]"`` (it is not parsed twice);
-- ``unbind`` / ``debug`` / ``ignore`` successes carry no ``meta`` (a seed-style ``meta`` is
-  tolerated, as are the seed's ``mod_id`` and ``klass`` extras: unknown fields are ignored);
+- ``unbind`` / ``debug`` / ``ignore`` successes carry no ``meta`` (a docs-style ``meta`` is
+  tolerated, as are the docs' ``mod_id`` and ``klass`` extras: unknown fields are ignored);
 - the PlaceOS error code travels in ``error_code``; ``code`` is an HTTP-like status from the
-  driver. Request ids are integers only (the seed's "number or string" is a parse failure).
+  driver. Request ids are integers only (the docs' "number or string" is a parse failure).
 
 Client side (the adapter): request structs (``BindRequest`` ... ``IgnoreRequest``) and
 ``encode_request``; ``decode_server_frame`` turns one server frame into a ``SuccessFrame``,
@@ -166,7 +166,7 @@ def error_code_name(code: int | None) -> str:
 class Meta(msgspec.Struct, frozen=True):
     """Where a reply comes from: system id, module name (or id for debug), index, name.
 
-    ``index`` and ``name`` have defaults only to tolerate the seed's debug-success ``meta``.
+    ``index`` and ``name`` have defaults only to tolerate the docs' debug-success ``meta``.
     """
 
     sys: str

@@ -9,7 +9,7 @@ Use it from tests::
 
 or from a shell: ``junction sim placeos --port 8080 --model rooms.toml`` (``main(argv)``).
 
-What it does, following ``shared/protocols/placeos-realtime.md`` and the server's source
+What it does, following ``docs/protocols/placeos.md`` and the server's source
 (PlaceOS/rest-api ``websocket/session.cr``, PlaceOS/driver ``proxy/remote_driver.cr``):
 
 - Authentication before the upgrade: ``X-API-Key`` header, else ``?api-key=``; an unknown key is

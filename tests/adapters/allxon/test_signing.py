@@ -147,7 +147,8 @@ def test_malformed_frames_are_rejected_before_argon2(raw: str) -> None:
 
 
 def test_seed_signature_has_our_format_and_fails_only_on_the_key() -> None:
-    # The signed command of seed 001, as the real agent sent it (we do not know its key).
+    # The signed command of the vendor's Commands page, as the real agent sent it (we do not
+    # know its key): docs/protocols/allxon.md, "Message signing".
     seed = (
         '{"jsonrpc": "2.0", "method": "v2/notifyPluginCommand?authorization=$argon2id$v=19$'
         'm=64,t=16,p=8$YnFaWiIoX1ckSmE9Tkp5YQ$XLS6riVCcBj/EUr5lYnJ8Q", "params": '

@@ -1,5 +1,5 @@
-"""Unit tests of the pure AlphaX codec: golden vectors from the seed, every named error,
-and property round trips."""
+"""Unit tests of the pure AlphaX codec: golden vectors from the vendor docs' examples
+(docs/protocols/alphax.md), every named error, and property round trips."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from adapters.alphax.codec import (
 
 TS = 1660962091000
 SEED_MQTT_HEX = "0A10010001000000A00F0000"
-SEED_HTTP_HEX = "0A10010001000000A00FA00F0000"  # the seed's own (malformed) HTTP example
+SEED_HTTP_HEX = "0A10010001000000A00FA00F0000"  # the vendor docs' own (malformed) HTTP example
 
 SEED_V2_BODY = b"""{
  "token": "5b131223c67e7abcd81b0617",

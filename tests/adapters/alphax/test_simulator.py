@@ -26,7 +26,7 @@ from adapters.alphax.simulator import TokenSpec, open_alphax_simulator
 from tests.support.mosquitto import MosquittoBroker
 
 TOKEN = "tok-4f9a2c"
-T0 = 1_700_000_000  # epoch seconds of the seeded windows
+T0 = 1_700_000_000  # epoch seconds of the pre-filled windows
 SEED_HTTP_HEX = "0A10010001000000A00FA00F0000"
 REPO = Path(__file__).resolve().parents[3]
 Params = dict[str, str | int | float]

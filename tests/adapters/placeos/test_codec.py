@@ -1,5 +1,6 @@
-"""The PlaceOS codec against golden frames from the protocol note, the seed's wrong forms,
-malformed input, and round trips (hypothesis) in both directions."""
+"""The PlaceOS codec against golden frames of ``docs/protocols/placeos.md``, the public docs'
+wrong forms ("Where the public docs are wrong"), malformed input, and round trips (hypothesis)
+in both directions."""
 
 from __future__ import annotations
 
@@ -122,11 +123,11 @@ def test_heartbeats_are_raw_text_not_json() -> None:
         decode_server_frame('"pong"')
 
 
-# ----------------------------------------------------------------- the seed's wrong forms
+# ---------------------------------------------------------- the public docs' wrong forms
 
 
 def test_seed_stringified_notify_value_stays_a_string() -> None:
-    """The seed shows ``"value": "[]"``; the value is then the JSON *string* "[]"."""
+    """The docs show ``"value": "[]"``; the value is then the JSON *string* "[]"."""
     frame = decode_server_frame(f'{{"id":18,"type":"notify","value":"[]","meta":{META_JSON}}}')
     assert isinstance(frame, NotifyFrame)
     assert decode_value(frame.value) == "[]"
