@@ -41,9 +41,9 @@ log = logging.getLogger("junction")
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 SIMULATORS = {
-    "placeos": "adapters.placeos.simulator",
-    "allxon": "adapters.allxon.simulator",
-    "alphax": "adapters.alphax.simulator",
+    "placeos": "adapters.placeos.sim",
+    "allxon": "adapters.allxon.sim",
+    "alphax": "adapters.alphax.sim",
 }
 
 

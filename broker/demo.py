@@ -50,14 +50,14 @@ from adapters.allxon.codec import (
     ConfigSetting,
     NamedValue,
 )
-from adapters.allxon.simulator import (
+from adapters.allxon.sim import (
     AllxonSimulator,
     NoPluginConnectedError,
     load_credential,
     open_allxon_simulator,
 )
-from adapters.alphax.simulator import AlphaXSimulator, open_alphax_simulator
-from adapters.placeos.simulator import PlaceOSSimulator, load_model, open_placeos_simulator
+from adapters.alphax.sim import AlphaXSimulator, open_alphax_simulator
+from adapters.placeos.sim import PlaceOSSimulator, load_model, open_placeos_simulator
 from broker import status
 from broker.envelope import (
     ChannelReading,
