@@ -111,7 +111,7 @@ def simulator_process(conn: Connection, budget: int) -> None:
     """Serve the simulator; answer ("report",) with its figures, stop on ("stop",)."""
     import logging
 
-    from adapters.allxon.simulator import open_allxon_simulator
+    from adapters.allxon.sim import open_allxon_simulator
 
     logging.basicConfig(level=logging.WARNING)
 

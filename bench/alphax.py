@@ -60,7 +60,7 @@ TRANSPORTS = ("http", "mqtt", "mqtt-channel")
 
 def simulator_process(conn: Connection, mqtt_url: str) -> None:
     """Serve the simulator; answer ("count",) with the store's size, ("clear",), ("stop",)."""
-    from adapters.alphax.simulator import open_alphax_simulator
+    from adapters.alphax.sim import open_alphax_simulator
 
     async def main() -> None:
         async with open_alphax_simulator(

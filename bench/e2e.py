@@ -73,7 +73,7 @@ MODULE = "bench"
 
 def placeos_process(conn: Connection, statuses: int) -> None:
     """Serve the PlaceOS simulator; obey ("rate", hz, seconds) and ("stop",)."""
-    from adapters.placeos.simulator import open_placeos_simulator
+    from adapters.placeos.sim import open_placeos_simulator
 
     status = {f"s{i}": {"t": 0, "n": -1, "c": i % 32 + 1} for i in range(statuses)}
     model = {
@@ -116,8 +116,8 @@ def sinks_process(conn: Connection, mqtt_url: str) -> None:
     """Serve the AlphaX and Allxon simulators; answer ("count",), ("allxon",), ("stop",)."""
     import logging
 
-    from adapters.allxon.simulator import open_allxon_simulator
-    from adapters.alphax.simulator import open_alphax_simulator
+    from adapters.allxon.sim import open_allxon_simulator
+    from adapters.alphax.sim import open_alphax_simulator
 
     logging.basicConfig(level=logging.WARNING)
 

@@ -45,7 +45,7 @@ KEY = "bench.key"
 
 def simulator_process(conn: Connection, statuses: int) -> None:
     """Serve the simulator; obey ("rate", hz, seconds) and ("stop",)."""
-    from adapters.placeos.simulator import open_placeos_simulator
+    from adapters.placeos.sim import open_placeos_simulator
 
     model = {
         "systems": [

@@ -8,15 +8,18 @@
     junction status CONFIG       the live table of a running bridge, from its /status endpoint
     junction explain CONFIG ENV  which routes take an envelope and what they make of it
     junction plugins             what is loaded and what each plugin registers
+    junction dlq ACTION CONFIG   list | show | replay | purge dead letters (broker.dlq)
+
+Plugins add commands through the ``junction_commands`` hook (``broker.hookspecs``); the demo
+bundle (``adapters/demo``) adds these two:
+
     junction demo                run the built-in demo (routes/demo.toml) with a live view
     junction sim PEER ...        run a peer simulator (placeos, allxon, alphax)
-    junction dlq ACTION CONFIG   list | show | replay | purge dead letters (broker.dlq)
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import signal
@@ -32,27 +35,29 @@ import msgspec
 from broker import envelope as env_mod
 from broker import explain as explain_mod
 from broker import logs, status
+from broker import plugins as plugins_mod
 from broker import reload as reload_mod
 from broker.errors import ConfigError, PluginError
+from broker.hookspecs import Command
 from broker.routing import resolve_policies
 from broker.runtime import Loaded, Runtime, load
 
 log = logging.getLogger("junction")
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
-SIMULATORS = {
-    "placeos": "adapters.placeos.simulator",
-    "allxon": "adapters.allxon.simulator",
-    "alphax": "adapters.alphax.simulator",
-}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``junction`` console script."""
-    args = _parser().parse_args(argv)
+    try:
+        parser = _parser(plugins_mod.commands())
+    except PluginError as err:
+        print(f"plugin error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     if args.command is None:
-        _parser().print_help()
+        parser.print_help()
         return EXIT_CONFIG
     try:
         result: int = args.func(args)
@@ -67,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:
+    """The parser: the core commands, then each plugin command in ``commands``."""
     p = argparse.ArgumentParser(
         prog="junction",
         description="Junction bridges PlaceOS, the Allxon Octo agent and AlphaX Conduit "
@@ -140,26 +146,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     plug.set_defaults(func=cmd_plugins)
 
-    demo = sub.add_parser("demo", help="run the built-in demo with a live view")
-    demo.add_argument("--config", default=None, help="demo table (default: routes/demo.toml)")
-    demo.add_argument(
-        "--duration",
-        type=float,
-        default=0,
-        metavar="S",
-        help="run S seconds without a live view, print a summary; exit 0 only "
-        "when every route delivered",
-    )
-    demo.set_defaults(func=cmd_demo)
-
     from broker import dlq
 
     dlq.add_parser(sub)
 
-    sim = sub.add_parser("sim", help="run a peer simulator", add_help=False)
-    sim.add_argument("peer", choices=sorted(SIMULATORS))
-    sim.add_argument("args", nargs=argparse.REMAINDER)
-    sim.set_defaults(func=cmd_sim)
+    for command in (commands or {}).values():
+        if command.name in sub.choices:
+            raise PluginError(
+                f"plugin {command.plugin!r} adds the command {command.name!r}, "
+                "which junction already has"
+            )
+        cp = sub.add_parser(command.name, help=command.help, add_help=command.add_help)
+        if command.configure is not None:
+            command.configure(cp)
+        cp.set_defaults(func=command.run)
     return p
 
 
@@ -216,18 +216,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from broker import plugins as plugins_mod
-
     plugins = plugins_mod.load(disabled=args.disable)
     print("plugins:")
     for name in plugins.names():
         types = [t.name for t in plugins.adapter_types.values() if t.plugin == name]
         trans = [t.name for t in plugins.transforms.values() if t.plugin == name]
+        cmds = [c.name for c in plugins.commands.values() if c.plugin == name]
         print(f"  {name}")
         if types:
             print(f"    adapter types: {', '.join(types)}")
         if trans:
             print(f"    transforms:    {', '.join(trans)}")
+        if cmds:
+            print(f"    commands:      {', '.join(cmds)}")
     for name in plugins.blocked:
         print(f"  {name} (disabled)")
     for failure in plugins.failures:
@@ -376,28 +377,6 @@ def _show(
     else:
         sys.stdout.write(text + "\n\n")
     sys.stdout.flush()
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from broker import demo
-
-    path = args.config or _demo_path()
-    live = sys.stdout.isatty() and not args.duration
-    return demo.run_demo(path, duration=args.duration, live=live)
-
-
-def _demo_path() -> str:
-    here = Path.cwd() / "routes" / "demo.toml"
-    if here.exists():
-        return str(here)
-    bundled = Path(__file__).resolve().parent.parent / "routes" / "demo.toml"
-    return str(bundled)
-
-
-def cmd_sim(args: argparse.Namespace) -> int:
-    module = importlib.import_module(SIMULATORS[args.peer])
-    result: int = module.main(list(args.args))
-    return result
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
+
     from broker.adapter import Adapter, AdapterContext
     from broker.config import AdapterConfig
     from broker.envelope import Envelope
@@ -80,6 +82,24 @@ def transform(name: str, description: str = "") -> Callable[[TransformFn], Trans
     return wrap
 
 
+@dataclass(frozen=True)
+class Command:
+    """A ``junction`` subcommand a plugin adds: ``junction NAME ...`` (the demo bundle adds
+    ``demo`` and ``sim``).
+
+    ``configure(parser)`` adds the command's arguments to the sub-parser made for it;
+    ``run(args)`` runs it with the parsed arguments and returns the exit status (0 done,
+    1 failed, 2 usage or configuration error). ``add_help=False`` leaves ``-h`` to ``run``,
+    for a command that passes its arguments on (``junction sim PEER --help``)."""
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    configure: Callable[[argparse.ArgumentParser], None] | None = None
+    add_help: bool = True
+    plugin: str = field(default="", compare=False)
+
+
 @hookspec
 def junction_adapter_types() -> Sequence[AdapterType]:  # type: ignore[empty-body]
     """Return the adapter types this plugin provides."""
@@ -88,6 +108,16 @@ def junction_adapter_types() -> Sequence[AdapterType]:  # type: ignore[empty-bod
 @hookspec
 def junction_transforms() -> Sequence[Transform]:  # type: ignore[empty-body]
     """Return the transforms this plugin provides."""
+
+
+@hookspec
+def junction_commands() -> Sequence[Command]:  # type: ignore[empty-body]
+    """Return the ``junction`` subcommands this plugin adds.
+
+    Called on every ``junction`` invocation, before its arguments are parsed: keep the
+    module and this hook cheap, and import what a command needs inside its ``run``.  A
+    name that is already a command (its own or another plugin's) is a plugin error.
+    """
 
 
 @hookspec

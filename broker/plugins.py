@@ -5,15 +5,17 @@ distribution in the ``junction.plugins`` entry-point group, except the names lis
 in ``[junction] disabled_plugins``.  A plugin that fails to import is reported by name
 with the one line that explains it, and the rest still load; ``check_pending()``
 then makes a misspelt hook function a loud error instead of a silent no-op.
+
+A built-in is an entry point of that group declared by Junction's own distribution
+(``pyproject.toml``), so the core names no adapter; they register as ``builtin:MODULE``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import importlib.util
 import logging
-import pkgutil
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -21,23 +23,28 @@ import pluggy
 
 from broker import hookspecs
 from broker.errors import PluginError
-from broker.hookspecs import ENTRY_POINT_GROUP, AdapterType, Transform
+from broker.hookspecs import ENTRY_POINT_GROUP, AdapterType, Command, Transform
 
 log = logging.getLogger(__name__)
 
 
-def _builtin_modules() -> tuple[str, ...]:
-    """Every ``adapters.<package>.plugin`` module shipped with Junction, in name order."""
-    import adapters
-
-    found = []
-    for info in sorted(pkgutil.iter_modules(adapters.__path__), key=lambda m: m.name):
-        if info.ispkg and importlib.util.find_spec(f"adapters.{info.name}.plugin") is not None:
-            found.append(f"adapters.{info.name}.plugin")
-    return tuple(found)
+#: The distribution whose entry points are the built-ins (Junction itself).
+DISTRIBUTION = "junction"
 
 
-BUILTIN_MODULES = _builtin_modules()
+def _is_builtin(ep: importlib.metadata.EntryPoint) -> bool:
+    name = ep.dist.name if ep.dist is not None else ""
+    return re.sub(r"[-_.]+", "-", name).lower() == DISTRIBUTION
+
+
+def builtin_modules() -> tuple[str, ...]:
+    """The plugin modules Junction ships: its own ``junction.plugins`` entry points, in
+    module name order (``adapters.allxon.plugin``, ...; none when Junction is not installed)."""
+    eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return tuple(sorted({ep.value for ep in eps if _is_builtin(ep)}))
+
+
+BUILTIN_MODULES = builtin_modules()
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Plugins:
     pm: pluggy.PluginManager
     adapter_types: dict[str, AdapterType] = field(default_factory=dict)
     transforms: dict[str, Transform] = field(default_factory=dict)
+    commands: dict[str, Command] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
 
@@ -68,7 +76,35 @@ class Plugins:
 
 
 def load(disabled: Iterable[str] = (), builtins: Iterable[str] = BUILTIN_MODULES) -> Plugins:
-    """Create the manager, register built-ins and entry-point plugins, build the registry."""
+    """Create the manager, register built-ins and entry-point plugins, build the registry.
+
+    ``builtins`` are the modules registered first (tests add theirs to
+    :data:`BUILTIN_MODULES`); Junction's own entry points are never loaded a second time.
+    """
+    plugins = _register(disabled, builtins, quiet=False)
+    try:
+        plugins.pm.check_pending()
+    except pluggy.PluginValidationError as err:
+        raise PluginError(
+            f"plugin {err.plugin!r} implements a hook that does not exist: {err}"
+        ) from err
+    _collect(plugins)
+    return plugins
+
+
+def commands() -> dict[str, Command]:
+    """The subcommands the installed plugins add to ``junction`` (for its parser).
+
+    Registers plugins as :func:`load` does, but quietly: one that fails to import (or
+    misspells a hook) adds no command here, and the commands that load plugins for real
+    (``run``, ``check``, ``plugins``) report it.
+    """
+    plugins = _register((), BUILTIN_MODULES, quiet=True)
+    _collect_commands(plugins)
+    return plugins.commands
+
+
+def _register(disabled: Iterable[str], builtins: Iterable[str], quiet: bool) -> Plugins:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     plugins = Plugins(pm=pm)
@@ -78,21 +114,17 @@ def load(disabled: Iterable[str] = (), builtins: Iterable[str] = BUILTIN_MODULES
     for name in disabled:
         pm.set_blocked(name)
         plugins.blocked.append(name)
-    _load_entry_points(plugins, set(disabled))
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as err:
-        raise PluginError(
-            f"plugin {err.plugin!r} implements a hook that does not exist: {err}"
-        ) from err
-    _collect(plugins)
+    _load_entry_points(plugins, set(disabled), quiet)
     return plugins
 
 
-def _load_entry_points(plugins: Plugins, disabled: set[str]) -> None:
+def _load_entry_points(plugins: Plugins, disabled: set[str], quiet: bool = False) -> None:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if _is_builtin(ep):
+            continue  # registered (or deliberately left out) as a built-in
         if ep.name in disabled:
-            log.info("plugin %s is disabled by configuration", ep.name)
+            if not quiet:
+                log.info("plugin %s is disabled by configuration", ep.name)
             continue
         if plugins.pm.get_plugin(ep.name) is not None:
             continue
@@ -102,19 +134,21 @@ def _load_entry_points(plugins: Plugins, disabled: set[str]) -> None:
             dist = ep.dist.name if ep.dist is not None else "?"
             reason = f"{type(err).__name__}: {err}"
             plugins.failures.append(PluginFailure(ep.name, f"{reason} (from {dist}, {ep.value})"))
-            log.error(
-                "plugin %s failed to load and is skipped: %s (entry point %s in %s)",
-                ep.name,
-                reason,
-                ep.value,
-                dist,
-            )
+            if not quiet:
+                log.error(
+                    "plugin %s failed to load and is skipped: %s (entry point %s in %s)",
+                    ep.name,
+                    reason,
+                    ep.value,
+                    dist,
+                )
             continue
         try:
             plugins.pm.register(module, name=ep.name)
         except ValueError as err:
             plugins.failures.append(PluginFailure(ep.name, str(err)))
-            log.error("plugin %s could not be registered: %s", ep.name, err)
+            if not quiet:
+                log.error("plugin %s could not be registered: %s", ep.name, err)
 
 
 def _collect(plugins: Plugins) -> None:
@@ -143,6 +177,20 @@ def _collect(plugins: Plugins) -> None:
             plugins.transforms[item.name] = Transform(
                 item.name, item.factory, item.description, plugin=impl.plugin_name
             )
+    _collect_commands(plugins)
+
+
+def _collect_commands(plugins: Plugins) -> None:
+    for impl in plugins.pm.hook.junction_commands.get_hookimpls():
+        for item in _returned(impl):
+            if not isinstance(item, Command):
+                raise PluginError(f"plugin {impl.plugin_name!r} returned {item!r}, not a Command")
+            if item.name in plugins.commands:
+                raise PluginError(
+                    f"command {item.name!r} is registered twice "
+                    f"(again by plugin {impl.plugin_name!r})"
+                )
+            plugins.commands[item.name] = dataclasses.replace(item, plugin=impl.plugin_name)
 
 
 def _returned(impl: pluggy.HookImpl) -> list[object]:

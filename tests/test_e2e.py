@@ -1,6 +1,6 @@
 """End to end: routes/demo.toml, the real runtime, all three simulators over real sockets.
 
-The simulators run in the test's trio loop (``broker.demo.open_demo_peers``, drift off so
+The simulators run in the test's trio loop (``adapters.demo.runner.open_demo_peers``, drift off so
 values move only when a test moves them); the bridge is the one ``junction demo`` runs,
 loaded from the committed table with the ``JUNCTION_DEMO_*`` addresses in the environment,
 the example plugin found through its entry point.
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 
-from broker.demo import DemoPeers, open_demo_peers
+from adapters.demo.runner import DemoPeers, open_demo_peers
 from broker.runtime import Runtime, load
 from tests.conftest import wait_for
 

@@ -36,8 +36,8 @@ from typing import Any, cast
 import pytest
 import trio
 
-from adapters.alphax.simulator import SimStore, open_alphax_simulator
-from adapters.placeos.simulator import open_placeos_simulator
+from adapters.alphax.sim import SimStore, open_alphax_simulator
+from adapters.placeos.sim import open_placeos_simulator
 from broker.envelope import ChannelWrite, Envelope
 from broker.envelope import encode as encode_envelope
 from broker.outbox import Outbox

@@ -163,3 +163,24 @@ def test_site_example_checks_once_its_environment_is_set(tmp_path: Path) -> None
     assert missing.returncode == 2
     for name in SITE_ENV:
         assert f"environment variable {name} is not set" in missing.stderr
+
+
+def test_demo_and_sim_without_the_sim_extra_say_what_to_install() -> None:
+    """The demo bundle's commands (a plugin's, through junction_commands) need the `sim`
+    extra; without it (trustme hidden here) one line says what to install, exit 2."""
+    for command in (["demo", "--duration", "1"], ["sim", "allxon", "--help"]):
+        code = f"import sys; sys.modules['trustme'] = None; from broker.cli import main; sys.exit(main({command!r}))"
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.strip().splitlines() == [
+            f"junction {' '.join(command[:2]) if command[0] == 'sim' else 'demo'} needs the "
+            "simulators' extra (module 'trustme' is missing): pip install 'junction[sim]'"
+        ]
+        assert out.stdout == ""

@@ -122,3 +122,36 @@ def test_misspelt_hook_fails_loudly(site: Path) -> None:
     assert out.returncode == 2
     assert "plugin error" in out.stderr and "junction_transform" in out.stderr
     assert "misspelt" in out.stderr
+
+
+COMMANDS = """
+from broker.hookspecs import Command, hookimpl
+
+def configure(parser):
+    parser.add_argument("who")
+
+def hello(args):
+    print(f"hello {args.who}")
+    return 0
+
+@hookimpl
+def junction_commands():
+    return [Command("hello", "say hello", hello, configure)]
+"""
+
+
+def test_plugin_adds_a_command_but_not_one_named_like_a_core_command(site: Path) -> None:
+    _install(site, "junction_hello", "junction_hello", COMMANDS, "hello")
+    out = junction(site, "hello", "world")
+    assert (out.returncode, out.stdout) == (0, "hello world\n"), out.stderr
+    assert "hello" in junction(site, "--help").stdout
+    listed = junction(site, "plugins").stdout
+    assert "  hello\n    commands:      hello\n" in listed
+    assert "  builtin:adapters.demo.plugin\n    commands:      demo, sim\n" in listed
+    clash = COMMANDS.replace('Command("hello"', 'Command("run"')
+    _install(site, "junction_clash", "junction_clash", clash, "clash")
+    out = junction(site, "check", "x.toml")
+    assert out.returncode == 2
+    assert "plugin error: plugin 'clash' adds the command 'run', which junction already has" in (
+        out.stderr
+    )

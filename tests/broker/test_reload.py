@@ -23,7 +23,7 @@ import pykka
 import pytest
 import trio
 
-from adapters.placeos.simulator import open_placeos_simulator
+from adapters.placeos.sim import open_placeos_simulator
 from broker import reload as reload_mod
 from broker.adapter import Adapter, AdapterActor
 from broker.envelope import Envelope, Metric, StatusChange

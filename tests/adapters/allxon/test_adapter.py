@@ -17,7 +17,6 @@ import pytest
 import trio
 import trustme
 
-from adapters.allxon._simstore import Rejection
 from adapters.allxon.codec import (
     AlarmModuleSettings,
     AlarmSetting,
@@ -33,7 +32,8 @@ from adapters.allxon.codec import (
     epoch_str,
 )
 from adapters.allxon.signing import sign_frame
-from adapters.allxon.simulator import AllxonSimulator, open_allxon_simulator
+from adapters.allxon.sim import AllxonSimulator, open_allxon_simulator
+from adapters.allxon.sim._store import Rejection
 from broker.envelope import (
     AlarmUpdate,
     Alert,

@@ -22,7 +22,6 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from adapters.allxon._simstore import Rejection
 from adapters.allxon.codec import (
     AgentError,
     AgentErrorFrame,
@@ -61,7 +60,7 @@ from adapters.allxon.codec import (
     encode_message,
 )
 from adapters.allxon.signing import sign_frame, verify_frame
-from adapters.allxon.simulator import (
+from adapters.allxon.sim import (
     AllxonSimulator,
     NoPluginConnectedError,
     load_credential,
@@ -70,6 +69,7 @@ from adapters.allxon.simulator import (
     serve_cli,
     write_dev_credential,
 )
+from adapters.allxon.sim._store import Rejection
 
 MODULE = "room-1"
 
@@ -475,7 +475,7 @@ def test_write_dev_credential_refuses_to_overwrite(tmp_path: Path) -> None:
 
 def test_ctrl_c_exits_zero(tmp_path: Path) -> None:
     code = (
-        "import sys; from adapters.allxon.simulator import main; "
+        "import sys; from adapters.allxon.sim import main; "
         f"sys.exit(main(['--port', '0', '--write-credentials', {str(tmp_path / 'c.json')!r}, "
         "'--render-every', '0']))"
     )

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from adapters.alphax.simulator import TokenSpec, open_alphax_simulator
+from adapters.alphax.sim import TokenSpec, open_alphax_simulator
 from broker.runtime import Loaded
 from tests.adapters.alphax.conftest import TOKEN, route, table
 from tests.conftest import wait_for

@@ -25,7 +25,7 @@ from adapters.alphax import codec
 from adapters.alphax._mqtt import MqttWriter
 from adapters.alphax._uplinks import Message
 from adapters.alphax.config import AlphaXConfig
-from adapters.alphax.simulator import open_alphax_simulator
+from adapters.alphax.sim import open_alphax_simulator
 from broker.adapter import AdapterStatus
 from broker.runtime import Loaded
 from tests.adapters.alphax.conftest import TOKEN, route, table

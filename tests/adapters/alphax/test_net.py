@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from adapters.alphax.simulator import open_alphax_simulator
+from adapters.alphax.sim import open_alphax_simulator
 from broker.runtime import Loaded
 from tests.adapters.alphax.conftest import TOKEN, route, table
 from tests.conftest import wait_for

@@ -22,7 +22,7 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion
 
 from adapters.alphax import codec
-from adapters.alphax.simulator import TokenSpec, open_alphax_simulator
+from adapters.alphax.sim import TokenSpec, open_alphax_simulator
 from tests.support.mosquitto import MosquittoBroker
 
 TOKEN = "tok-4f9a2c"
@@ -440,7 +440,7 @@ async def test_mqtt_survives_a_broker_restart_on_the_same_port(mosquitto: Mosqui
 
 
 async def test_unreachable_broker_and_unmet_conditions_fail_clearly() -> None:
-    from adapters.alphax.simulator import MqttConnectError
+    from adapters.alphax.sim import MqttConnectError
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -489,7 +489,7 @@ async def test_tokens_never_reach_the_log(
 def _run_cli(*args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "ALPHAX_TOKEN": "cli-token-77", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "adapters.alphax.simulator", *args],
+        [sys.executable, "-m", "adapters.alphax.sim", *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

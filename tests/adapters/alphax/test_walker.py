@@ -15,8 +15,8 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.alphax._simstore import SimStore
 from adapters.alphax._walker import Record, StreamState, Walker, Window
+from adapters.alphax.sim._store import SimStore
 
 TOKEN = "tok-walk"
 T0 = 1_700_000_000

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from adapters.placeos.simulator import open_placeos_simulator
+from adapters.placeos.sim import open_placeos_simulator
 from broker.envelope import Bind, Envelope, ExecRequest, ExecResult, StatusChange
 from broker.runtime import Loaded
 from tests.conftest import wait_for

@@ -39,7 +39,7 @@ from adapters.placeos.codec import (
     decode_server_frame,
     decode_value,
 )
-from adapters.placeos.simulator import (
+from adapters.placeos.sim import (
     EXAMPLE_MODEL,
     HttpExchange,
     ModelError,
@@ -708,7 +708,7 @@ async def test_serve_cli_port_taken_is_exit_1(capsys: pytest.CaptureFixture[str]
 async def test_main_exits_0_on_ctrl_c() -> None:
     root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": str(root), "PLACEOS_API_KEY": "env.key"}
-    command = [sys.executable, "-m", "adapters.placeos.simulator", "--port", "0"]
+    command = [sys.executable, "-m", "adapters.placeos.sim", "--port", "0"]
     proc = await trio.lowlevel.open_process(
         command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )

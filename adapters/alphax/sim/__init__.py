@@ -16,8 +16,8 @@ From the command line (``junction sim alphax ...`` calls :func:`main`)::
 
 The token defaults to ``$ALPHAX_TOKEN``; without one a dev token is generated and printed once
 to stdout (the only place the simulator ever shows a token; logs are redacted). The rules and
-choices are documented in ``_simcore`` (tokens, tiers, faults), ``_simhttp`` (HTTP),
-``_simnet`` (UDP/TCP) and ``_simmqtt`` (MQTT); the store in ``_simstore``.
+choices are documented in ``_core`` (tokens, tiers, faults), ``_http`` (HTTP),
+``_net`` (UDP/TCP) and ``_mqtt`` (MQTT); the store in ``_store``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from functools import partial
 
 import trio
 
-from adapters.alphax._simcore import (
+from adapters.alphax.sim._core import (
     DEFAULT_TIERS,
     AlphaXSimulator,
     CodeStyle,
@@ -42,10 +42,10 @@ from adapters.alphax._simcore import (
     TierLimits,
     TokenSpec,
 )
-from adapters.alphax._simhttp import serve_http
-from adapters.alphax._simmqtt import MqttConnectError, MqttSubscriber
-from adapters.alphax._simnet import serve_tcp, serve_udp
-from adapters.alphax._simstore import SimStore, StoredValue
+from adapters.alphax.sim._http import serve_http
+from adapters.alphax.sim._mqtt import MqttConnectError, MqttSubscriber
+from adapters.alphax.sim._net import serve_tcp, serve_udp
+from adapters.alphax.sim._store import SimStore, StoredValue
 
 __all__ = [
     "DEFAULT_TIERS",
@@ -217,7 +217,3 @@ def main(argv: list[str] | None = None) -> int:
         if group.split(KeyboardInterrupt)[1] is None:
             return 0
         raise
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

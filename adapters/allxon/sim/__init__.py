@@ -56,19 +56,19 @@ from pathlib import Path
 import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
-from adapters.allxon._simserver import (
-    RECEIVE_LIMIT,
-    AllxonSimulator,
-    NoPluginConnectedError,
-    dev_credential,
-)
-from adapters.allxon._simstore import sample_command
 from adapters.allxon.codec import (
     MAX_FRAME_BYTES,
     PluginCredential,
     decode_credential,
     encode_credential,
 )
+from adapters.allxon.sim._server import (
+    RECEIVE_LIMIT,
+    AllxonSimulator,
+    NoPluginConnectedError,
+    dev_credential,
+)
+from adapters.allxon.sim._store import sample_command
 
 __all__ = [
     "AllxonSimulator",
@@ -250,7 +250,3 @@ def main(argv: list[str] | None = None) -> int:
         if rest is None:
             return 0
         raise
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

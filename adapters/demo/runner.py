@@ -19,10 +19,14 @@ reaches them over real loopback sockets, exactly as it would reach a site:
 ``open_demo_peers`` is the same thing as an async context manager for tests, which run the
 simulators in their own trio loop and drive them directly. The addresses reach the table
 through the ``JUNCTION_DEMO_*`` environment variables it names (:data:`ENV`).
+
+The tables and their companion files ship in the ``routes`` package (:data:`ROUTES_DIR`).
+``adapters.demo.plugin`` imports this module only when ``junction demo`` runs.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import itertools
 import logging
 import math
@@ -31,15 +35,13 @@ import secrets
 import signal
 import sys
 import threading
-import time
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgspec
 import trio
 from trio_websocket import ConnectionClosed
 
@@ -50,28 +52,31 @@ from adapters.allxon.codec import (
     ConfigSetting,
     NamedValue,
 )
-from adapters.allxon.simulator import (
+from adapters.allxon.sim import (
     AllxonSimulator,
     NoPluginConnectedError,
     load_credential,
     open_allxon_simulator,
 )
-from adapters.alphax.simulator import AlphaXSimulator, open_alphax_simulator
-from adapters.placeos.simulator import PlaceOSSimulator, load_model, open_placeos_simulator
+from adapters.alphax.sim import AlphaXSimulator, open_alphax_simulator
+from adapters.demo.view import LatestValues, extra_view
+from adapters.placeos.sim import PlaceOSSimulator, load_model, open_placeos_simulator
 from broker import status
-from broker.envelope import (
-    ChannelReading,
-    ConfigUpdate,
-    Envelope,
-    StatusChange,
-)
-from broker.hookspecs import hookimpl
 from broker.runtime import Loaded, Runtime, load
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ROUTES_DIR = Path(__file__).resolve().parent.parent / "routes"
+
+def _routes_dir() -> Path:
+    """The ``routes`` package's directory: the checkout's (editable install) or the wheel's."""
+    root = importlib.resources.files("routes")
+    if not isinstance(root, Path):  # e.g. imported from a zip: the demo needs real files
+        raise RuntimeError(f"the bundled routing tables are not on the file system: {root}")
+    return root
+
+
+ROUTES_DIR = _routes_dir()
 MODEL_FILE = "demo_building.toml"
 CREDENTIAL_FILE = "demo_plugin_credential.json"
 
@@ -99,6 +104,12 @@ COMMANDS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
     ("sys-huddle2", "display_power", {"power": True}, "fails: driver offline"),
     ("sys-boardroom", "display_power", {"power": False}, "ok"),
 )
+
+
+def default_config() -> Path:
+    """``routes/demo.toml`` in the working directory (a checkout), else the bundled one."""
+    here = Path.cwd() / "routes" / "demo.toml"
+    return here if here.exists() else ROUTES_DIR / "demo.toml"
 
 
 def demo_file(config_path: str | os.PathLike[str], name: str) -> Path:
@@ -342,74 +353,6 @@ class PeersThread:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("the demo simulators did not stop within %g s", timeout)
-
-
-# --------------------------------------------------------------------------- the view
-
-
-class LatestValues:
-    """A pluggy observer: the latest value per subject, from every batch the router gets."""
-
-    def __init__(self, keep: int = 40) -> None:
-        self.keep = keep
-        self._lock = threading.Lock()
-        self._values: OrderedDict[str, tuple[float, str]] = OrderedDict()
-
-    @hookimpl
-    def junction_envelopes_received(self, adapter: str, envelopes: Sequence[Envelope]) -> None:
-        """Remember the last value of each subject (runs in the router; cheap)."""
-        latest: dict[str, tuple[float, str]] = {}
-        for env in envelopes:
-            text = _value_text(env)
-            if text is not None:
-                latest[f"{adapter} {env.subject}"] = (env.ts, text)
-        if not latest:
-            return
-        with self._lock:
-            for key, value in latest.items():
-                self._values.pop(key, None)
-                self._values[key] = value
-            while len(self._values) > self.keep:
-                self._values.popitem(last=False)
-
-    def lines(self, limit: int = 12) -> list[str]:
-        """The most recently updated subjects, sorted by name, one line each."""
-        with self._lock:
-            items = list(self._values.items())[-limit:]
-        now = time.time()
-        return [
-            f"  {key:<50} {text[:40]:<40} {max(0.0, now - ts):>4.0f}s ago"
-            for key, (ts, text) in sorted(items)
-        ]
-
-
-def _value_text(env: Envelope) -> str | None:
-    body = env.body
-    if isinstance(body, StatusChange):
-        value = body.value
-        return value if isinstance(value, str) else msgspec.json.encode(value).decode()
-    if isinstance(body, ChannelReading):
-        return f"{body.value:g} (channel reading)"
-    if isinstance(body, ConfigUpdate):
-        return ", ".join(f"{c.name}={c.params}" for c in body.configs) or "(empty config)"
-    return None  # commands and exec results: the command list shows them with their acks
-
-
-def extra_view(values: LatestValues, sims: PeersThread) -> Callable[[], str]:
-    """The demo's part of the live view: latest values and the last commands."""
-
-    def render() -> str:
-        lines = ["latest values:", *values.lines()]
-        try:
-            commands = sims.call(lambda: sims.peers.command_lines() if sims.peers else [])
-            threshold = sims.call(lambda: sims.peers.threshold if sims.peers else math.nan)
-        except (trio.RunFinishedError, RuntimeError):
-            commands, threshold = ["  (simulators stopped)"], math.nan
-        lines += ["", f"portal commands (too-hot threshold now {threshold:g} C):"]
-        lines += commands or ["  none yet"]
-        return "\n".join(lines)
-
-    return render
 
 
 # --------------------------------------------------------------------------- running it

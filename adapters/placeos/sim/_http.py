@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import trio
 
-from adapters.placeos._simmodel import Clearance
+from adapters.placeos.sim._model import Clearance
 
 __all__ = [
     "Credentials",

@@ -52,8 +52,8 @@ from typing import Any, Final
 
 import trio
 
-from adapters.placeos._simmodel import ModelError, SimModel, load_model
-from adapters.placeos._simserver import (
+from adapters.placeos.sim._model import ModelError, SimModel, load_model
+from adapters.placeos.sim._server import (
     AUTHORITY_PATH,
     CONTROL_PATH,
     DEV_API_KEY,
@@ -82,7 +82,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EXAMPLE_MODEL: Final = Path(__file__).with_name("sim_model_example.toml")
+EXAMPLE_MODEL: Final = Path(__file__).with_name("model_example.toml")
 
 
 @asynccontextmanager
@@ -182,7 +182,3 @@ def main(argv: list[str] | None = None) -> int:
         if group.split(KeyboardInterrupt)[1] is None:
             return 0
         raise
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """HTTP side of the AlphaX simulator: the endpoints, served by the lean trio + h11 server of
-``_simh11`` (the simulator shares a 2-core machine with the bridge in the end-to-end benchmark,
-where hypercorn + Starlette cost ~460 us more CPU per request; see ``_simh11``).
+``_h11`` (the simulator shares a 2-core machine with the bridge in the end-to-end benchmark,
+where hypercorn + Starlette cost ~460 us more CPU per request; see ``_h11``).
 
 Endpoints: ``POST /post/v1``, ``POST /post/v2`` (token in the JSON body), ``GET /conduitv4``
 and ``GET /conduitv6`` (``token``, optional ``id``, ``ch``, ``fcdt``+``tcdt``). Every error is
@@ -37,9 +37,6 @@ from typing import Any, cast
 import msgspec
 import trio
 
-from adapters.alphax._simcore import AlphaXSimulator, RequestLog
-from adapters.alphax._simh11 import HttpRequest, HttpResponse, listen_tcp, serve
-from adapters.alphax._simstore import StoredValue
 from adapters.alphax.codec import (
     CodecError,
     V4Record,
@@ -52,6 +49,9 @@ from adapters.alphax.codec import (
     encode_v6_records,
     redact,
 )
+from adapters.alphax.sim._core import AlphaXSimulator, RequestLog
+from adapters.alphax.sim._h11 import HttpRequest, HttpResponse, listen_tcp, serve
+from adapters.alphax.sim._store import StoredValue
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from functools import partial
 
 import trio
 
-from adapters.alphax._simcore import AlphaXSimulator
+from adapters.alphax.sim._core import AlphaXSimulator
 
 log = logging.getLogger(__name__)
 

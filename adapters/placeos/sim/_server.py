@@ -1,10 +1,10 @@
 """The PlaceOS simulator's server: connections, sessions, request dispatch and test knobs.
 
-The public face is ``adapters.placeos.simulator`` (``open_placeos_simulator``, the CLI); its
+The public face is ``adapters.placeos.sim`` (``open_placeos_simulator``, the CLI); its
 docstring says what the simulated server does and where that comes from. Here: each TCP
-connection's request head is read by ``_simhttp`` (which also authenticates and answers plain
+connection's request head is read by ``_http`` (which also authenticates and answers plain
 HTTP); an upgrade goes through trio-websocket; each accepted WebSocket becomes a ``SimSession``
-whose requests drive the pure ``_simmodel.World``. Outgoing frames are queued per session and
+whose requests drive the pure ``_model.World``. Outgoing frames are queued per session and
 written by one writer task per session.
 """
 
@@ -21,16 +21,6 @@ import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from adapters.placeos import _simhttp
-from adapters.placeos._simhttp import Grant, HttpExchange, Verdict
-from adapters.placeos._simmodel import (
-    Clearance,
-    DriftSpec,
-    LogLevel,
-    SimModel,
-    SimModule,
-    World,
-)
 from adapters.placeos.codec import (
     PING,
     PONG,
@@ -43,6 +33,16 @@ from adapters.placeos.codec import (
     UnbindRequest,
     encode_error,
     parse_request,
+)
+from adapters.placeos.sim import _http
+from adapters.placeos.sim._http import Grant, HttpExchange, Verdict
+from adapters.placeos.sim._model import (
+    Clearance,
+    DriftSpec,
+    LogLevel,
+    SimModel,
+    SimModule,
+    World,
 )
 
 __all__ = [
@@ -155,7 +155,7 @@ class PlaceOSSimulator:
         self.sessions_opened = 0
         self.pings_received = 0
         self._world = World(model)
-        self.credentials = _simhttp.Credentials(api_key)
+        self.credentials = _http.Credentials(api_key)
         self._sessions: list[SimSession] = []
         self._faults: deque[_Fault] = deque()
         self._answer_pings = True
@@ -270,10 +270,10 @@ class PlaceOSSimulator:
             head = None
             with trio.move_on_after(HEAD_TIMEOUT_S):
                 try:
-                    head = await _simhttp.read_head(stream)
-                except _simhttp.HeadError as err:
+                    head = await _http.read_head(stream)
+                except _http.HeadError as err:
                     log.warning("bad HTTP request head: %s", err)
-                    await stream.send_all(_simhttp.plain_response(err.status))
+                    await stream.send_all(_http.plain_response(err.status))
             if head is not None:
                 request, rest = head
                 if request.is_upgrade:
@@ -287,7 +287,7 @@ class PlaceOSSimulator:
         finally:
             await trio.aclose_forcefully(stream)
 
-    def _plain(self, request: _simhttp.HttpHead) -> bytes:
+    def _plain(self, request: _http.HttpHead) -> bytes:
         verdict = Verdict(404, None)
         extra: tuple[str, ...] = ()
         if request.method != "GET":
@@ -301,7 +301,7 @@ class PlaceOSSimulator:
         self._record(
             HttpExchange(request.method, request.path, False, verdict.status, verdict.credential)
         )
-        return _simhttp.plain_response(verdict.status, verdict.body, extra)
+        return _http.plain_response(verdict.status, verdict.body, extra)
 
     def _authority(self) -> bytes:
         return msgspec.json.encode(
@@ -319,9 +319,9 @@ class PlaceOSSimulator:
         )
 
     async def _serve_upgrade(
-        self, stream: trio.SocketStream, request: _simhttp.HttpHead, rest: bytes
+        self, stream: trio.SocketStream, request: _http.HttpHead, rest: bytes
     ) -> None:
-        replay = _simhttp.PrefixedStream(stream, request.raw + rest)
+        replay = _http.PrefixedStream(stream, request.raw + rest)
         async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
             ws_request = None
             with trio.move_on_after(HEAD_TIMEOUT_S):  # wsproto may refuse the head itself

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from adapters.alphax._simstore import SimStore
 from adapters.alphax.codec import (
     CodecError,
     V1Uplink,
@@ -41,9 +40,10 @@ from adapters.alphax.codec import (
     redact,
     redact_topic,
 )
+from adapters.alphax.sim._store import SimStore
 
 if TYPE_CHECKING:
-    from adapters.alphax._simmqtt import MqttSubscriber
+    from adapters.alphax.sim._mqtt import MqttSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class RateLimiter:
 class AlphaXSimulator:
     """A running simulator: inspect ``store``, script faults, await conditions.
 
-    Built by :func:`adapters.alphax.simulator.open_alphax_simulator`, which fills in the URLs
+    Built by :func:`adapters.alphax.sim.open_alphax_simulator`, which fills in the URLs
     and ports once its listeners are bound.
     """
 

@@ -1,10 +1,10 @@
-"""The simulated Allxon agent itself (private; use ``simulator.open_allxon_simulator``).
+"""The simulated Allxon agent itself (private; use ``adapters.allxon.sim.open_allxon_simulator``).
 
-See ``adapters.allxon.simulator`` for the behaviour: check order of a received frame, the
+See ``adapters.allxon.sim`` for the behaviour: check order of a received frame, the
 decisions the protocol leaves open (docs/protocols/allxon.md, "What the simulator decides"),
 and what is recorded. This module holds the server
 side: one task per plugin connection, verification and signing in worker threads, the
-recorded state in ``_simstore.SimStore``.
+recorded state in ``_store.SimStore``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,6 @@ import trio
 import trustme
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
-from adapters.allxon._simstore import (
-    CallBudget,
-    CommandRecord,
-    ModuleRecord,
-    Rejection,
-    SimStore,
-)
 from adapters.allxon.cards import validate_update
 from adapters.allxon.codec import (
     MAX_FRAME_BYTES,
@@ -58,6 +51,13 @@ from adapters.allxon.codec import (
     error_frame,
 )
 from adapters.allxon.signing import SignatureError, sign_frame, verify_frame
+from adapters.allxon.sim._store import (
+    CallBudget,
+    CommandRecord,
+    ModuleRecord,
+    Rejection,
+    SimStore,
+)
 
 __all__ = ["RECEIVE_LIMIT", "AllxonSimulator", "NoPluginConnectedError", "dev_credential"]
 
@@ -152,7 +152,7 @@ class AllxonSimulator:
 
     @property
     def modules(self) -> dict[str, ModuleRecord]:
-        """Records per module name (see ``_simstore.ModuleRecord``)."""
+        """Records per module name (see ``_store.ModuleRecord``)."""
         return self.store.modules
 
     @property
