@@ -75,7 +75,6 @@ from adapters.allxon.codec import (
 from adapters.allxon.signing import sign_frame
 
 GUID = "a8e873a1-e5df-43a2-928a-745ff9c94dfb"
-SEEDS = Path("/work/shared/seeds")
 
 
 def full_module() -> Module:
@@ -273,18 +272,10 @@ def test_module_arrays_are_empty_arrays_never_null() -> None:
     assert module == {"moduleName": "m", **{k: [] for k in module if k != "moduleName"}}
 
 
-def test_seed_frames_decode() -> None:
-    seed = (SEEDS / "001_3ad4f3c0f48ac8ec.txt").read_text()
-    frames = []
-    depth, start = 0, None
-    for index, char in enumerate(seed):  # the JSON examples are the brace-balanced blocks
-        if char == "{":
-            start = index if depth == 0 else start
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0 and start is not None:
-                frames.append(seed[start : index + 1])
+def test_the_vendors_command_examples_decode() -> None:
+    # docs/protocols/allxon.md, "Commands and acks": the Commands page's four examples
+    examples = json.loads((Path(__file__).parent / "vendor_command_examples.json").read_text())
+    frames = examples["frames"]
     decoded = [decode_frame(f) for f in frames]
     assert [type(d) for d in decoded] == [
         PluginUpdate,
