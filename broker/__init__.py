@@ -1,0 +1,115 @@
+"""Junction's public face: everything a plugin (an adapter type, a transform, a command)
+or an embedding program may use.  Import from here, ``from broker import Adapter``;
+every other module of ``broker`` is internal and may change between releases.
+
+What a plugin must do, and when its code runs, is written down in :mod:`broker.hookspecs`
+(the hooks and the adapter contract).
+"""
+
+from broker.adapter import Adapter, AdapterContext, AdapterStatus
+from broker.backoff import Backoff, backoff_delay
+from broker.config import AdapterConfig
+from broker.envelope import (
+    BODY_TYPES,
+    AlarmSetting,
+    AlarmUpdate,
+    Alert,
+    Bind,
+    Body,
+    ChannelReading,
+    ChannelWrite,
+    CommandRequest,
+    CommandResult,
+    ConfigSetting,
+    ConfigUpdate,
+    Debug,
+    Envelope,
+    Event,
+    ExecRequest,
+    ExecResult,
+    LogLine,
+    Metric,
+    Property,
+    State,
+    StatusChange,
+    decode,
+    encode,
+    new_id,
+)
+from broker.errors import (
+    ConfigError,
+    ConfigProblem,
+    JunctionError,
+    PluginError,
+    TransformError,
+)
+from broker.hookspecs import (
+    ENTRY_POINT_GROUP,
+    AdapterType,
+    Command,
+    Transform,
+    TransformFn,
+    hookimpl,
+    transform,
+)
+from broker.logs import LogGate, redact, register_secret, truncate
+from broker.mapping import Getter, compile_template
+from broker.reconnect import Retry, reconnect_forever
+from broker.runtime import Loaded, Runtime, load
+
+__all__ = [
+    "BODY_TYPES",
+    "ENTRY_POINT_GROUP",
+    "Adapter",
+    "AdapterConfig",
+    "AdapterContext",
+    "AdapterStatus",
+    "AdapterType",
+    "AlarmSetting",
+    "AlarmUpdate",
+    "Alert",
+    "Backoff",
+    "Bind",
+    "Body",
+    "ChannelReading",
+    "ChannelWrite",
+    "Command",
+    "CommandRequest",
+    "CommandResult",
+    "ConfigError",
+    "ConfigProblem",
+    "ConfigSetting",
+    "ConfigUpdate",
+    "Debug",
+    "Envelope",
+    "Event",
+    "ExecRequest",
+    "ExecResult",
+    "Getter",
+    "JunctionError",
+    "Loaded",
+    "LogGate",
+    "LogLine",
+    "Metric",
+    "PluginError",
+    "Property",
+    "Retry",
+    "Runtime",
+    "State",
+    "StatusChange",
+    "Transform",
+    "TransformError",
+    "TransformFn",
+    "backoff_delay",
+    "compile_template",
+    "decode",
+    "encode",
+    "hookimpl",
+    "load",
+    "new_id",
+    "reconnect_forever",
+    "redact",
+    "register_secret",
+    "transform",
+    "truncate",
+]

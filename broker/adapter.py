@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pykka
 import trio
 
 from broker.backoff import Backoff
@@ -77,9 +76,14 @@ class AdapterStatus:
 
 @dataclass
 class AdapterContext:
-    """What the runtime gives an adapter: its router, settings, state dir and status."""
+    """What the runtime gives an adapter: its settings, state dir and status.
 
-    router: pykka.ActorRef[Any]
+    The way to the router is not part of it: an adapter reaches the router only through
+    :class:`Adapter`'s ``emit``, ``publish``, ``ack``, ``fail`` and ``defer``.
+    """
+
+    #: Puts a message into the router's mailbox (internal: the Adapter helpers use it).
+    to_router: Callable[[Any], None]
     settings: JunctionSettings
     status: AdapterStatus
     backlog: Backlog
@@ -168,7 +172,7 @@ class Adapter:
             for route, envs in by_route.items():
                 self.fail(route, envs, reason, permanent=False)
         else:
-            self.ctx.router.tell(Leftovers(self.name, reason, envelopes=by_route))
+            self.ctx.to_router(Leftovers(self.name, reason, envelopes=by_route))
 
     # --- helpers for subclasses -------------------------------------------------
 
@@ -179,7 +183,7 @@ class Adapter:
         batch = list(envelopes)
         self.ctx.backlog.add(len(batch))
         self.status.received += len(batch)
-        self.ctx.router.tell(Inbound(self.name, batch))
+        self.ctx.to_router(Inbound(self.name, batch))
 
     async def publish(self, envelopes: Sequence[Envelope]) -> None:
         """Like :meth:`emit`, but first waits while the router's backlog is over its mark."""
@@ -199,7 +203,7 @@ class Adapter:
                 self._settled_in_deliver.update(id(e) for e in envelopes)
             for env in envelopes:
                 self._deferred.pop(id(env), None)
-            self.ctx.router.tell(
+            self.ctx.to_router(
                 Failed(route, self.name, list(envelopes), reason, retry=not permanent)
             )
 
@@ -220,7 +224,7 @@ class Adapter:
             for env in envelopes:
                 self._deferred.pop(id(env), None)
             self.status.sent += len(envelopes)
-            self.ctx.router.tell(Delivered(route, self.name, len(envelopes), list(envelopes)))
+            self.ctx.to_router(Delivered(route, self.name, len(envelopes), list(envelopes)))
 
 
 class AdapterActor(LoopActor):
@@ -405,7 +409,7 @@ class AdapterActor(LoopActor):
             self._wake_event.set()
 
     async def _deliver_from_inlet(self, adapter: Adapter) -> None:
-        inlet, router = self.inlet, adapter.ctx.router
+        inlet, to_router = self.inlet, adapter.ctx.to_router
         while True:
             self._wake_event = trio.Event()
             item = inlet.take(adapter.max_batch)
@@ -429,7 +433,7 @@ class AdapterActor(LoopActor):
             except BaseException as err:
                 adapter._settled_in_deliver = None
                 rest = [e for e in batch if id(e) not in settled]
-                router.tell(
+                to_router(
                     Failed(route, adapter.name, rest, f"adapter raised {describe(err)}", retry=True)
                 )
                 raise
@@ -437,7 +441,7 @@ class AdapterActor(LoopActor):
             sent = batch if not settled else [e for e in batch if id(e) not in settled]
             adapter.status.sent += len(sent)
             if sent:
-                router.tell(Delivered(route, adapter.name, len(sent), sent))
+                to_router(Delivered(route, adapter.name, len(sent), sent))
 
     @staticmethod
     def _drop_expired(adapter: Adapter, route: str, batch: list[Envelope]) -> list[Envelope]:

@@ -1,4 +1,4 @@
-"""The plugin contract: every hook Junction calls, typed and documented.
+"""The plugin contract: every hook Junction calls, and what an adapter must do.
 
 Built-in adapters and transforms register through these same hooks, so a third-party
 plugin can do anything a built-in can.  A plugin is a module (or object) with
@@ -9,10 +9,62 @@ the ``junction.plugins`` entry-point group::
     [project.entry-points."junction.plugins"]
     my_plugin = "my_package.plugin"
 
+A plugin imports only what ``broker`` itself exports (``from broker import ...``, the
+names in ``broker.__all__``); every other module is internal and may change.
+
+Hooks
+-----
 Hooks are synchronous and must not block: they run in the router, on the trio loop
 the adapters share (a hook that blocks stalls every adapter on it).  Observer
 hooks are called once per batch, not per envelope, and not at all when no plugin
 implements them.
+
+Transforms and reload
+---------------------
+A transform's ``factory(options)`` is called once per route that names it, when the
+routing table is compiled: at start-up, and again for *every* route on each hot reload
+(the whole table is compiled anew and swapped in one step).  So whatever a transform
+keeps in its closure (a last value, a hysteresis state) starts over after a reload;
+envelopes already routed are not replayed through it.  Transforms run on the router's
+loop: pure, quick and non-blocking; raising dead-letters the envelope, never the route.
+
+The adapter contract
+--------------------
+An adapter type is an :class:`AdapterType`: its config struct (a subclass of
+``AdapterConfig``, decoded from ``[adapters.<name>]`` with its TOML path in every error)
+and a factory ``(name, config, context) -> Adapter``.  The factory must only build: no
+I/O, no threads; raising refuses the config (at start-up: the bridge does not start; on
+reload: that adapter alone is reported failed).
+
+Lifecycle.  Each adapter name has one actor (a pykka actor served on a trio loop, see
+``broker.runtime``) that owns the adapter's mailbox -- its per-route bounded queues -- and
+runs one *instance* at a time.  For each instance it starts two trio tasks:
+``run()`` (produce: connect, read, ``emit``/``publish``) and, unless
+``accepts_envelopes`` is False, a delivery task that takes batches of at most
+``max_batch`` envelopes of one route from the mailbox and awaits ``deliver(route,
+batch)``.  ``gather_s`` lets envelopes gather that long after an idle mailbox wakes
+(a paced sink).  If either task raises, the instance ends: ``aclose()`` runs, what it
+had deferred fails as transient, and after a capped, jittered back-off a fresh instance
+(the factory again, the same context) takes the same mailbox -- nothing queued is lost.
+At shutdown ``quiesce()`` is called first (return True to stop emitting yourself, False
+to have ``run()`` cancelled) while deliveries go on; then the instance is cancelled and
+``aclose()`` awaited.
+
+Settling what is delivered.  ``deliver`` returning counts its batch delivered, except
+the envelopes it settled otherwise during the call: ``fail(route, envs, reason,
+permanent=True)`` dead-letters (``permanent=False``: a ``persist`` route retries under
+its redelivery policy), ``defer(route, envs)`` says the peer acknowledges later, and
+``ack(route, envs)`` then counts them delivered.  Raising counts the unsettled rest as a
+transient failure and restarts the instance.  A ``persist`` route deletes an envelope
+from the outbox only when it is delivered, so ack only what the peer confirmed.
+
+Threading rules.  Every method is called on the adapter's trio loop, which it shares
+with the router and the other adapters unless its config says ``own_thread = true``:
+never block it (sockets through trio, files and CPU-heavy work through
+``trio.to_thread``).  ``emit`` never blocks; ``publish`` awaits room in the router's
+mailbox -- how a source that can pause its peer passes back-pressure on.  The context's
+``status`` is what ``junction status`` shows: set its state as the link changes.
+Secrets in the config are registered for log redaction by the config layer.
 """
 
 from __future__ import annotations

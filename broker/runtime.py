@@ -209,7 +209,7 @@ class Runtime:
         atype = self.loaded.plugins.adapter_types[acfg.type]
         assert self.router is not None and self.loop is not None
         ctx = AdapterContext(
-            router=self.router,
+            to_router=self.router.tell,
             settings=cfg.junction,
             status=self.statuses[name],
             backlog=self.backlog,
@@ -314,6 +314,10 @@ class Runtime:
             "adapters": {n: vars(s).copy() for n, s in self.statuses.items()},
             **routes,
         }
+
+    def is_running(self) -> bool:
+        """True from :meth:`start` until :meth:`stop` has stopped the router."""
+        return self.router is not None and self.router.is_alive()
 
     def pending(self) -> int:
         """Envelopes not yet delivered: held by the router or queued for a target."""

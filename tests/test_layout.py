@@ -80,3 +80,19 @@ def test_no_simulator_module_is_left_beside_the_product() -> None:
         if p.name == "simulator.py" or p.name.startswith("_sim")
     )
     assert not stray
+
+
+def test_the_example_plugin_imports_only_the_public_face() -> None:
+    import broker
+
+    public = set(broker.__all__)
+    assert all(hasattr(broker, name) for name in public)
+    found = []
+    for path in sorted((ROOT / "plugins_example").rglob("*.py")):
+        for n, module in imports(path):
+            top, _, rest = module.partition(".")
+            if top != "broker":
+                continue
+            if rest and rest not in public:  # `from broker import X` gives "broker.X"
+                found.append(f"{path.relative_to(ROOT)}:{n}: {module}")
+    assert not found, "import these from `broker` (its __all__) instead"

@@ -34,9 +34,7 @@ from typing import Any
 
 import msgspec
 
-from broker.envelope import Envelope, Event, StatusChange
-from broker.hookspecs import Transform, TransformFn
-from broker.mapping import Getter, compile_template
+from broker import Envelope, Event, Getter, StatusChange, Transform, TransformFn, compile_template
 from junction_example._options import Options
 
 NAME = "placeos_to_allxon_event"

@@ -44,8 +44,7 @@ from typing import Any
 
 import msgspec
 
-from broker.envelope import ChannelWrite, Envelope, StatusChange
-from broker.hookspecs import Transform, TransformFn
+from broker import ChannelWrite, Envelope, StatusChange, Transform, TransformFn
 from junction_example._options import Options, as_float, is_number
 
 NAME = "placeos_to_alphax_channel"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from broker.hookspecs import Transform, hookimpl
+from broker import Transform, hookimpl
 from junction_example import allxon_event, alphax_channel, threshold_alert
 
 

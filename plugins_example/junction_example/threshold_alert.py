@@ -50,8 +50,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from broker.envelope import Alert, ConfigUpdate, Envelope, Metric, StatusChange
-from broker.hookspecs import Transform, TransformFn
+from broker import Alert, ConfigUpdate, Envelope, Metric, StatusChange, Transform, TransformFn
 from junction_example._options import Options, as_float
 
 NAME = "threshold_alert"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.runtime import Loaded, Runtime
+from broker import Loaded, Runtime
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def run_runtime() -> Iterator[Callable[[Loaded], Runtime]]:
 
     yield start
     for rt in started:
-        if rt.router is not None and rt.router.is_alive():
+        if rt.is_running():
             rt.stop(grace_s=2)
 
 

@@ -22,22 +22,23 @@ from typing import Any
 import pytest
 from junction_example import allxon_event, alphax_channel, threshold_alert
 
-from broker import plugins as plugins_mod
-from broker.envelope import (
+from broker import (
     Alert,
     ChannelWrite,
+    ConfigError,
     ConfigSetting,
     ConfigUpdate,
     Envelope,
     Event,
+    Loaded,
     Metric,
+    Runtime,
     StatusChange,
+    TransformFn,
     decode,
     encode,
+    load,
 )
-from broker.errors import ConfigError
-from broker.hookspecs import TransformFn
-from broker.runtime import Loaded, Runtime, load
 
 # --- helpers -------------------------------------------------------------------------
 
@@ -351,13 +352,13 @@ def test_alert_option_pairs() -> None:
 NAMES = ["placeos_to_allxon_event", "placeos_to_alphax_channel", "threshold_alert"]
 
 
-def test_plugin_is_registered_through_its_entry_point() -> None:
+def test_plugin_is_registered_through_its_entry_point(write_config: Callable[..., str]) -> None:
     eps = importlib.metadata.entry_points(group="junction.plugins")
     ours = [ep for ep in eps if ep.name == "example"]
     assert [ep.value for ep in ours] == ["junction_example.plugin"], (
         "pip install -e plugins_example"
     )
-    loaded = plugins_mod.load()
+    loaded = load(write_config("")).plugins
     assert "example" in loaded.names()
     assert {n: loaded.transforms[n].plugin for n in NAMES} == dict.fromkeys(NAMES, "example")
 

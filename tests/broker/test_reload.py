@@ -47,7 +47,7 @@ def instances(rt: Runtime) -> dict[str, Adapter]:
             adapter: Adapter = ref.proxy().adapter.get(timeout=5)
         except pykka.ActorDeadError:
             continue
-        if adapter.ctx.router.actor_urn == rt.router.actor_urn:
+        if rt.contexts.get(adapter.name) is adapter.ctx:
             out[adapter.name] = adapter
     return out
 
