@@ -68,6 +68,7 @@ from broker.messages import (
     describe,
 )
 from broker.outbox import DeadLetter, Outbox, OutboxError
+from broker.overflow import Overflow
 from broker.routing import CompiledRoute, RoutingTable, resolve_policies, run_route
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ class Router(LoopActor):
 
     # --- policies -----------------------------------------------------------------
 
-    def _resolve_policies(self, table: RoutingTable) -> dict[tuple[str, str], str]:
+    def _resolve_policies(self, table: RoutingTable) -> dict[tuple[str, str], Overflow]:
         self._by_name = {r.name: r for r in table.routes}
         return resolve_policies(table, self.persist_kinds, durable=self.outbox is not None)
 
@@ -496,7 +497,7 @@ class Router(LoopActor):
 
     def _policy(self, route: CompiledRoute, target: str) -> str:
         return self._policies.get((route.name, target)) or (
-            route.overflow if route.overflow != "auto" else "drop_oldest"
+            route.overflow if route.overflow is not Overflow.AUTO else Overflow.DROP_OLDEST
         )
 
     def _offer(self, target: str, name: str, batch: list[Envelope], size: int, policy: str) -> None:
