@@ -35,6 +35,7 @@ from broker.config import RedeliveryPolicy
 from broker.envelope import Envelope
 from broker.inlet import Inlet
 from broker.outbox import DeadLetter, Outbox, OutboxError
+from broker.staleness import IN_THE_OUTBOX, is_stale, stale_reason
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class DurableQueues:
                 unknown.append(env)
                 continue
             attempts = q.attempts.get(seq, 0) + 1
-            stale = env.deadline is not None and env.deadline <= now
+            stale = is_stale(env, now)
             if retry and not stale and attempts < policy.attempts:
                 q.attempts[seq] = attempts
                 delay = backoff_delay(attempts, policy.backoff_initial_s, policy.backoff_max_s)
@@ -186,7 +187,7 @@ class DurableQueues:
                 continue
             why = reason if not retry else f"{reason} (after {attempts} attempts)"
             if stale:
-                why = f"stale: its deadline passed ({reason})"
+                why = stale_reason(f"({reason})")
             q.seq_of.pop(id(env), None)
             q.attempts.pop(seq, None)
             letters.append(DeadLetter(_base(route), target, "deliver", env, why, attempts, seq))
@@ -266,14 +267,14 @@ class DurableQueues:
             if row.seq in live:
                 continue  # its copy is in memory (loaded before the rewind)
             env = row.envelope
-            if env.deadline is not None and env.deadline <= now:
+            if is_stale(env, now):
                 stale.append(
                     DeadLetter(
                         _base(route),
                         target,
                         "deliver",
                         env,
-                        "stale: its deadline passed in the outbox",
+                        stale_reason(IN_THE_OUTBOX),
                         row.attempts,
                         row.seq,
                     )

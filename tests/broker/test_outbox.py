@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from broker.envelope import Envelope, Metric
@@ -461,3 +462,16 @@ def test_replays_stay_queued_until_handed_back(tmp_path: Path) -> None:
         assert [r.envelope.subject for r in box.next_replays(10)] == ["m2"]
     finally:
         box.close()
+
+
+def test_one_staleness_rule_and_its_reasons() -> None:
+    from broker.staleness import BEFORE_SENDING, IN_THE_OUTBOX, is_stale, stale_reason
+
+    env = metric(0)
+    assert not is_stale(env, 1e12)  # no deadline: never stale
+    due = msgspec.structs.replace(env, deadline=100.0)
+    assert not is_stale(due, 99.9) and is_stale(due, 100.0) and is_stale(due, 100.1)
+    # the texts each stage used before there was one rule
+    assert stale_reason(BEFORE_SENDING) == "stale: its deadline passed before it could be sent"
+    assert stale_reason(IN_THE_OUTBOX) == "stale: its deadline passed in the outbox"
+    assert stale_reason("(sink: down)") == "stale: its deadline passed (sink: down)"
