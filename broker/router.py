@@ -54,6 +54,7 @@ from broker.durable import DurableQueues
 from broker.envelope import CommandResult, Envelope, ExecResult, LogLine
 from broker.errors import TransformError
 from broker.inlet import Inlet
+from broker.logs import LogGate
 from broker.loop import SharedLoop
 from broker.loop_actor import LoopActor
 from broker.mapping import MappingError
@@ -182,26 +183,6 @@ class Swap:
     persist_kinds: dict[str, frozenset[str]] | None = None
 
 
-class _Throttle:
-    """At most ``per_s`` log lines per key per second; says how many it held back."""
-
-    def __init__(self, per_s: int = 5) -> None:
-        self.per_s = per_s
-        self._window: dict[str, tuple[int, int, int]] = {}
-
-    def allow(self, key: str) -> tuple[bool, int]:
-        now = int(time.monotonic())
-        second, used, held = self._window.get(key, (now, 0, 0))
-        if second != now:
-            self._window[key] = (now, 1, 0)
-            return True, held
-        if used < self.per_s:
-            self._window[key] = (second, used + 1, held)
-            return True, 0
-        self._window[key] = (second, used, held + 1)
-        return False, 0
-
-
 class Router(LoopActor):
     """Routes envelopes between adapters (see the module docstring)."""
 
@@ -229,7 +210,7 @@ class Router(LoopActor):
         self.dead_letters = 0
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
-        self._throttle = _Throttle()
+        self._throttle = LogGate(every_s=1.0, per=5)
         self._observe = self._observers()
         self.outbox = outbox
         self.persist_kinds = persist_kinds or {}
