@@ -70,11 +70,11 @@ from broker.messages import (
 )
 from broker.outbox import DeadLetter, Outbox, OutboxError
 from broker.overflow import Overflow
+from broker.queue_key import QueueKey
 from broker.routing import CompiledRoute, RoutingTable, resolve_policies, run_route
 
 log = logging.getLogger(__name__)
 
-REPLY_SUFFIX = "::reply"
 DEAD_LETTER_ROUTE = "dead_letter"
 #: Upper bounds (seconds) of the delivery latency histogram: envelope ``ts`` to acknowledged.
 LATENCY_BUCKETS = (
@@ -161,7 +161,7 @@ class _Stall:
 
     inlet: Inlet  # the target's (no reload can swap it: no message is taken meanwhile)
     target: str
-    queue: str
+    queue: QueueKey
     envelopes: list[Envelope]
     size: int
     deadline: float  # time.monotonic(): then what still does not fit is dropped
@@ -222,11 +222,11 @@ class Router(LoopActor):
         self.durable: DurableQueues | None = None
         if outbox is not None:
             self.durable = DurableQueues(outbox, inlets, self._redelivery, self._capacity)
-            for (_target, route), n in self.durable.recover().items():
-                c = self.counters.setdefault(route.removesuffix(REPLY_SUFFIX), RouteCounters())
+            for (_target, key), n in self.durable.recover().items():
+                c = self.counters.setdefault(key.route, RouteCounters())
                 c.received += n
                 c.recovered += n
-                log.info("outbox: %d envelopes of route %s left by the last run", n, route)
+                log.info("outbox: %d envelopes of route %s left by the last run", n, key.name)
 
     # --- policies -----------------------------------------------------------------
 
@@ -237,12 +237,12 @@ class Router(LoopActor):
     def _route_by_name(self, name: str) -> CompiledRoute | None:
         return self._by_name.get(name)
 
-    def _redelivery(self, name: str) -> RedeliveryPolicy:
-        route = self._route_by_name(name.removesuffix(REPLY_SUFFIX))
+    def _redelivery(self, key: QueueKey) -> RedeliveryPolicy:
+        route = self._route_by_name(key.route)
         return route.redelivery if route is not None else self.settings.redelivery
 
-    def _capacity(self, name: str) -> int:
-        route = self._route_by_name(name.removesuffix(REPLY_SUFFIX))
+    def _capacity(self, key: QueueKey) -> int:
+        route = self._route_by_name(key.route)
         return route.queue_size if route is not None else self.settings.queue_size
 
     def _observers(self) -> tuple[bool, bool, bool]:
@@ -303,12 +303,13 @@ class Router(LoopActor):
         inlet = self.inlets.get(msg.target)
         if inlet is not None:
             inlet.done(msg.route, len(msg.envelopes))
-        name = msg.route.removesuffix(REPLY_SUFFIX)
+        key = QueueKey.parse(msg.route)
+        name = key.route
         durable = self.durable
         memory = msg.envelopes
-        if durable is not None and durable.pending(msg.target, msg.route) is not None:
+        if durable is not None and durable.pending(msg.target, key) is not None:
             settled = durable.failed(
-                msg.target, msg.route, msg.envelopes, f"{msg.target}: {msg.reason}", msg.retry
+                msg.target, key, msg.envelopes, f"{msg.target}: {msg.reason}", msg.retry
             )
             c = self.counters.setdefault(name, RouteCounters())
             c.retries += settled.retrying
@@ -335,10 +336,11 @@ class Router(LoopActor):
         kept: dict[str, int] = {}
         dead: dict[str, int] = {}
         for queue, envs in held.items():
+            key = QueueKey.parse(queue)
             memory = envs
             if self.durable is not None:
-                memory = self.durable.leftovers(msg.target, queue, envs)
-            name = queue.removesuffix(REPLY_SUFFIX)
+                memory = self.durable.leftovers(msg.target, key, envs)
+            name = key.route
             for env in memory:
                 self._dead_letter(name, env, msg.reason, stage="deliver", target=msg.target)
             if len(envs) > len(memory):
@@ -351,8 +353,8 @@ class Router(LoopActor):
         """Write the dead letters gathered while handling one message (one transaction)."""
         letters, self._graveyard = self._graveyard, []
         if self.durable is not None:
-            for env, route, why in self.durable.stale_buried:
-                self._dead_letter(route.removesuffix(REPLY_SUFFIX), env, why, store=False)
+            for env, key, why in self.durable.stale_buried:
+                self._dead_letter(key.route, env, why, store=False)
             self.durable.stale_buried.clear()
         if self.outbox is None or not letters:
             return
@@ -384,7 +386,7 @@ class Router(LoopActor):
             ):  # an answer for the asker: back to the reply queue it failed on
                 self._offer(
                     row.target,
-                    route.name + REPLY_SUFFIX,
+                    QueueKey(route.name, reply=True),
                     [row.envelope],
                     route.queue_size,
                     self._reply_policy(row.target, row.envelope),
@@ -410,7 +412,9 @@ class Router(LoopActor):
         if rows:
             log.info("replaying %d dead letters", len(rows))
         for (target, route), batch in batches.items():
-            self._offer(target, route.name, batch, route.queue_size, self._policy(route, target))
+            self._offer(
+                target, QueueKey(route.name), batch, route.queue_size, self._policy(route, target)
+            )
         self._bury()  # what failed again is stored before the replays are let go
         self._handed_back.update(r.seq for r in rows)
         self.outbox.replayed(sorted(self._handed_back))
@@ -440,7 +444,9 @@ class Router(LoopActor):
                 counters[route.name].matched += 1
                 self._run_one(route, env, batches)
         for (target, route), batch in batches.items():
-            self._offer(target, route.name, batch, route.queue_size, self._policy(route, target))
+            self._offer(
+                target, QueueKey(route.name), batch, route.queue_size, self._policy(route, target)
+            )
 
     def _run_one(
         self,
@@ -464,7 +470,7 @@ class Router(LoopActor):
                 return
             if not outs:
                 self.counters[route.name].received += 1
-                self._drop(route.name, env, "filtered")
+                self._drop(QueueKey(route.name), env, "filtered")
                 return
         if route.spec.expects_reply:
             outs = [self._expect_reply(route, out) for out in outs]
@@ -481,13 +487,16 @@ class Router(LoopActor):
             route.overflow if route.overflow is not Overflow.AUTO else Overflow.DROP_OLDEST
         )
 
-    def _offer(self, target: str, name: str, batch: list[Envelope], size: int, policy: str) -> None:
-        counters = self.counters.setdefault(name.removesuffix(REPLY_SUFFIX), RouteCounters())
+    def _offer(
+        self, target: str, key: QueueKey, batch: list[Envelope], size: int, policy: str
+    ) -> None:
+        name = key.name
+        counters = self.counters.setdefault(key.route, RouteCounters())
         counters.received += len(batch)
         overflow_reason = ""  # set when a failing outbox sends a persist batch to memory
         if policy == "persist" and self.durable is not None:
             try:
-                stored, refused = self.durable.offer(target, name, batch)
+                stored, refused = self.durable.offer(target, key, batch)
             except OutboxError as err:
                 ok, held = self._throttle.allow(f"outbox-write:{name}")
                 if ok:
@@ -503,25 +512,25 @@ class Router(LoopActor):
             else:
                 counters.queued += stored
                 for env in refused:
-                    self._drop(name, env, "outbox_full", target)
+                    self._drop(key, env, "outbox_full", target)
                 return
         inlet = self.inlets.get(target)
         if inlet is None:  # validated at load time; only reachable after a bad swap
             for env in batch:
-                self._drop(name, env, f"no adapter {target!r}")
+                self._drop(key, env, f"no adapter {target!r}")
             return
         inlet_policy = "block" if policy == "persist" else policy
         result = inlet.offer(name, batch, size, inlet_policy)
         counters.queued += result.accepted
         for env, reason in result.dropped:
-            self._drop(name, env, overflow_reason or reason, target)
+            self._drop(key, env, overflow_reason or reason, target)
         if result.waiting:
             deadline = time.monotonic() + inlet.block_timeout_s
             self._stalls.append(
                 _Stall(
                     inlet,
                     target,
-                    name,
+                    key,
                     result.waiting,
                     size,
                     deadline,
@@ -546,7 +555,7 @@ class Router(LoopActor):
             inlet = stall.inlet
             room = trio.Event()
             inlet.when_room(functools.partial(loop.call_soon, room.set))
-            result = inlet.offer(stall.queue, stall.envelopes, stall.size, "block")
+            result = inlet.offer(stall.queue.name, stall.envelopes, stall.size, "block")
             stall.counters.queued += result.accepted
             for env, reason in result.dropped:
                 self._drop(stall.queue, env, stall.overflow_reason or reason, stall.target)
@@ -565,18 +574,18 @@ class Router(LoopActor):
         inlet = self.inlets.get(msg.target)
         if inlet is not None:
             inlet.done(msg.route, msg.count)
-        if self.durable is not None and self.durable.pending(msg.target, msg.route) is not None:
+        key = QueueKey.parse(msg.route)
+        if self.durable is not None and self.durable.pending(msg.target, key) is not None:
             try:
-                self.durable.delivered(msg.target, msg.route, msg.envelopes)
+                self.durable.delivered(msg.target, key, msg.envelopes)
             except OutboxError as err:  # delivered twice after a restart, never lost
                 log.error("outbox: acknowledged rows not deleted: %s", err)
-        name = msg.route.removesuffix(REPLY_SUFFIX)
-        c = self.counters.get(name)
+        c = self.counters.get(key.route)
         if c is not None:
-            if name == msg.route:
-                c.delivered += msg.count
-            else:  # "<route>::reply": an answer handed back to the asker
+            if key.reply:  # an answer handed back to the asker
                 c.replies += msg.count
+            else:
+                c.delivered += msg.count
             if msg.envelopes:
                 c.observe(msg.envelopes, time.time())
         if self._observe[1] and self.hooks is not None:
@@ -614,7 +623,9 @@ class Router(LoopActor):
                 self._dead_letter(route.name, reply, f"reply_map: {describe(err)}")
                 return
         policy = self._reply_policy(waiting.asker, reply)
-        self._offer(waiting.asker, route.name + REPLY_SUFFIX, [reply], route.queue_size, policy)
+        self._offer(
+            waiting.asker, QueueKey(route.name, reply=True), [reply], route.queue_size, policy
+        )
 
     def _reply_policy(self, asker: str, reply: Envelope) -> str:
         keep = self.persist_kinds.get(asker, frozenset())
@@ -653,8 +664,9 @@ class Router(LoopActor):
 
     # --- losses -------------------------------------------------------------------
 
-    def _drop(self, route: str, env: Envelope, reason: str, target: str = "") -> None:
-        c = self.counters.get(route.removesuffix(REPLY_SUFFIX))
+    def _drop(self, key: QueueKey, env: Envelope, reason: str, target: str = "") -> None:
+        route = key.name
+        c = self.counters.get(key.route)
         if c is not None:
             c.dropped[reason] += 1
         if reason != "filtered":
@@ -795,7 +807,7 @@ class Router(LoopActor):
             "queues": {name: inlet.depths() for name, inlet in self.inlets.items()},
             "outbox": outbox,
             # outbox rows per "target/queue" (kept across a restart)
-            "persist_queues": {f"{t}/{r}": q.rows for (t, r), q in self.durable.queues.items()}
+            "persist_queues": {f"{t}/{k.name}": q.rows for (t, k), q in self.durable.queues.items()}
             if self.durable is not None
             else {},
         }
@@ -804,25 +816,26 @@ class Router(LoopActor):
         """Items of route ``name`` not settled yet, where they are; and the oldest persisted."""
         pending = 0
         oldest: float | None = None
-        for queue in (name, name + REPLY_SUFFIX):
+        for key in (QueueKey(name), QueueKey(name, reply=True)):
+            queue = key.name
             for target, inlet in self.inlets.items():
-                rows = self.durable.pending(target, queue) if self.durable is not None else None
+                rows = self.durable.pending(target, key) if self.durable is not None else None
                 if rows is None:
                     pending += inlet.route_pending(queue)
                     continue
                 assert self.durable is not None
                 # outbox rows, plus what is in the queue without a row (memory envelopes of
                 # the same name, e.g. before a reload made the route persist)
-                window = self.durable.in_memory(target, queue)
+                window = self.durable.in_memory(target, key)
                 pending += rows + max(0, inlet.route_pending(queue) - window)
                 try:
-                    age = self.durable.oldest_age_s(target, queue, now)
+                    age = self.durable.oldest_age_s(target, key, now)
                 except OutboxError:  # the count above holds; the age cannot be read now
                     age = None
                 if age is not None:
                     oldest = age if oldest is None else max(oldest, age)
         if self.durable is not None:  # rows for adapters this configuration lacks
-            for (target, queue), q in self.durable.queues.items():
-                if target not in self.inlets and queue.removesuffix(REPLY_SUFFIX) == name:
+            for (target, key), q in self.durable.queues.items():
+                if target not in self.inlets and key.route == name:
                     pending += q.rows
         return pending, oldest

@@ -475,3 +475,59 @@ def test_one_staleness_rule_and_its_reasons() -> None:
     assert stale_reason(BEFORE_SENDING) == "stale: its deadline passed before it could be sent"
     assert stale_reason(IN_THE_OUTBOX) == "stale: its deadline passed in the outbox"
     assert stale_reason("(sink: down)") == "stale: its deadline passed (sink: down)"
+
+
+def test_queue_keys_name_the_queues_as_before() -> None:
+    from broker.queue_key import QueueKey
+
+    assert QueueKey("r").name == "r" and QueueKey("r", reply=True).name == "r::reply"
+    for name in ("r", "r::reply", "a::b", "a::b::reply", "reply", "::reply"):
+        assert QueueKey.parse(name).name == name
+    assert QueueKey.parse("r::reply") == QueueKey("r", reply=True) != QueueKey("r")
+    assert QueueKey.parse("a::b") == QueueKey("a::b")
+
+
+def test_rows_written_by_the_string_keyed_router_still_load(tmp_path: Path) -> None:
+    """Outbox rows name their queue by text ("route", "route::reply"): rows written before
+    queues had typed keys are adopted, delivered and counted on the right route."""
+    import sqlite3
+
+    from broker.envelope import encode
+    from broker.inlet import Inlet
+    from broker.messages import Delivered, Tick
+    from broker.router import Router
+
+    loaded = table_of(tmp_path, "persist")
+    path = tmp_path / "o.sqlite3"
+    Outbox(path).close()  # the schema
+    request, answer = from_src(0), from_src(1)
+    with sqlite3.connect(path) as db:  # rows as the old code wrote them
+        db.executemany(
+            "INSERT INTO pending (target, route, env_id, created, size, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                ("sink", queue, env.id, 1.0, len(encode(env)), encode(env))
+                for queue, env in (("r", request), ("r::reply", answer))
+            ],
+        )
+    box = Outbox(path)
+    inlets = {"src": Inlet("src"), "sink": Inlet("sink")}
+    router = Router(loaded.table, inlets, loaded.config.junction, outbox=box, persist_kinds={})
+    try:
+        snap = router.snapshot()
+        assert snap["persist_queues"] == {"sink/r": 1, "sink/r::reply": 1}
+        assert snap["routes"]["r"]["recovered"] == 2
+        router.on_receive(Tick())  # loads the spilled windows
+        taken = dict(t for t in (inlets["sink"].take(), inlets["sink"].take()) if t)
+        assert {q: [e.id for e in envs] for q, envs in taken.items()} == {
+            "r": [request.id],
+            "r::reply": [answer.id],
+        }
+        for queue, envs in taken.items():
+            router.on_receive(Delivered(queue, "sink", len(envs), envs))
+        route = router.snapshot()["routes"]["r"]
+        assert (route["delivered"], route["replies"]) == (1, 1)
+        assert route["ledger"]["pending"] == 0 and route["ledger"]["balanced"], route["ledger"]
+        assert box.rows == 0 and box.keys() == {}
+    finally:
+        box.close()
