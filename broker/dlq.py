@@ -43,9 +43,9 @@ from typing import Any
 from broker import config as config_mod
 from broker import logs
 from broker import reload as reload_mod
+from broker.dead_letters import REPLAYS_PER_TICK
 from broker.errors import ConfigError, ConfigProblem
 from broker.outbox import DeadRow, Outbox, OutboxError
-from broker.router import REPLAYS_PER_TICK
 
 EXIT_OK, EXIT_FAIL = 0, 1
 #: The router's tick: it takes queued replays this often.
