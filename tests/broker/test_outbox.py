@@ -531,3 +531,24 @@ def test_rows_written_by_the_string_keyed_router_still_load(tmp_path: Path) -> N
         assert box.rows == 0 and box.keys() == {}
     finally:
         box.close()
+
+
+def test_dead_rows_by_seq_takes_any_number_of_seqs(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    try:
+        box.bury(
+            [
+                DeadLetter("a" if i % 2 else "b", "sink", "deliver", metric(i), f"why {i}")
+                for i in range(1200)  # more seqs than one IN (...) query takes
+            ]
+        )
+        seqs = [r.seq for r in box.dead_rows(limit=-1)]
+        assert [r.seq for r in box.dead_rows_by_seq(seqs)] == seqs
+        odd = box.dead_rows_by_seq(seqs, route="a")
+        assert len(odd) == 600 and {r.route for r in odd} == {"a"}
+        assert [r.reason for r in box.dead_rows_by_seq(seqs, reason="why 119")] == [
+            "why 119",
+            *(f"why {n}" for n in range(1190, 1200)),
+        ]
+    finally:
+        box.close()
