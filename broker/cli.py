@@ -39,6 +39,7 @@ from broker import plugins as plugins_mod
 from broker import reload as reload_mod
 from broker.errors import ConfigError, PluginError
 from broker.hookspecs import Command
+from broker.overflow import Overflow
 from broker.routing import resolve_policies
 from broker.runtime import Loaded, Runtime, load
 
@@ -186,7 +187,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if r.transforms:
             print(f"      transforms {' -> '.join(name for name, _ in r.transforms)}")
         chosen = sorted({policies[(r.name, t)] for t in r.targets})
-        overflow = "/".join(chosen) + (" (by target)" if r.overflow == "auto" else "")
+        overflow = "/".join(chosen) + (" (by target)" if r.overflow is Overflow.AUTO else "")
         extra = f"overflow={overflow} queue_size={r.queue_size}"
         if r.spec.expects_reply:
             extra += " expects_reply"

@@ -35,6 +35,8 @@ from broker.config import RedeliveryPolicy
 from broker.envelope import Envelope
 from broker.inlet import Inlet
 from broker.outbox import DeadLetter, Outbox, OutboxError
+from broker.queue_key import QueueKey
+from broker.staleness import IN_THE_OUTBOX, is_stale, stale_reason
 
 log = logging.getLogger(__name__)
 
@@ -75,34 +77,34 @@ class DurableQueues:
         self,
         outbox: Outbox,
         inlets: dict[str, Inlet],
-        policy_of: Callable[[str], RedeliveryPolicy],
-        capacity_of: Callable[[str], int],
+        policy_of: Callable[[QueueKey], RedeliveryPolicy],
+        capacity_of: Callable[[QueueKey], int],
     ) -> None:
         self.outbox = outbox
         self.inlets = inlets
         self.policy_of = policy_of
         self.capacity_of = capacity_of
-        self.queues: dict[tuple[str, str], _Queue] = {}
-        self._retries: list[tuple[float, int, str, str, Envelope]] = []
+        #: per (target, queue); the outbox rows name the queue by its ``QueueKey.name``
+        self.queues: dict[tuple[str, QueueKey], _Queue] = {}
+        self._retries: list[tuple[float, int, str, QueueKey, Envelope]] = []
         self._order = itertools.count()
-        #: (envelope, route, reason) buried while refilling; the router drains it for its ledger
-        self.stale_buried: list[tuple[Envelope, str, str]] = []
+        #: (envelope, queue, reason) buried while refilling; the router drains it for its ledger
+        self.stale_buried: list[tuple[Envelope, QueueKey, str]] = []
 
     # --- start-up -----------------------------------------------------------------
 
-    def recover(self) -> dict[tuple[str, str], int]:
-        """Adopt the rows a previous run left; returns them per (target, route)."""
-        found = self.outbox.keys()
-        for key, n in found.items():
-            q = self.queues.setdefault(key, _Queue())
+    def recover(self) -> dict[tuple[str, QueueKey], int]:
+        """Adopt the rows a previous run left; returns them per (target, queue)."""
+        found = {(t, QueueKey.parse(name)): n for (t, name), n in self.outbox.keys().items()}
+        for (target, key), n in found.items():
+            q = self.queues.setdefault((target, key), _Queue())
             q.rows, q.spilled, q.loaded_upto = n, True, 0
-            target, route = key
             if target not in self.inlets:
                 log.warning(
                     "outbox: %d envelopes of route %s wait for adapter %r, which this "
                     "configuration does not have; they stay in %s",
                     n,
-                    route,
+                    key.name,
                     target,
                     self.outbox.path,
                 )
@@ -110,25 +112,28 @@ class DurableQueues:
 
     # --- the flow -----------------------------------------------------------------
 
-    def offer(self, target: str, route: str, batch: list[Envelope]) -> tuple[int, list[Envelope]]:
+    def offer(
+        self, target: str, key: QueueKey, batch: list[Envelope]
+    ) -> tuple[int, list[Envelope]]:
         """Commit ``batch`` and put what fits into the window; returns (stored, refused)."""
-        policy = self.policy_of(route)
+        policy = self.policy_of(key)
         if policy.stale_after_s is not None:
             limit = policy.stale_after_s
             batch = [
                 e if e.deadline is not None else msgspec.structs.replace(e, deadline=e.ts + limit)
                 for e in batch
             ]
+        route = key.name
         seqs, refused = self.outbox.append(target, route, batch)
         if not seqs:
             return 0, refused
-        q = self.queues.setdefault((target, route), _Queue())
+        q = self.queues.setdefault((target, key), _Queue())
         q.rows += len(seqs)
         inlet = self.inlets.get(target)
         if q.spilled or inlet is None:
             q.spilled = True
             return len(seqs), refused
-        room = max(0, self.capacity_of(route) - inlet.depth(route))
+        room = max(0, self.capacity_of(key) - inlet.depth(route))
         take = min(room, len(seqs))
         for env, seq in zip(batch[:take], seqs[:take], strict=True):
             q.seq_of[id(env)] = seq
@@ -139,9 +144,9 @@ class DurableQueues:
             q.spilled = True
         return len(seqs), refused
 
-    def delivered(self, target: str, route: str, envelopes: list[Envelope]) -> int:
+    def delivered(self, target: str, key: QueueKey, envelopes: list[Envelope]) -> int:
         """The target acknowledged these; delete their rows. Returns how many were ours."""
-        q = self.queues.get((target, route))
+        q = self.queues.get((target, key))
         if q is None:
             return 0
         seqs = [s for s in (q.seq_of.pop(id(e), None) for e in envelopes) if s is not None]
@@ -150,21 +155,23 @@ class DurableQueues:
         try:
             q.rows -= self.outbox.remove(seqs)
         except OutboxError as err:  # delivered, rows kept: sent once more after a restart
-            log.error("outbox: %d acknowledged rows of %s not deleted: %s", len(seqs), route, err)
+            log.error(
+                "outbox: %d acknowledged rows of %s not deleted: %s", len(seqs), key.name, err
+            )
             q.rows -= len(seqs)
         with contextlib.suppress(OutboxError):
-            self._refill(target, route, q)
+            self._refill(target, key, q)
         return len(seqs)
 
     def failed(
-        self, target: str, route: str, envelopes: list[Envelope], reason: str, retry: bool
+        self, target: str, key: QueueKey, envelopes: list[Envelope], reason: str, retry: bool
     ) -> Settled:
         """Retry what may be retried (at the back of the window: a retry may overtake
         nothing it failed before, but later envelopes may pass it); bury the rest."""
-        q = self.queues.get((target, route))
+        q = self.queues.get((target, key))
         if q is None:
             return Settled()
-        policy = self.policy_of(route)
+        policy = self.policy_of(key)
         now = time.time()
         letters: list[DeadLetter] = []
         buried: list[tuple[Envelope, str]] = []
@@ -176,20 +183,20 @@ class DurableQueues:
                 unknown.append(env)
                 continue
             attempts = q.attempts.get(seq, 0) + 1
-            stale = env.deadline is not None and env.deadline <= now
+            stale = is_stale(env, now)
             if retry and not stale and attempts < policy.attempts:
                 q.attempts[seq] = attempts
                 delay = backoff_delay(attempts, policy.backoff_initial_s, policy.backoff_max_s)
-                heapq.heappush(self._retries, (now + delay, next(self._order), target, route, env))
+                heapq.heappush(self._retries, (now + delay, next(self._order), target, key, env))
                 q.waiting += 1
                 retried.append(seq)
                 continue
             why = reason if not retry else f"{reason} (after {attempts} attempts)"
             if stale:
-                why = f"stale: its deadline passed ({reason})"
+                why = stale_reason(f"({reason})")
             q.seq_of.pop(id(env), None)
             q.attempts.pop(seq, None)
-            letters.append(DeadLetter(_base(route), target, "deliver", env, why, attempts, seq))
+            letters.append(DeadLetter(key.route, target, "deliver", env, why, attempts, seq))
             buried.append((env, why))
         try:
             if retried:
@@ -198,18 +205,18 @@ class DurableQueues:
         except OutboxError as err:
             # the rows stay: rewind so they load again (and fail or succeed then), and
             # still hand the router what is not ours -- it must not be lost with this error
-            log.error("outbox: failures of route %s not recorded: %s", route, err)
+            log.error("outbox: failures of route %s not recorded: %s", key.name, err)
             q.loaded_upto = min([q.loaded_upto, *(d.seq - 1 for d in letters if d.seq)])
             q.spilled = q.rewound = bool(letters) or q.spilled
             buried = []
         with contextlib.suppress(OutboxError):  # a refill can wait for the next tick
-            self._refill(target, route, q)
+            self._refill(target, key, q)
         return Settled(buried=tuple(buried), retrying=len(retried), unknown=tuple(unknown))
 
-    def leftovers(self, target: str, route: str, envelopes: list[Envelope]) -> list[Envelope]:
+    def leftovers(self, target: str, key: QueueKey, envelopes: list[Envelope]) -> list[Envelope]:
         """The target stopped with these still queued: ours stay in the outbox (loaded again
         when the target runs); returns the others, which only ever were in memory."""
-        q = self.queues.get((target, route))
+        q = self.queues.get((target, key))
         if q is None:
             return list(envelopes)
         unknown = [e for e in envelopes if id(e) not in q.seq_of]
@@ -232,8 +239,8 @@ class DurableQueues:
     def tick(self, now: float) -> None:
         """Re-offer retries that are due; refill spilled windows."""
         while self._retries and self._retries[0][0] <= now:
-            _, _, target, route, env = heapq.heappop(self._retries)
-            q = self.queues.get((target, route))
+            _, _, target, key, env = heapq.heappop(self._retries)
+            q = self.queues.get((target, key))
             inlet = self.inlets.get(target)
             if q is None:
                 continue
@@ -241,18 +248,19 @@ class DurableQueues:
             if inlet is None:  # the target went away meanwhile: load it again when it is back
                 self._orphan(q, [env])
                 continue
-            inlet.push(route, [env])
-        for (target, route), q in self.queues.items():
+            inlet.push(key.name, [env])
+        for (target, key), q in self.queues.items():
             if q.spilled:
-                self._refill(target, route, q)
+                self._refill(target, key, q)
 
-    def _refill(self, target: str, route: str, q: _Queue) -> None:
+    def _refill(self, target: str, key: QueueKey, q: _Queue) -> None:
         if not q.spilled:
             return
         inlet = self.inlets.get(target)
         if inlet is None:
             return
-        capacity = self.capacity_of(route)
+        capacity = self.capacity_of(key)
+        route = key.name
         room = capacity - inlet.depth(route)
         if room < max(1, capacity // _REFILL_SHARE):
             return
@@ -266,14 +274,14 @@ class DurableQueues:
             if row.seq in live:
                 continue  # its copy is in memory (loaded before the rewind)
             env = row.envelope
-            if env.deadline is not None and env.deadline <= now:
+            if is_stale(env, now):
                 stale.append(
                     DeadLetter(
-                        _base(route),
+                        key.route,
                         target,
                         "deliver",
                         env,
-                        "stale: its deadline passed in the outbox",
+                        stale_reason(IN_THE_OUTBOX),
                         row.attempts,
                         row.seq,
                     )
@@ -284,7 +292,7 @@ class DurableQueues:
                 q.attempts[row.seq] = row.attempts
             fresh.append(env)
         self._bury(q, stale)
-        self.stale_buried.extend((d.envelope, route, d.reason) for d in stale)
+        self.stale_buried.extend((d.envelope, key, d.reason) for d in stale)
         if fresh:
             inlet.push(route, fresh)
         if len(rows) < room:
@@ -292,24 +300,19 @@ class DurableQueues:
 
     # --- inspection ---------------------------------------------------------------
 
-    def pending(self, target: str, route: str) -> int | None:
-        """Rows not yet acknowledged for (target, route); None if it is not a persist queue."""
-        q = self.queues.get((target, route))
+    def pending(self, target: str, key: QueueKey) -> int | None:
+        """Rows not yet acknowledged for (target, queue); None if it is not a persist queue."""
+        q = self.queues.get((target, key))
         return None if q is None else q.rows
 
-    def in_memory(self, target: str, route: str) -> int:
-        """Rows of (target, route) whose copy is in the target's queue or being delivered."""
-        q = self.queues.get((target, route))
+    def in_memory(self, target: str, key: QueueKey) -> int:
+        """Rows of (target, queue) whose copy is in the target's queue or being delivered."""
+        q = self.queues.get((target, key))
         return 0 if q is None else len(q.seq_of) - q.waiting
 
-    def oldest_age_s(self, target: str, route: str, now: float) -> float | None:
-        q = self.queues.get((target, route))
+    def oldest_age_s(self, target: str, key: QueueKey, now: float) -> float | None:
+        q = self.queues.get((target, key))
         if q is None or q.rows <= 0:
             return None
-        created = self.outbox.oldest(target, route)
+        created = self.outbox.oldest(target, key.name)
         return None if created is None else max(0.0, now - created)
-
-
-def _base(queue: str) -> str:
-    """The route of a queue name (``<route>::reply`` carries answers back to the asker)."""
-    return queue.split("::", 1)[0]

@@ -118,20 +118,30 @@ def divert_to_file(path: str, recent: RecentLines) -> None:
 
 
 class LogGate:
-    """At most one line per key every ``every_s`` seconds; says how many were held back."""
+    """At most ``per`` lines per key every ``every_s`` seconds; says how many were held back.
 
-    def __init__(self, every_s: float = 10.0) -> None:
+    A key's window starts with the first line it lets through; the first line of the
+    next window carries the count held back in the one before.
+    """
+
+    def __init__(self, every_s: float = 10.0, per: int = 1) -> None:
         self.every_s = every_s
-        self._last: dict[str, float] = {}
+        self.per = per
+        #: per key: when its window started and how many lines it let through in it
+        self._window: dict[str, tuple[float, int]] = {}
         self._held: Counter[str] = Counter()
 
     def allow(self, key: str) -> tuple[bool, int]:
-        """(log it?, how many were held back since the last line of this key)."""
+        """(log it?, how many were held back since the last window of this key)."""
         now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.every_s:
+        window = self._window.get(key)
+        if window is not None and now - window[0] < self.every_s:
+            start, used = window
+            if used < self.per:
+                self._window[key] = (start, used + 1)
+                return True, 0
             self._held[key] += 1
             return False, 0
-        self._last[key] = now
+        self._window[key] = (now, 1)
         held = self._held.pop(key, 0)
         return True, held

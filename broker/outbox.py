@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker import dead_filter
 from broker.envelope import Envelope, decode, encode
 
 log = logging.getLogger(__name__)
@@ -366,7 +367,7 @@ class Outbox:
         limit: int = 100,
     ) -> list[DeadRow]:
         """Dead letters, oldest first, filtered by route, reason (substring) or seqs."""
-        where, args = self._dead_filter(route, reason, ids)
+        where, args = dead_filter.where(route, reason, ids)
         rows = self._rows(
             "SELECT seq, route, target, stage, env_id, kind, reason, failed_at, attempts, body "
             f"FROM dead{where} ORDER BY seq LIMIT ?",
@@ -374,11 +375,21 @@ class Outbox:
         )
         return [DeadRow(*r) for r in rows]
 
+    def dead_rows_by_seq(
+        self, seqs: Sequence[int], route: str | None = None, reason: str | None = None
+    ) -> list[DeadRow]:
+        """The dead letters with these seqs (and matching the filters), any number of them."""
+        rows: list[DeadRow] = []
+        for i in range(0, len(seqs), _CHUNK):
+            group = seqs[i : i + _CHUNK]
+            rows += self.dead_rows(route, reason, group, limit=len(group))
+        return rows
+
     def purge(
         self, route: str | None = None, reason: str | None = None, ids: Sequence[int] = ()
     ) -> int:
         """Delete dead letters (all, or those matching); returns how many."""
-        where, args = self._dead_filter(route, reason, ids)
+        where, args = dead_filter.where(route, reason, ids)
         with self._write():
             cur = self._db.execute(f"DELETE FROM dead{where}", args)
         return cur.rowcount
@@ -428,23 +439,6 @@ class Outbox:
         return rows
 
     # --- helpers ------------------------------------------------------------------
-
-    @staticmethod
-    def _dead_filter(
-        route: str | None, reason: str | None, ids: Sequence[int]
-    ) -> tuple[str, tuple[object, ...]]:
-        clauses: list[str] = []
-        args: list[object] = []
-        if route is not None:
-            clauses.append("route = ?")
-            args.append(route)
-        if reason is not None:
-            clauses.append("reason LIKE ?")
-            args.append(f"%{reason}%")
-        if ids:
-            clauses.append(f"seq IN ({','.join('?' * len(ids))})")
-            args += list(ids)
-        return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
     def _write(self) -> _Transaction:
         return _Transaction(self._db, self.path)

@@ -42,6 +42,7 @@ from broker.errors import ConfigError, ConfigProblem, TransformError
 from broker.hookspecs import Transform, TransformFn
 from broker.mapping import MISSING, MapSpecError, compile_path
 from broker.mapping import Mapping as FieldMapping
+from broker.overflow import Overflow
 
 Predicate = Callable[[Envelope], bool]
 _OPS = {"eq", "ne", "gt", "ge", "lt", "le", "in", "glob", "exists"}
@@ -62,7 +63,7 @@ class CompiledRoute:
     transforms: list[tuple[str, TransformFn]]
     spec: RouteSpec
     #: ``block`` | ``drop_oldest`` | ``drop_newest`` | ``persist`` | ``auto`` (by target and kind)
-    overflow: str
+    overflow: Overflow
     queue_size: int
     redelivery: RedeliveryPolicy = field(default_factory=RedeliveryPolicy)
     reply_mapping: FieldMapping | None = None
@@ -401,7 +402,7 @@ def _compile_route(
         mapping=mapping,
         transforms=fns,
         spec=spec,
-        overflow=spec.overflow or "auto",
+        overflow=Overflow(spec.overflow) if spec.overflow else Overflow.AUTO,
         queue_size=size,
         redelivery=redelivery,
         reply_mapping=reply_mapping,
@@ -430,24 +431,24 @@ def _check_redelivery(policy: RedeliveryPolicy, bad: Callable[[str, str, Any], N
 
 def resolve_policies(
     table: RoutingTable, persist_kinds: Mapping[str, frozenset[str]], durable: bool = True
-) -> dict[tuple[str, str], str]:
+) -> dict[tuple[str, str], Overflow]:
     """The overflow policy of each (route, target).
 
     ``auto`` (``overflow`` left out) becomes ``persist`` when the route hands the target a
     kind its adapter type keeps durable (or kinds unknown until a transform runs), else
     ``drop_oldest``. Without an outbox (``durable=False``) ``persist`` degrades to ``block``.
     """
-    policies: dict[tuple[str, str], str] = {}
+    policies: dict[tuple[str, str], Overflow] = {}
     for route in table.routes:
         out_kinds = _output_kinds(route)
         for target in route.targets:
             policy = route.overflow
-            if policy == "auto":
+            if policy is Overflow.AUTO:
                 keep = persist_kinds.get(target, frozenset())
                 kept = bool(keep) and (out_kinds is None or bool(out_kinds & keep))
-                policy = "persist" if kept else "drop_oldest"
-            if policy == "persist" and not durable:
-                policy = "block"
+                policy = Overflow.PERSIST if kept else Overflow.DROP_OLDEST
+            if policy is Overflow.PERSIST and not durable:
+                policy = Overflow.BLOCK
             policies[(route.name, target)] = policy
     return policies
 

@@ -74,8 +74,8 @@ from broker.adapter import Adapter
 from broker.backoff import Backoff
 from broker.envelope import Alert, Envelope, Property
 from broker.logs import LogGate
+from broker.queue_key import REPLY_SUFFIX
 from broker.reconnect import reconnect_forever
-from broker.router import REPLY_SUFFIX
 
 OFFLINE_REQUEUE_S = 2.0
 STABLE_AFTER_S = 30.0

@@ -12,7 +12,9 @@ import pytest
 
 from broker import cli, logs
 from broker import reload as reload_mod
-from broker.dlq import chunk_schedule, parse_ids, reason_matches, select
+from broker.dead_filter import reason_matches
+from broker.dlq import parse_ids
+from broker.dlq_select import chunk_schedule, select
 from broker.envelope import Envelope, Metric
 from broker.outbox import DeadLetter, Outbox
 from broker.runtime import Runtime, load
@@ -398,7 +400,7 @@ def test_the_chunk_schedule_paces_at_the_rate_in_tick_sized_chunks() -> None:
 
 
 def test_replay_paced_sleeps_until_each_chunk_is_due(tmp_path: Path) -> None:
-    from broker.dlq import replay_paced
+    from broker.dlq_select import replay_paced
 
     box = bury(tmp_path / "o.sqlite3", 60)
     sel = select(box, None, None, None)
@@ -451,7 +453,7 @@ def test_reason_matching_agrees_with_the_store(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_a_replay_stops_between_chunks(tmp_path: Path) -> None:
-    from broker.dlq import replay_paced
+    from broker.dlq_select import replay_paced
 
     box = bury(tmp_path / "o.sqlite3", 30)
     sel = select(box, None, None, None)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from broker.envelope import Envelope, Metric
@@ -459,5 +460,95 @@ def test_replays_stay_queued_until_handed_back(tmp_path: Path) -> None:
         assert len(first) == 2 and box.replay_waiting() == 3  # a crash here loses nothing
         box.replayed([r.seq for r in first])
         assert [r.envelope.subject for r in box.next_replays(10)] == ["m2"]
+    finally:
+        box.close()
+
+
+def test_one_staleness_rule_and_its_reasons() -> None:
+    from broker.staleness import BEFORE_SENDING, IN_THE_OUTBOX, is_stale, stale_reason
+
+    env = metric(0)
+    assert not is_stale(env, 1e12)  # no deadline: never stale
+    due = msgspec.structs.replace(env, deadline=100.0)
+    assert not is_stale(due, 99.9) and is_stale(due, 100.0) and is_stale(due, 100.1)
+    # the texts each stage used before there was one rule
+    assert stale_reason(BEFORE_SENDING) == "stale: its deadline passed before it could be sent"
+    assert stale_reason(IN_THE_OUTBOX) == "stale: its deadline passed in the outbox"
+    assert stale_reason("(sink: down)") == "stale: its deadline passed (sink: down)"
+
+
+def test_queue_keys_name_the_queues_as_before() -> None:
+    from broker.queue_key import QueueKey
+
+    assert QueueKey("r").name == "r" and QueueKey("r", reply=True).name == "r::reply"
+    for name in ("r", "r::reply", "a::b", "a::b::reply", "reply", "::reply"):
+        assert QueueKey.parse(name).name == name
+    assert QueueKey.parse("r::reply") == QueueKey("r", reply=True) != QueueKey("r")
+    assert QueueKey.parse("a::b") == QueueKey("a::b")
+
+
+def test_rows_written_by_the_string_keyed_router_still_load(tmp_path: Path) -> None:
+    """Outbox rows name their queue by text ("route", "route::reply"): rows written before
+    queues had typed keys are adopted, delivered and counted on the right route."""
+    import sqlite3
+
+    from broker.envelope import encode
+    from broker.inlet import Inlet
+    from broker.messages import Delivered, Tick
+    from broker.router import Router
+
+    loaded = table_of(tmp_path, "persist")
+    path = tmp_path / "o.sqlite3"
+    Outbox(path).close()  # the schema
+    request, answer = from_src(0), from_src(1)
+    with sqlite3.connect(path) as db:  # rows as the old code wrote them
+        db.executemany(
+            "INSERT INTO pending (target, route, env_id, created, size, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                ("sink", queue, env.id, 1.0, len(encode(env)), encode(env))
+                for queue, env in (("r", request), ("r::reply", answer))
+            ],
+        )
+    box = Outbox(path)
+    inlets = {"src": Inlet("src"), "sink": Inlet("sink")}
+    router = Router(loaded.table, inlets, loaded.config.junction, outbox=box, persist_kinds={})
+    try:
+        snap = router.snapshot()
+        assert snap["persist_queues"] == {"sink/r": 1, "sink/r::reply": 1}
+        assert snap["routes"]["r"]["recovered"] == 2
+        router.on_receive(Tick())  # loads the spilled windows
+        taken = dict(t for t in (inlets["sink"].take(), inlets["sink"].take()) if t)
+        assert {q: [e.id for e in envs] for q, envs in taken.items()} == {
+            "r": [request.id],
+            "r::reply": [answer.id],
+        }
+        for queue, envs in taken.items():
+            router.on_receive(Delivered(queue, "sink", len(envs), envs))
+        route = router.snapshot()["routes"]["r"]
+        assert (route["delivered"], route["replies"]) == (1, 1)
+        assert route["ledger"]["pending"] == 0 and route["ledger"]["balanced"], route["ledger"]
+        assert box.rows == 0 and box.keys() == {}
+    finally:
+        box.close()
+
+
+def test_dead_rows_by_seq_takes_any_number_of_seqs(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    try:
+        box.bury(
+            [
+                DeadLetter("a" if i % 2 else "b", "sink", "deliver", metric(i), f"why {i}")
+                for i in range(1200)  # more seqs than one IN (...) query takes
+            ]
+        )
+        seqs = [r.seq for r in box.dead_rows(limit=-1)]
+        assert [r.seq for r in box.dead_rows_by_seq(seqs)] == seqs
+        odd = box.dead_rows_by_seq(seqs, route="a")
+        assert len(odd) == 600 and {r.route for r in odd} == {"a"}
+        assert [r.reason for r in box.dead_rows_by_seq(seqs, reason="why 119")] == [
+            "why 119",
+            *(f"why {n}" for n in range(1190, 1200)),
+        ]
     finally:
         box.close()

@@ -249,3 +249,28 @@ def test_mapping_lists_compile_each_item(load_config: Callable[[str], Loaded]) -
     )
     (out,) = run_route(loaded.table.routes[0], metric(7.5))
     assert out.body.args == [7.5, "t!", 3]  # type: ignore[union-attr]
+
+
+def test_overflow_is_an_enum_decoded_from_the_toml_values(
+    load_config: Callable[[str], Loaded],
+) -> None:
+    from typing import get_args
+
+    from broker.config import OverflowPolicy
+    from broker.overflow import Overflow
+    from broker.routing import resolve_policies
+
+    # what a route may write is every policy but auto (auto is leaving it out)
+    assert set(get_args(OverflowPolicy)) == {p.value for p in Overflow} - {"auto"}
+    loaded = table(
+        load_config,
+        '[[routes]]\nname = "a"\nfrom = "src"\nto = "sink"\noverflow = "drop_newest"\n'
+        '[[routes]]\nname = "b"\nfrom = "src"\nto = "sink"\n',
+    )
+    a, b = loaded.table.routes
+    assert a.overflow is Overflow.DROP_NEWEST and b.overflow is Overflow.AUTO
+    policies = resolve_policies(loaded.table, {"sink": frozenset({"metric"})}, durable=False)
+    assert policies == {("a", "sink"): Overflow.DROP_NEWEST, ("b", "sink"): Overflow.BLOCK}
+    assert all(type(p) is Overflow for p in policies.values())
+    # a str enum: still equal to its text where text is used (the inlets)
+    assert Overflow.DROP_NEWEST == "drop_newest" and f"{Overflow.PERSIST}" == "persist"

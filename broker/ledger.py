@@ -1,0 +1,227 @@
+"""The router's books: what happened on each route, and the snapshot that shows them.
+
+Per route it counts ``matched``, ``queued``, ``delivered``, ``failed`` (dead-lettered)
+and ``dropped`` by reason, replies and reply timeouts, and a histogram of delivery
+latency (envelope ``ts`` to acknowledged).
+
+The loss ledger of a route: every item it hands a target (one per envelope and target,
+replies included), every input it filters and every input it dead-letters is
+``received``; at every moment ``received = delivered + pending + dead_lettered +
+dropped``, where ``pending`` is measured where the items are (the target's queue and
+what the adapter holds, or the outbox rows of a ``persist`` route), not derived.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.durable import DurableQueues
+from broker.envelope import Envelope
+from broker.inlet import Inlet
+from broker.outbox import Outbox, OutboxError
+from broker.queue_key import QueueKey
+
+#: the router's logger: these lines are the router's (as before it was split in modules)
+log = logging.getLogger("broker.router")
+
+#: Upper bounds (seconds) of the delivery latency histogram: envelope ``ts`` to acknowledged.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+@dataclass
+class RouteCounters:
+    """What happened to envelopes on one route."""
+
+    matched: int = 0
+    queued: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    replies: int = 0
+    reply_timeouts: int = 0
+    received: int = 0
+    recovered: int = 0
+    retries: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def observe(self, envelopes: list[Envelope], now: float) -> None:
+        """Add each envelope's age (``ts`` to now) to the latency histogram."""
+        counts = self.latency
+        total = 0.0
+        for env in envelopes:
+            age = now - env.ts
+            total += age
+            counts[bisect.bisect_left(LATENCY_BUCKETS, age)] += 1
+        self.latency_sum += total
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "matched": self.matched,
+            "queued": self.queued,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "dropped": dict(self.dropped),
+            # "filtered" is a transform's decision, not a loss: shown apart from real drops
+            "filtered": self.dropped.get("filtered", 0),
+            "dropped_total": sum(n for reason, n in self.dropped.items() if reason != "filtered"),
+            "replies": self.replies,
+            "reply_timeouts": self.reply_timeouts,
+            "recovered": self.recovered,
+            "retries": self.retries,
+            "latency": {
+                "le": list(LATENCY_BUCKETS),
+                "counts": list(self.latency),
+                "sum": round(self.latency_sum, 6),
+                "count": sum(self.latency),
+            },
+        }
+
+
+class Ledger:
+    """The counters of every route the router has seen, and what no route took."""
+
+    def __init__(self, routes: Iterable[str] = ()) -> None:
+        self.counters: dict[str, RouteCounters] = {name: RouteCounters() for name in routes}
+        #: envelopes no route took, per (source, kind)
+        self.unrouted: Counter[tuple[str, str]] = Counter()
+        self.dead_letters = 0
+
+    def of(self, route: str) -> RouteCounters:
+        """The counters of ``route``, made when it has none yet."""
+        c = self.counters.get(route)
+        if c is None:
+            c = self.counters[route] = RouteCounters()
+        return c
+
+    def add_routes(self, routes: Iterable[str]) -> None:
+        for name in routes:
+            self.of(name)
+
+    def recovered(self, key: QueueKey, n: int) -> None:
+        """``n`` items of ``key`` a previous run left in the outbox: received again."""
+        c = self.of(key.route)
+        c.received += n
+        c.recovered += n
+
+    def unrouted_one(self, env: Envelope) -> None:
+        key = (env.source, env.kind)
+        self.unrouted[key] += 1
+        if self.unrouted[key] == 1:
+            log.info(
+                "no route takes %s from %s (first one: subject=%r); counting them as unrouted",
+                env.kind,
+                env.source,
+                env.subject,
+            )
+
+    # --- the snapshot -----------------------------------------------------------------
+
+    def snapshot(
+        self,
+        inlets: Mapping[str, Inlet],
+        durable: DurableQueues | None,
+        outbox: Outbox | None,
+        pending_replies: int,
+    ) -> dict[str, Any]:
+        """Counters and ledger per route, unrouted counts, pending replies, queues, outbox."""
+        now = time.time()
+        routes = {}
+        for name, c in self.counters.items():
+            entry = c.as_dict()
+            pending, oldest = self.pending_of(name, now, inlets, durable)
+            dropped = sum(c.dropped.values())
+            delivered = c.delivered + c.replies
+            entry["ledger"] = {
+                "received": c.received,
+                "delivered": delivered,
+                "pending": pending,
+                "dead_lettered": c.failed,
+                "dropped": dropped,
+                "balanced": c.received == delivered + pending + c.failed + dropped,
+            }
+            entry["outbox"] = {
+                "pending": pending if oldest is not None else 0,
+                "oldest_age_s": oldest,
+            }
+            routes[name] = entry
+        store: dict[str, Any] = {}
+        if outbox is not None:
+            ages = [r["outbox"]["oldest_age_s"] for r in routes.values()]
+            known = [a for a in ages if a is not None]
+            store = {
+                "path": str(outbox.path),
+                "rows": outbox.rows,
+                "bytes": outbox.bytes,
+                "oldest_age_s": max(known) if known else None,
+            }
+            store["dead_pruned"] = outbox.dead_pruned
+            try:
+                store["dead_letters"] = outbox.dead_count()
+                store["replays_waiting"] = outbox.replay_waiting()
+            except OutboxError as err:
+                store["error"] = str(err)
+        return {
+            "routes": routes,
+            "unrouted": {f"{s}/{k}": n for (s, k), n in self.unrouted.items()},
+            "dead_letters": self.dead_letters,
+            "pending_replies": pending_replies,
+            "queues": {name: inlet.depths() for name, inlet in inlets.items()},
+            "outbox": store,
+            # outbox rows per "target/queue" (kept across a restart)
+            "persist_queues": {f"{t}/{k.name}": q.rows for (t, k), q in durable.queues.items()}
+            if durable is not None
+            else {},
+        }
+
+    @staticmethod
+    def pending_of(
+        name: str, now: float, inlets: Mapping[str, Inlet], durable: DurableQueues | None
+    ) -> tuple[int, float | None]:
+        """Items of route ``name`` not settled yet, where they are; and the oldest persisted."""
+        pending = 0
+        oldest: float | None = None
+        for key in (QueueKey(name), QueueKey(name, reply=True)):
+            queue = key.name
+            for target, inlet in inlets.items():
+                rows = durable.pending(target, key) if durable is not None else None
+                if rows is None:
+                    pending += inlet.route_pending(queue)
+                    continue
+                assert durable is not None
+                # outbox rows, plus what is in the queue without a row (memory envelopes of
+                # the same name, e.g. before a reload made the route persist)
+                window = durable.in_memory(target, key)
+                pending += rows + max(0, inlet.route_pending(queue) - window)
+                try:
+                    age = durable.oldest_age_s(target, key, now)
+                except OutboxError:  # the count above holds; the age cannot be read now
+                    age = None
+                if age is not None:
+                    oldest = age if oldest is None else max(oldest, age)
+        if durable is not None:  # rows for adapters this configuration lacks
+            for (target, key), q in durable.queues.items():
+                if target not in inlets and key.route == name:
+                    pending += q.rows
+        return pending, oldest
