@@ -45,6 +45,7 @@ from broker.messages import (
     Quiesce,
     describe,
 )
+from broker.staleness import BEFORE_SENDING, is_stale, stale_reason
 
 if TYPE_CHECKING:
     from broker.config import AdapterConfig, JunctionSettings
@@ -446,17 +447,14 @@ class AdapterActor(LoopActor):
     @staticmethod
     def _drop_expired(adapter: Adapter, route: str, batch: list[Envelope]) -> list[Envelope]:
         """Fail envelopes whose deadline passed while they waited (stale); keep the rest."""
-        now = 0.0
-        expired: list[Envelope] = []
-        for env in batch:
-            if env.deadline is not None:
-                now = now or time.time()
-                if env.deadline <= now:
-                    expired.append(env)
-        if not expired:
+        if all(env.deadline is None for env in batch):
             return batch
-        adapter.fail(route, expired, "stale: its deadline passed before it could be sent")
-        return [e for e in batch if e.deadline is None or e.deadline > now]
+        now = time.time()
+        expired = [env for env in batch if is_stale(env, now)]
+        if expired:
+            adapter.fail(route, expired, stale_reason(BEFORE_SENDING))
+            return [env for env in batch if not is_stale(env, now)]
+        return batch
 
 
 def _only_cancelled(err: BaseException) -> bool:

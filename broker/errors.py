@@ -1,14 +1,27 @@
-"""Exceptions the broker raises, named for what happened.
+"""Exceptions the broker raises, named for what happened: the whole tree.
 
 ::
 
-    JunctionError
-    ├── ConfigError            one or more problems in a configuration file (exit code 2)
-    │                          each a ConfigProblem naming file, TOML path, bad value, hint
-    ├── PluginError            a plugin failed to load or registered something invalid
-    ├── AdapterError           an adapter could not do its job
-    │   └── AdapterUnavailable the adapter is not running (stopped, restarting)
-    └── TransformError         a transform raised; the envelope is dead-lettered
+    JunctionError                 base of every error the broker raises on purpose
+    ├── ConfigError               problems in a configuration file (exit code 2), each a
+    │                             ConfigProblem naming file, TOML path, bad value, hint
+    ├── PluginError               a plugin failed to load or registered something invalid
+    ├── TransformError            a transform raised; the envelope is dead-lettered
+    ├── MappingError (ValueError) a route's ``map`` could not build the outgoing envelope;
+    │                             dead-lettered (broker.mapping)
+    ├── MapSpecError (ValueError) a ``map`` table is invalid; becomes a ConfigProblem
+    │                             (broker.mapping)
+    ├── MatchError (ValueError)   a ``match`` entry is invalid; becomes a ConfigProblem
+    │                             (broker.routing)
+    ├── OutboxError (RuntimeError) the outbox file cannot be opened or written; the router
+    │                             logs it and keeps routing (broker.outbox)
+    ├── BridgeUnreachable         ``junction reload``: no running bridge to signal
+    │                             (broker.reload)
+    └── EndpointError             ``junction status``: no snapshot from the running bridge
+                                  (broker.ops_http)
+
+Errors of a peer or its wire format are the adapters' own (each codec has a ``CodecError``
+tree); an adapter's reconnect loop retries them and the runtime never sees them.
 """
 
 from __future__ import annotations
@@ -76,14 +89,6 @@ class ConfigError(JunctionError):
 
 class PluginError(JunctionError):
     """A plugin could not be loaded or registered something invalid."""
-
-
-class AdapterError(JunctionError):
-    """An adapter could not do what was asked of it."""
-
-
-class AdapterUnavailable(AdapterError):
-    """The adapter is not running right now (stopped or between restarts)."""
 
 
 class TransformError(JunctionError):

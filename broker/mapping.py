@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from broker.envelope import BODY_TYPES, Envelope
+from broker.errors import JunctionError
 
 MISSING: Any = object()
 Getter = Callable[[Envelope], Any]
@@ -37,11 +38,11 @@ Getter = Callable[[Envelope], Any]
 _ENVELOPE_FIELDS = {"source", "subject", "id", "ts", "correlation_id", "reply_to", "deadline"}
 
 
-class MappingError(ValueError):
+class MappingError(JunctionError, ValueError):
     """A mapping could not build the outgoing envelope (missing field, wrong type)."""
 
 
-class MapSpecError(ValueError):
+class MapSpecError(JunctionError, ValueError):
     """A ``map`` table is invalid: ``key`` names the entry, ``options`` the valid names."""
 
     def __init__(self, key: str, message: str, value: Any = MISSING, options: Any = ()) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from broker import dead_filter
 from broker.envelope import Envelope, decode, encode
+from broker.errors import JunctionError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ _WAL_RESTART_BYTES = 64 << 20
 _CHUNK = 500
 
 
-class OutboxError(RuntimeError):
+class OutboxError(JunctionError, RuntimeError):
     """The outbox file cannot be opened or written (the message names the file)."""
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from broker.config import Config, RedeliveryPolicy, RouteSpec, TransformRef, as_list, suggest
 from broker.envelope import KINDS, Envelope
-from broker.errors import ConfigError, ConfigProblem, TransformError
+from broker.errors import ConfigError, ConfigProblem, JunctionError, TransformError
 from broker.hookspecs import Transform, TransformFn
 from broker.mapping import MISSING, MapSpecError, compile_path
 from broker.mapping import Mapping as FieldMapping
@@ -77,7 +77,7 @@ class CompiledRoute:
         return True
 
 
-class MatchError(ValueError):
+class MatchError(JunctionError, ValueError):
     """A ``match`` entry is invalid."""
 
 
