@@ -85,6 +85,8 @@ class AdapterContext:
 
     #: Puts a message into the router's mailbox (internal: the Adapter helpers use it).
     to_router: Callable[[Any], None]
+    #: The adapter's mailbox (internal: the Adapter helpers record there what it owes).
+    inlet: Inlet
     settings: JunctionSettings
     status: AdapterStatus
     backlog: Backlog
@@ -122,12 +124,6 @@ class Adapter:
         self.ctx = ctx
         self.status = ctx.status
         self.log = logging.getLogger(f"junction.adapter.{name}")
-        # ids of the envelopes fail()ed or defer()red during the current deliver() call,
-        # so they are not also counted as delivered (None outside a deliver call)
-        self._settled_in_deliver: set[int] | None = None
-        # envelopes defer()red and not yet ack()ed or fail()ed, by id(): what this instance
-        # owes the router when it stops
-        self._deferred: dict[int, tuple[str, Envelope]] = {}
 
     async def run(self) -> None:
         """Produce envelopes until cancelled.  Returning ends production, not the adapter."""
@@ -162,10 +158,7 @@ class Adapter:
         was still queued: outbox rows wait for the next instance, memory envelopes are
         dead-lettered.
         """
-        owed, self._deferred = self._deferred, {}
-        by_route: dict[str, list[Envelope]] = {}
-        for route, env in owed.values():
-            by_route.setdefault(route, []).append(env)
+        by_route = self.ctx.inlet.release_owed()
         if not by_route:
             return
         reason = "the adapter stopped before its peer acknowledged them"
@@ -200,10 +193,7 @@ class Adapter:
         it under its redelivery policy.
         """
         if envelopes:
-            if self._settled_in_deliver is not None:
-                self._settled_in_deliver.update(id(e) for e in envelopes)
-            for env in envelopes:
-                self._deferred.pop(id(env), None)
+            self.ctx.inlet.report(route, envelopes)
             self.ctx.to_router(
                 Failed(route, self.name, list(envelopes), reason, retry=not permanent)
             )
@@ -214,16 +204,12 @@ class Adapter:
         For a peer that acknowledges after ``deliver`` returns (a paced send): the envelopes
         stay pending -- in the outbox on a ``persist`` route -- until then.
         """
-        if self._settled_in_deliver is not None:
-            self._settled_in_deliver.update(id(e) for e in envelopes)
-        for env in envelopes:
-            self._deferred[id(env)] = (route, env)
+        self.ctx.inlet.defer(route, envelopes)
 
     def ack(self, route: str, envelopes: Sequence[Envelope]) -> None:
         """The peer acknowledged envelopes :meth:`defer`red earlier."""
         if envelopes:
-            for env in envelopes:
-                self._deferred.pop(id(env), None)
+            self.ctx.inlet.report(route, envelopes)
             self.status.sent += len(envelopes)
             self.ctx.to_router(Delivered(route, self.name, len(envelopes), list(envelopes)))
 
@@ -423,23 +409,18 @@ class AdapterActor(LoopActor):
             batch = self._drop_expired(adapter, route, batch)
             if not batch:
                 continue
-            settled: set[int] = set()
-            adapter._settled_in_deliver = settled
             try:
                 await adapter.deliver(route, batch)
             except trio.Cancelled:
-                adapter._settled_in_deliver = None
-                inlet.requeue(route, [e for e in batch if id(e) not in settled])
+                inlet.requeue(route, inlet.settle_batch(route, batch))
                 raise
             except BaseException as err:
-                adapter._settled_in_deliver = None
-                rest = [e for e in batch if id(e) not in settled]
+                rest = inlet.settle_batch(route, batch)
                 to_router(
                     Failed(route, adapter.name, rest, f"adapter raised {describe(err)}", retry=True)
                 )
                 raise
-            adapter._settled_in_deliver = None
-            sent = batch if not settled else [e for e in batch if id(e) not in settled]
+            sent = inlet.settle_batch(route, batch)
             adapter.status.sent += len(sent)
             if sent:
                 to_router(Delivered(route, adapter.name, len(sent), sent))

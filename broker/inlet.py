@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from broker.envelope import Envelope
@@ -71,6 +71,9 @@ class Inlet(Mailbox):
         self._room_waiter: Callable[[], object] | None = None
         #: envelopes taken by the adapter and not yet settled by the router, per route
         self._in_flight: Counter[str] = Counter()
+        #: what the adapter took and has not yet reported (sent, failed), by (route, id):
+        #: the envelope, and whether its peer acknowledges later (``defer``)
+        self._owed: dict[tuple[str, int], tuple[Envelope, bool]] = {}
 
     # --- router side ------------------------------------------------------------
 
@@ -165,6 +168,9 @@ class Inlet(Mailbox):
                 if q.items:
                     self._ready.append(route)
                 self._in_flight[route] += n
+                owed = self._owed
+                for env in batch:
+                    owed[route, id(env)] = (env, False)
                 taken = route, batch
                 break
             else:
@@ -207,6 +213,48 @@ class Inlet(Mailbox):
             q.items.extendleft(reversed(envelopes))
             self._settle_locked(route, len(envelopes))
 
+    # --- what the adapter owes (its thread only) ----------------------------------------
+    #
+    # From take() until the adapter reports an envelope (sent, failed) it is owed here; the
+    # router settles the in-flight count when the report reaches it.  This is the one
+    # record of what an adapter holds: a stopped instance hands back what is still owed.
+
+    def defer(self, route: str, envelopes: Sequence[Envelope]) -> None:
+        """The peer acknowledges these later: not sent when their ``deliver`` returns."""
+        with self.lock:
+            for env in envelopes:
+                self._owed[route, id(env)] = (env, True)
+
+    def report(self, route: str, envelopes: Sequence[Envelope]) -> None:
+        """The adapter reported these (acknowledged or failed): no longer owed."""
+        with self.lock:
+            owed = self._owed
+            for env in envelopes:
+                owed.pop((route, id(env)), None)
+
+    def settle_batch(self, route: str, batch: list[Envelope]) -> list[Envelope]:
+        """After ``deliver(route, batch)`` ended: those of ``batch`` neither reported nor
+        deferred during the call, now no longer owed (the caller reports them)."""
+        with self.lock:
+            owed = self._owed
+            out = []
+            for env in batch:
+                entry = owed.get((route, id(env)))
+                if entry is not None and not entry[1]:
+                    del owed[route, id(env)]
+                    out.append(env)
+            return out
+
+    def release_owed(self) -> dict[str, list[Envelope]]:
+        """Everything still owed (deferred, never acknowledged), by route, now forgotten:
+        what a stopped instance hands back."""
+        with self.lock:
+            owed, self._owed = self._owed, {}
+        by_route: dict[str, list[Envelope]] = {}
+        for (route, _), (env, _) in owed.items():
+            by_route.setdefault(route, []).append(env)
+        return by_route
+
     # --- inspection -------------------------------------------------------------
 
     def pending(self) -> int:
@@ -239,4 +287,5 @@ class Inlet(Mailbox):
                 q.items.clear()
             self._ready.clear()
             self._in_flight.clear()
+            self._owed.clear()
             return out

@@ -19,8 +19,10 @@ adapter share one loop (thread ``junction-loop``); an adapter whose config says
   without blocking the loop.  A source waits for room in the router's mailbox
   (:meth:`~broker.messages.Backlog.wait_room`).
 - **One place tracks an envelope in flight**: the target's inlet, from ``take`` until the
-  router counts it delivered, failed or dead-lettered (``persist`` routes also keep it in
-  the outbox until then).
+  adapter reports it (sent, failed; ``defer`` keeps it owed until ``ack``) and the router
+  counts it delivered, failed or dead-lettered.  A stopped instance hands back what it
+  still owes from there.  (A ``persist`` route's outbox also knows which row holds each
+  envelope it has in memory: that is where the rows are, not a second record of flight.)
 - **No thread without data.**  Restarts (each adapter actor supervises its own instance,
   with one :class:`~broker.backoff.Backoff`) and the router's tick are trio tasks.  The
   threads a bridge runs are the loops above, the main thread (signals, start and stop),
@@ -210,6 +212,7 @@ class Runtime:
         assert self.router is not None and self.loop is not None
         ctx = AdapterContext(
             to_router=self.router.tell,
+            inlet=self.inlets[name],
             settings=cfg.junction,
             status=self.statuses[name],
             backlog=self.backlog,

@@ -142,3 +142,30 @@ def test_when_room_calls_its_waiter_once_from_the_taking_thread() -> None:
     inlet.when_room(None)
     inlet.take(4)
     assert calls == ["taker"]
+
+
+def test_what_the_adapter_took_is_owed_until_it_reports_it() -> None:
+    inlet = Inlet("t")
+    inlet.offer("r", envs(6), capacity=10, policy="drop_newest")
+    route, batch = inlet.take() or ("", [])
+    inlet.defer(route, batch[:2])  # acknowledged later by the peer
+    inlet.report(route, batch[2:3])  # failed during the call
+    sent = inlet.settle_batch(route, batch)
+    assert values(sent) == [3.0, 4.0, 5.0]  # neither deferred nor reported
+    assert inlet.settle_batch(route, batch) == []  # settled once only
+    inlet.report(route, batch[:1])  # the peer acknowledged one of the deferred
+    assert {r: values(e) for r, e in inlet.release_owed().items()} == {"r": [1.0]}
+    assert inlet.release_owed() == {}
+    assert inlet.route_pending("r") == 6  # the router still has to count all six
+
+
+def test_one_envelope_on_two_routes_is_owed_once_per_route() -> None:
+    inlet = Inlet("t")
+    [env] = envs(1)
+    inlet.offer("a", [env], capacity=10, policy="drop_newest")
+    inlet.offer("b", [env], capacity=10, policy="drop_newest")
+    first, second = inlet.take(), inlet.take()
+    assert first is not None and second is not None
+    inlet.defer(first[0], first[1])
+    assert inlet.settle_batch(second[0], second[1]) == [env]  # b's copy is sent
+    assert inlet.release_owed() == {first[0]: [env]}  # a's is still owed
