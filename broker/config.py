@@ -33,6 +33,19 @@ from broker.errors import ConfigError, ConfigProblem
 
 T = TypeVar("T")
 
+# Bounds, checked by msgspec while decoding: the error names the TOML path and the value
+# ("adapters.x.timeout_s: must be > 0 (got -5)"). Every config struct uses these.
+#: A duration or rate that must be above zero.
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+#: A duration, size or rate where 0 means "none" / "off".
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+#: A count of at least one (sizes, windows, attempts).
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+#: A count where 0 means "none" / "unlimited".
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+#: A TCP or UDP port.
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
 OverflowPolicy = Literal["block", "drop_oldest", "drop_newest", "persist"]
 
 
@@ -46,20 +59,20 @@ class RedeliveryPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     room an hour late does more harm than good); None: never stale.
     """
 
-    attempts: int = 5
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    stale_after_s: float | None = None
+    attempts: AtLeastOne = 5
+    backoff_initial_s: Positive = 0.5
+    backoff_max_s: Positive = 30.0
+    stale_after_s: Positive | None = None
 
 
 class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The durable outbox (``[junction.outbox]``): a SQLite file in the state directory."""
 
     file: str = "outbox.sqlite3"
-    max_rows: int = 1_000_000
-    max_bytes: int = 512 * 1024 * 1024
+    max_rows: AtLeastOne = 1_000_000
+    max_bytes: AtLeastOne = 512 * 1024 * 1024
     #: Dead letters kept; past it the oldest are deleted (counted and logged).
-    max_dead_letters: int = 1_000_000
+    max_dead_letters: AtLeastOne = 1_000_000
 
 
 class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -68,7 +81,7 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: ``host:port`` to listen on; empty: no endpoint. Keep it on loopback.
     listen: str = ""
     #: /readyz fails while any route's oldest pending envelope is older than this.
-    ready_max_pending_age_s: float = 60.0
+    ready_max_pending_age_s: Positive = 60.0
 
 
 class JunctionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -76,18 +89,20 @@ class JunctionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
     state_dir: str = "state"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    shutdown_grace_s: float = 5.0
+    #: Seconds adapters get to finish their deliveries on shutdown (0: stop at once).
+    shutdown_grace_s: NonNegative = 5.0
     disabled_plugins: list[str] = []
     dead_letter: str | None = None
-    queue_size: int = 1000
-    block_timeout_s: float = 5.0
-    restart_backoff_s: float = 0.5
-    restart_backoff_max_s: float = 30.0
-    reply_timeout_s: float = 10.0
+    queue_size: AtLeastOne = 1000
+    #: How long a ``block`` route waits for room before dead-lettering (0: not at all).
+    block_timeout_s: NonNegative = 5.0
+    restart_backoff_s: Positive = 0.5
+    restart_backoff_max_s: Positive = 30.0
+    reply_timeout_s: Positive = 10.0
     #: The interpreter's thread switch interval (``sys.setswitchinterval``; 0: Python's own):
     #: with several adapter threads busy, Python's 5 ms default stretches every hop of an
     #: envelope (library-findings.md: a 1 ms trio sleep took 6.5 ms at p50, 2.2 ms at 1 ms).
-    switch_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    switch_interval_ms: NonNegative = 1.0
     redelivery: RedeliveryPolicy = msgspec.field(default_factory=RedeliveryPolicy)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
@@ -126,10 +141,10 @@ class RouteSpec(
     #: None: ``persist`` for the kinds the target keeps durable by default (AlphaX writes,
     #: Allxon events, alerts and command results), ``drop_oldest`` for the rest.
     overflow: OverflowPolicy | None = None
-    queue_size: int | None = None
+    queue_size: AtLeastOne | None = None
     redelivery: RedeliveryPolicy | None = None
     expects_reply: bool = False
-    reply_timeout_s: float | None = None
+    reply_timeout_s: Positive | None = None
     reply_map: dict[str, Any] = {}
     description: str = ""
 
@@ -344,7 +359,7 @@ def _problem(
         allowed = [str(a) for a in typing.get_args(_type_at(cls, parts))]
         hint = _suggest(str(found), allowed) if ok else ""
         return ConfigProblem(file, path, f"must be one of {', '.join(allowed)}", found, ok, hint)
-    return ConfigProblem(file, path, _humanize(message), found, ok)
+    return ConfigProblem(file, path, _humanize(message, cls, parts), found, ok)
 
 
 def _path_parts(at: str) -> list[str | int]:
@@ -403,11 +418,44 @@ def _field_names(cls: Any) -> list[str]:
     return []
 
 
-def _humanize(message: str) -> str:
+_BOUND = re.compile(r"Expected `(?:int|float)` (>=|>|<=|<) (\S+)")
+
+
+def _humanize(message: str, cls: Any = None, parts: list[str | int] | None = None) -> str:
     m = re.fullmatch(r"Expected `(.*)`, got `(.*)`", message)
     if m:
         return f"expected {m.group(1)}, not {m.group(2)}"
+    m = _BOUND.fullmatch(message)
+    if m:
+        meta = _meta_at(cls, parts or [])
+        low, high = (meta.ge, meta.le) if meta is not None else (None, None)
+        if low is not None and high is not None:
+            return f"must be from {_num(low)} to {_num(high)}"
+        return f"must be {m.group(1)} {_num(float(m.group(2)))}"
     return message[:1].lower() + message[1:]
+
+
+def _num(bound: float) -> str:
+    return f"{bound:g}"
+
+
+def _meta_at(cls: Any, parts: list[str | int]) -> msgspec.Meta | None:
+    """The msgspec.Meta bounds of the field at ``parts`` (None if not found)."""
+    if not parts or not isinstance(parts[-1], str):
+        return None
+    owner = _type_at(cls, parts[:-1])
+    if not (isinstance(owner, type) and issubclass(owner, msgspec.Struct)):
+        return None
+    name = next(
+        (f.name for f in msgspec.structs.fields(owner) if f.encode_name == parts[-1]), parts[-1]
+    )
+    tp = typing.get_type_hints(owner, include_extras=True).get(name)
+    for arg in (tp, *typing.get_args(tp)):
+        if typing.get_origin(arg) is Annotated:
+            for extra in arg.__metadata__:
+                if isinstance(extra, msgspec.Meta):
+                    return extra
+    return None
 
 
 def _suggest(word: str, options: Any) -> str:
