@@ -81,7 +81,7 @@ from adapters.allxon.codec import (
     signed_size,
 )
 from broker import logs
-from broker.config import AdapterConfig
+from broker.config import AdapterConfig, AtLeastOne, NonNegativeInt, Positive
 
 DEFAULT_URL = "wss://127.0.0.1:55688"
 
@@ -172,21 +172,21 @@ class AllxonConfig(AdapterConfig, kw_only=True):
     #: What to do with a state/metric/event for a name no card declares: "reject" dead-letters
     #: it; "send" passes it on (the 2 KB announce cannot declare many cards).
     undeclared: Literal["reject", "send"] = "reject"
-    budget_per_hour: int = 500
-    budget_window_s: float = 3600.0
-    bucket_size: int = 30
-    reserve_calls: int = 50
-    command_timeout_s: float = 45.0
-    flush_interval_s: float = 2.0
-    connect_timeout_s: float = 5.0
-    disconnect_timeout_s: float = 2.0
-    announce_grace_s: float = 1.0
-    offline_retry_s: float = 30.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 60.0
-    max_buffered_metrics: int = 5000
-    max_buffered_events: int = 1000
-    max_buffered_alerts: int = 200
+    budget_per_hour: AtLeastOne = 500
+    budget_window_s: Positive = 3600.0
+    bucket_size: AtLeastOne = 30
+    reserve_calls: NonNegativeInt = 50
+    command_timeout_s: Positive = 45.0
+    flush_interval_s: Positive = 2.0
+    connect_timeout_s: Positive = 5.0
+    disconnect_timeout_s: Positive = 2.0
+    announce_grace_s: Positive = 1.0
+    offline_retry_s: Positive = 30.0
+    backoff_initial_s: Positive = 0.5
+    backoff_max_s: Positive = 60.0
+    max_buffered_metrics: AtLeastOne = 5000
+    max_buffered_events: AtLeastOne = 1000
+    max_buffered_alerts: AtLeastOne = 200
 
     def __post_init__(self) -> None:
         self._check_url()
@@ -275,32 +275,7 @@ class AllxonConfig(AdapterConfig, kw_only=True):
             _fail("ca_file", f"no such file: {self.ca_file!r}")
 
     def _check_numbers(self) -> None:
-        positive = (
-            "budget_window_s",
-            "command_timeout_s",
-            "flush_interval_s",
-            "connect_timeout_s",
-            "disconnect_timeout_s",
-            "announce_grace_s",
-            "offline_retry_s",
-            "backoff_initial_s",
-            "backoff_max_s",
-        )
-        for key in positive:
-            if getattr(self, key) <= 0:
-                _fail(key, f"must be > 0, got {getattr(self, key)!r}")
-        at_least_one = (
-            "budget_per_hour",
-            "bucket_size",
-            "max_buffered_metrics",
-            "max_buffered_events",
-            "max_buffered_alerts",
-        )
-        for key in at_least_one:
-            if getattr(self, key) < 1:
-                _fail(key, f"must be >= 1, got {getattr(self, key)!r}")
-        if self.reserve_calls < 0:
-            _fail("reserve_calls", f"must be >= 0, got {self.reserve_calls!r}")
+        # single-key bounds are msgspec.Meta types on the fields (checked while decoding)
         if self.reserve_calls >= self.budget_per_hour:
             _fail(
                 "reserve_calls",
