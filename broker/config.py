@@ -24,7 +24,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
@@ -116,6 +116,10 @@ class AdapterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Run this adapter on a trio loop of its own thread instead of the loop the adapters
     #: share: for adapter code that blocks (synchronous I/O, long computations).
     own_thread: bool = False
+    #: Keys this adapter type no longer takes at the top of its table, each with a hint to
+    #: where it went (``{table}`` is replaced by the table's TOML path): a file that still
+    #: has them gets one problem per moved key, not just "unknown key" for the first.
+    moved_keys: ClassVar[dict[str, str]] = {}
 
 
 class TransformRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -238,6 +242,18 @@ def loads(
                 )
             )
             continue
+        moved = [key for key in table if key in cls.moved_keys]
+        if moved:
+            problems += [
+                ConfigProblem(
+                    file,
+                    f"{where}.{key}",
+                    "unknown key",
+                    hint=cls.moved_keys[key].format(table=where),
+                )
+                for key in moved
+            ]
+            continue
         converted = _convert(table, cls, where, file, problems)
         if converted is not None:
             adapters[name] = converted
@@ -342,7 +358,7 @@ def _problem(
     unknown = re.fullmatch(r"Object contains unknown field `(.*)`", message)
     if unknown:
         key = unknown.group(1)
-        fields = _field_names(_type_at(cls, parts))
+        fields = _field_names(_type_at(cls, parts, data))
         return ConfigProblem(
             file,
             f"{path}.{key}".lstrip("."),
@@ -351,15 +367,34 @@ def _problem(
         )
     missing = re.fullmatch(r"Object missing required field `(.*)`", message)
     if missing:
-        return ConfigProblem(file, f"{path}.{missing.group(1)}".lstrip("."), "missing required key")
+        tags = _tags_at(cls, parts, data)
+        hint = f"one of {', '.join(tags[1:])}" if tags and missing.group(1) == tags[0] else ""
+        key = f"{path}.{missing.group(1)}".lstrip(".")
+        return ConfigProblem(file, key, "missing required key", hint=hint)
     found, ok = _value_at(data, parts)
+    tags = _tags_at(cls, parts[:-1], data)
+    if tags and message.startswith("Invalid value") and parts[-1] == tags[0]:
+        allowed = tags[1:]
+        hint = _suggest(str(found), allowed) if ok else ""
+        return ConfigProblem(file, path, f"must be one of {', '.join(allowed)}", found, ok, hint)
     if isinstance(found, dict | list):  # a whole table: its own message says what is wrong
         ok = False
     if message.startswith("Invalid enum value"):
         allowed = [str(a) for a in typing.get_args(_type_at(cls, parts))]
         hint = _suggest(str(found), allowed) if ok else ""
         return ConfigProblem(file, path, f"must be one of {', '.join(allowed)}", found, ok, hint)
-    return ConfigProblem(file, path, _humanize(message, cls, parts), found, ok)
+    return ConfigProblem(file, path, _humanize(message, cls, parts, data), found, ok)
+
+
+def _tags_at(cls: Any, path: list[str | int], data: Any) -> list[str]:
+    """``[tag field, tag, ...]`` when the key at ``path`` holds a tagged union, else ``[]``."""
+    if not path or not isinstance(path[-1], str):
+        return []
+    owner = _type_at(cls, path[:-1], data)
+    if not (isinstance(owner, type) and issubclass(owner, msgspec.Struct)):
+        return []
+    tagged = _variants(typing.get_type_hints(owner).get(path[-1]))
+    return [tagged[0], *tagged[1]] if tagged is not None else []
 
 
 def _path_parts(at: str) -> list[str | int]:
@@ -381,10 +416,13 @@ def _value_at(data: Any, parts: list[str | int]) -> tuple[Any, bool]:
     return data, True
 
 
-def _type_at(cls: Any, parts: list[str | int]) -> Any:
-    """Follow a path through struct annotations to find the struct whose keys are checked."""
+def _type_at(cls: Any, parts: list[str | int], data: Any = None) -> Any:
+    """Follow a path through struct annotations to find the struct whose keys are checked.
+
+    ``data`` (the table as written) picks the variant of a tagged union by its tag.
+    """
     for part in parts:
-        cls = _unwrap(cls)
+        cls = _unwrap(cls, data)
         if isinstance(part, int):
             args = typing.get_args(cls)
             cls = args[0] if args else None
@@ -394,11 +432,33 @@ def _type_at(cls: Any, parts: list[str | int]) -> Any:
         else:
             args = typing.get_args(cls)
             cls = args[-1] if args else None
-    return _unwrap(cls)
+        data, _ = _value_at(data, [part])
+    return _unwrap(cls, data)
 
 
-def _unwrap(tp: Any) -> Any:
-    """Pick the struct (or container) out of ``X | str | None`` style unions."""
+def _variants(tp: Any) -> tuple[str, dict[str, type]] | None:
+    """``(tag field, {tag: struct})`` when ``tp`` is a union of tagged structs."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    found: dict[str, type] = {}
+    field = None
+    for arg in typing.get_args(tp):
+        config = getattr(arg, "__struct_config__", None)
+        if config is None or config.tag_field is None:
+            return None
+        field = config.tag_field
+        found[str(config.tag)] = arg
+    return (field, found) if field is not None else None
+
+
+def _unwrap(tp: Any, data: Any = None) -> Any:
+    """Pick the struct (or container) out of ``X | str | None`` style unions (of a tagged
+    union: the variant ``data`` names, if it names one)."""
+    tagged = _variants(tp)
+    if tagged is not None:
+        field, variants = tagged
+        tag = data.get(field) if isinstance(data, dict) else None
+        return variants.get(tag, tp) if isinstance(tag, str) else tp
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         candidates = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -421,13 +481,15 @@ def _field_names(cls: Any) -> list[str]:
 _BOUND = re.compile(r"Expected `(?:int|float)` (>=|>|<=|<) (\S+)")
 
 
-def _humanize(message: str, cls: Any = None, parts: list[str | int] | None = None) -> str:
+def _humanize(
+    message: str, cls: Any = None, parts: list[str | int] | None = None, data: Any = None
+) -> str:
     m = re.fullmatch(r"Expected `(.*)`, got `(.*)`", message)
     if m:
         return f"expected {m.group(1)}, not {m.group(2)}"
     m = _BOUND.fullmatch(message)
     if m:
-        meta = _meta_at(cls, parts or [])
+        meta = _meta_at(cls, parts or [], data)
         low, high = (meta.ge, meta.le) if meta is not None else (None, None)
         if low is not None and high is not None:
             return f"must be from {_num(low)} to {_num(high)}"
@@ -439,11 +501,11 @@ def _num(bound: float) -> str:
     return f"{bound:g}"
 
 
-def _meta_at(cls: Any, parts: list[str | int]) -> msgspec.Meta | None:
+def _meta_at(cls: Any, parts: list[str | int], data: Any) -> msgspec.Meta | None:
     """The msgspec.Meta bounds of the field at ``parts`` (None if not found)."""
     if not parts or not isinstance(parts[-1], str):
         return None
-    owner = _type_at(cls, parts[:-1])
+    owner = _type_at(cls, parts[:-1], data)
     if not (isinstance(owner, type) and issubclass(owner, msgspec.Struct)):
         return None
     name = next(

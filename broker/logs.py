@@ -118,10 +118,15 @@ def divert_to_file(path: str, recent: RecentLines) -> None:
 
 
 class LogGate:
-    """At most one line per key every ``every_s`` seconds; says how many were held back."""
+    """At most one line per key every ``every_s`` seconds; says how many were held back.
 
-    def __init__(self, every_s: float = 10.0) -> None:
+    Keys may be whole texts (a reason with a server's answer in it): past ``max_keys``
+    distinct keys the gate forgets them all, so it cannot grow without bound.
+    """
+
+    def __init__(self, every_s: float = 10.0, max_keys: int = 1000) -> None:
         self.every_s = every_s
+        self.max_keys = max_keys
         self._last: dict[str, float] = {}
         self._held: Counter[str] = Counter()
 
@@ -132,6 +137,9 @@ class LogGate:
         if last is not None and now - last < self.every_s:
             self._held[key] += 1
             return False, 0
+        if last is None and len(self._last) >= self.max_keys:
+            self._last.clear()
+            self._held.clear()
         self._last[key] = now
         held = self._held.pop(key, 0)
         return True, held
