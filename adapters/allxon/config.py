@@ -40,8 +40,10 @@ one of [...]``; further problems are listed in the same message. (The path rides
 
 Secrets: the access key comes from ``plugin_credential.json`` (``credentials``) or from a
 ``${ENV}`` / ``${file:...}`` reference; an inline ``access_key`` is refused. The loader cannot
-see the reference itself, but it registers every expanded secret for redaction, and an inline
-key is exactly one that is not registered.
+see the reference itself, but it registers every expanded secret for redaction while it expands
+them, before the struct is checked, so an inline key is exactly one not registered yet. (After
+decoding it registers the ``Secret`` fields and the credentials file's key too: see
+``AllxonConfig.secrets``.)
 
 Budget: ``budget_per_hour`` calls in any rolling ``budget_window_s`` (3600 s; shorten it only
 together with the agent's window, e.g. in a benchmark), ``bucket_size`` tokens refilled at
@@ -52,6 +54,7 @@ together with the agent's window, e.g. in a benchmark), ``bucket_size`` tokens r
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, NoReturn
 from urllib.parse import urlsplit
@@ -81,7 +84,7 @@ from adapters.allxon.codec import (
     signed_size,
 )
 from broker import logs
-from broker.config import AdapterConfig, AtLeastOne, NonNegativeInt, Positive
+from broker.config import AdapterConfig, AtLeastOne, NonNegativeInt, Positive, Secret
 
 DEFAULT_URL = "wss://127.0.0.1:55688"
 
@@ -159,7 +162,7 @@ class AllxonConfig(AdapterConfig, kw_only=True):
     url: str = DEFAULT_URL
     credentials: str | None = None
     app_guid: str = ""
-    access_key: str = ""
+    access_key: Secret = ""
     ca_file: str | None = None
     app_name: str
     version: str = "1.0.0"
@@ -211,8 +214,7 @@ class AllxonConfig(AdapterConfig, kw_only=True):
     def credential(self) -> PluginCredential:
         """The app GUID and access key, from ``credentials`` or the two keys.
 
-        Raises ValueError (naming the config key) when they are missing or unusable. The
-        access key is registered for redaction.
+        Raises ValueError (naming the config key) when they are missing or unusable.
         """
         if self.credentials is not None:
             if self.app_guid or self.access_key:
@@ -223,7 +225,6 @@ class AllxonConfig(AdapterConfig, kw_only=True):
                 _fail("credentials", f"cannot read {self.credentials!r}: {err.strerror or err}")
             except CredentialError as err:
                 _fail("credentials", f"{self.credentials}: {err}")
-            logs.register_secret(credential.access_key)
             return credential
         if not self.app_guid or not self.access_key:
             _fail(
@@ -238,6 +239,12 @@ class AllxonConfig(AdapterConfig, kw_only=True):
                 '(access_key = "${ALLXON_ACCESS_KEY}" or "${file:/path}") or credentials = ...',
             )
         return PluginCredential(app_guid=self.app_guid, access_key=self.access_key)
+
+    def secrets(self) -> Iterator[str]:
+        """The ``Secret`` fields, and the access key of the ``credentials`` file."""
+        yield from super().secrets()
+        if self.credentials is not None:
+            yield self.credential().access_key
 
     def update_params(
         self, app_guid: str, epoch: str, modules: list[Module] | None = None

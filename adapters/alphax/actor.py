@@ -13,7 +13,8 @@ Inbound (to the router), with ``[poll]`` configured: ``channel_reading`` envelop
 ``<network_id>/<channel>``, each record read exactly once across polls and restarts (marks
 persisted in the state directory).
 
-The token (and MQTT password) are registered as secrets, so every log line redacts them;
+The token and the MQTT password are ``Secret`` config fields: the config loader registers
+them, so every log line redacts them;
 URLs, topics and bodies are also passed through ``codec.redact`` before any message is built.
 """
 
@@ -24,9 +25,8 @@ from typing import Any
 
 import trio
 
-from adapters.alphax.config import AlphaXConfig, MqttWrite
+from adapters.alphax.config import AlphaXConfig
 from adapters.alphax.connection import Conduit, Failure, Pending
-from broker import logs
 from broker.adapter import Adapter
 from broker.envelope import Envelope
 
@@ -40,9 +40,6 @@ class AlphaXAdapter(Adapter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.config
-        logs.register_secret(cfg.token)
-        if isinstance(cfg.write, MqttWrite) and cfg.write.password:
-            logs.register_secret(cfg.write.password)
         self.conduit = Conduit(cfg, self.name, self.status, self.log)
         self._poll_scope: trio.CancelScope | None = None
         # where the waits for deferred acks run (MQTT PUBACKs, see deliver), once run() has

@@ -86,6 +86,7 @@ from broker.config import (
     NonNegativeInt,
     Port,
     Positive,
+    Secret,
 )
 
 Tier = Literal["basic", "premium", "enterprise"]
@@ -161,7 +162,7 @@ class MqttWrite(_Write, tag="mqtt", frozen=True):
 
     #: ``mqtt://host[:1883]`` or ``mqtts://host[:8883]``; empty: AlphaX's broker for the tier.
     url: str = ""
-    password: str = ""
+    password: Secret = ""
     topic_form: Literal["v4", "bulk", "channel"] = "bulk"
     max_inflight: AtLeastOne = 100
     max_queued: AtLeastOne = 1000
@@ -251,7 +252,7 @@ class AlphaXConfig(AdapterConfig, kw_only=True):
         "tls": _moved("tls", "tcp"),
     }
 
-    token: str
+    token: Secret
     tier: Tier = "basic"
     uplink: Literal["v1", "v2"] = "v2"
     #: v1 carries channels 1..N without holes; what to do with the channels it cannot carry:

@@ -72,10 +72,7 @@ class PlaceOSAdapter(Adapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        cfg = self.config
-        for secret in (cfg.api_key, cfg.bearer_token):
-            if secret:
-                logs.register_secret(secret)
+        cfg = self.config  # its api_key / bearer_token: registered for redaction by the loader
         self.where = urlsplit(cfg.url).netloc
         self.desired: dict[BindKey, None] = dict.fromkeys(
             (b.sys, b.mod, b.index, b.name) for b in cfg.bindings

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from broker.config import AdapterConfig, AtLeastOne, Positive
+from broker.config import AdapterConfig, AtLeastOne, Positive, Secret
 
 
 class Binding(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -44,8 +44,8 @@ class PlaceOSConfig(AdapterConfig, kw_only=True):
     """Config of the PlaceOS real-time WebSocket adapter."""
 
     url: str
-    api_key: str = ""
-    bearer_token: str = ""
+    api_key: Secret = ""
+    bearer_token: Secret = ""
     ca_file: str | None = None
     connect_timeout_s: Positive = 5.0
     disconnect_timeout_s: Positive = 2.0
