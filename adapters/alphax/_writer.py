@@ -34,7 +34,7 @@ class Pending(Protocol):
     """Envelopes handed to the peer whose acknowledgements are still to come."""
 
     @property
-    def envelopes(self) -> Sequence[Envelope]:
+    def envelopes(self) -> list[Envelope]:
         """What was handed over (the failures of ``wait`` are among them)."""
         ...
 

@@ -83,7 +83,7 @@ class AlphaXAdapter(Adapter):
             return
         await self._acks_open.wait()
         assert self._acks is not None
-        self.defer(route, list(sent.pending.envelopes))
+        self.defer(route, sent.pending.envelopes)
         self._acks.start_soon(self._settle, route, sent.pending)
 
     async def _settle(self, route: str, pending: Pending) -> None:
