@@ -146,6 +146,8 @@ class HttpWriter:
     failed when ``send`` returns.
     """
 
+    defers_acks = False
+
     def __init__(
         self,
         cfg: AlphaXConfig,

@@ -94,6 +94,8 @@ class Published:
 class MqttWriter(MqttLink):
     """Publishes AlphaX messages at QoS 1 on one paho client (see the module docstring)."""
 
+    defers_acks = True  # PUBACKs: see send
+
     def __init__(
         self,
         cfg: AlphaXConfig,

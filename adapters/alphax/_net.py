@@ -38,6 +38,8 @@ from broker.logs import LogGate
 class _Counts:
     """What UDP and TCP writers share: counts of what was sent, the log gate, the encoding."""
 
+    defers_acks = False  # best effort: nothing is acknowledged, later or otherwise
+
     def __init__(self, cfg: AlphaXConfig, status: AdapterStatus, log: logging.Logger) -> None:
         self.cfg = cfg
         self.status = status

@@ -56,6 +56,10 @@ class Sent:
 class UplinkWriter(Protocol):
     """One write transport to AlphaX (see the module docstring)."""
 
+    #: Whether ``send`` may return acknowledgements still to come (``Sent.pending``): the
+    #: caller then has a place ready to await them before it sends.
+    defers_acks: bool
+
     def open(self) -> None:
         """Begin connecting where the transport keeps a connection. Trio thread only."""
         ...

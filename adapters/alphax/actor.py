@@ -77,11 +77,12 @@ class AlphaXAdapter(Adapter):
         Each envelope is acked to the router when its acknowledgement arrives;
         ``max_queued`` bounds what is outstanding.
         """
+        if self.conduit.writer.defers_acks:
+            await self._acks_open.wait()  # where the acks are awaited: run() opens it
         sent = await self.conduit.send(batch)
         self._fail_by_reason(route, sent.failures)
         if sent.pending is None:
             return
-        await self._acks_open.wait()
         assert self._acks is not None
         self.defer(route, sent.pending.envelopes)
         self._acks.start_soon(self._settle, route, sent.pending)
