@@ -88,8 +88,14 @@ def ask(conn: Connection, *cmd: str) -> Any:
 def config_text(
     transport: str, sim_url: str, mqtt_url: str, state: Path, source: dict[str, Any]
 ) -> str:
-    kind = "http" if transport == "http" else "mqtt"
-    form = "channel" if transport == "mqtt-channel" else "bulk"
+    if transport == "http":
+        write = f'transport = "http"\nbase_url = "{sim_url}"\nconcurrency = 8'
+    else:
+        form = "channel" if transport == "mqtt-channel" else "bulk"
+        write = (
+            f'transport = "mqtt"\nurl = "{mqtt_url}"\ntopic_form = "{form}"\n'
+            "max_inflight = 200\nmax_queued = 2000"
+        )
     fields = "\n".join(f"{k} = {json.dumps(v)}" for k, v in source.items())
     return f"""
 [junction]
@@ -104,14 +110,9 @@ start_ts = {time.time()}
 type = "alphax_timed"
 token = "{TOKEN}"
 tier = "enterprise"
-transport = "{kind}"
-base_url = "{sim_url}"
 read_url = "{sim_url}"
-concurrency = 8
-mqtt_url = "{mqtt_url}"
-topic_form = "{form}"
-max_inflight = 200
-max_queued = 2000
+[adapters.ax.write]
+{write}
 [[routes]]
 name = "w"
 from = "src"

@@ -200,11 +200,11 @@ bindings = [
 type = "alphax_e2e"
 token = "{ALPHAX_TOKEN}"
 tier = "enterprise"
-transport = "mqtt"
-mqtt_url = "{mqtt_url}"
-topic_form = "bulk"
-base_url = "{peers["alphax"]}"
 read_url = "{peers["alphax"]}"
+[adapters.ax_mqtt.write]
+transport = "mqtt"
+url = "{mqtt_url}"
+topic_form = "bulk"
 max_inflight = 200
 max_queued = 2000
 
@@ -212,10 +212,8 @@ max_queued = 2000
 type = "alphax_e2e"
 token = "{ALPHAX_TOKEN}"
 tier = "enterprise"
-transport = "http"
-base_url = "{peers["alphax"]}"
 read_url = "{peers["alphax"]}"
-concurrency = 8
+write = {{ transport = "http", base_url = "{peers["alphax"]}", concurrency = 8 }}
 
 [adapters.allxon]
 type = "allxon"

@@ -10,28 +10,56 @@ Every struct forbids unknown keys, so a typo is an error that names the file, th
 TOML path, the bad key and the nearest valid one.  Secrets are never required
 inline: any string may be ``${ENV_VAR}`` (a missing variable is an error naming it),
 ``${ENV_VAR:-default}`` (the default when unset), or ``${file:/path/to/secret}`` (the
-file's content, stripped).  Expanded secrets are
-registered with :mod:`broker.logs` so they are redacted from every log line.
+file's content, stripped).  Expanded references, and every adapter field typed
+:data:`Secret` (inline or not, see :meth:`AdapterConfig.secrets`), are registered with
+:mod:`broker.logs` so they are redacted from every log line: adapters do not register
+their own.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
 from broker import logs
+from broker._config_problems import _choices, _problem, _suggest
 from broker.errors import ConfigError, ConfigProblem
 
 T = TypeVar("T")
+
+# Bounds, checked by msgspec while decoding: the error names the TOML path and the value
+# ("adapters.x.timeout_s: must be > 0 (got -5)"). Every config struct uses these.
+#: A duration or rate that must be above zero.
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+#: A duration, size or rate where 0 means "none" / "off".
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+#: A count of at least one (sizes, windows, attempts).
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+#: A count where 0 means "none" / "unlimited".
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+#: A TCP or UDP port.
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class _SecretMark:
+    """The mark :data:`Secret` puts on a field (see :meth:`AdapterConfig.secrets`)."""
+
+    def __repr__(self) -> str:
+        return "Secret"
+
+
+_SECRET = _SecretMark()
+#: A string field holding a credential: whatever the file says (inline, ``${ENV}``,
+#: ``${file:...}``), the loader registers its value with :mod:`broker.logs` for redaction.
+Secret = Annotated[str, _SECRET]
 
 OverflowPolicy = Literal["block", "drop_oldest", "drop_newest", "persist"]
 
@@ -46,20 +74,20 @@ class RedeliveryPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     room an hour late does more harm than good); None: never stale.
     """
 
-    attempts: int = 5
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    stale_after_s: float | None = None
+    attempts: AtLeastOne = 5
+    backoff_initial_s: Positive = 0.5
+    backoff_max_s: Positive = 30.0
+    stale_after_s: Positive | None = None
 
 
 class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The durable outbox (``[junction.outbox]``): a SQLite file in the state directory."""
 
     file: str = "outbox.sqlite3"
-    max_rows: int = 1_000_000
-    max_bytes: int = 512 * 1024 * 1024
+    max_rows: AtLeastOne = 1_000_000
+    max_bytes: AtLeastOne = 512 * 1024 * 1024
     #: Dead letters kept; past it the oldest are deleted (counted and logged).
-    max_dead_letters: int = 1_000_000
+    max_dead_letters: AtLeastOne = 1_000_000
 
 
 class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -68,7 +96,7 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: ``host:port`` to listen on; empty: no endpoint. Keep it on loopback.
     listen: str = ""
     #: /readyz fails while any route's oldest pending envelope is older than this.
-    ready_max_pending_age_s: float = 60.0
+    ready_max_pending_age_s: Positive = 60.0
 
 
 class JunctionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -76,18 +104,20 @@ class JunctionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
     state_dir: str = "state"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    shutdown_grace_s: float = 5.0
+    #: Seconds adapters get to finish their deliveries on shutdown (0: stop at once).
+    shutdown_grace_s: NonNegative = 5.0
     disabled_plugins: list[str] = []
     dead_letter: str | None = None
-    queue_size: int = 1000
-    block_timeout_s: float = 5.0
-    restart_backoff_s: float = 0.5
-    restart_backoff_max_s: float = 30.0
-    reply_timeout_s: float = 10.0
+    queue_size: AtLeastOne = 1000
+    #: How long a ``block`` route waits for room before dead-lettering (0: not at all).
+    block_timeout_s: NonNegative = 5.0
+    restart_backoff_s: Positive = 0.5
+    restart_backoff_max_s: Positive = 30.0
+    reply_timeout_s: Positive = 10.0
     #: The interpreter's thread switch interval (``sys.setswitchinterval``; 0: Python's own):
     #: with several adapter threads busy, Python's 5 ms default stretches every hop of an
     #: envelope (measured: a 1 ms trio sleep took 6.5 ms at p50, 2.2 ms at 1 ms).
-    switch_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    switch_interval_ms: NonNegative = 1.0
     redelivery: RedeliveryPolicy = msgspec.field(default_factory=RedeliveryPolicy)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
@@ -101,6 +131,67 @@ class AdapterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Run this adapter on a trio loop of its own thread instead of the loop the adapters
     #: share: for adapter code that blocks (synchronous I/O, long computations).
     own_thread: bool = False
+    #: Keys this adapter type no longer takes at the top of its table, each with a hint to
+    #: where it went (``{table}`` is replaced by the table's TOML path): a file that still
+    #: has them gets one problem per moved key, not just "unknown key" for the first.
+    moved_keys: ClassVar[dict[str, str]] = {}
+
+    def secrets(self) -> Iterator[str]:
+        """The credentials in this config, for :func:`loads` to register for redaction.
+
+        Every non-empty field typed :data:`Secret`, in this struct and the structs it holds
+        (tables, lists of tables); a subclass adds credentials it derives (e.g. read from a
+        file it names) by extending this.
+        """
+        yield from _marked_secrets(self)
+
+
+def _marked_secrets(value: Any) -> Iterator[str]:
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _marked_secrets(item)
+        return
+    if not isinstance(value, msgspec.Struct):
+        return
+    for name, tp in _secret_fields(type(value)).items():
+        found = getattr(value, name)
+        if tp is _SECRET:
+            if isinstance(found, str) and found:
+                yield found
+        else:
+            yield from _marked_secrets(found)
+
+
+_SECRET_FIELDS: dict[type, dict[str, Any]] = {}
+
+
+def _secret_fields(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    """``{field: _SECRET}`` for Secret fields, ``{field: None}`` for those that may hold
+    structs (looked into); cached per struct type."""
+    cached = _SECRET_FIELDS.get(cls)
+    if cached is None:
+        cached = {}
+        names = {f.name for f in msgspec.structs.fields(cls)}
+        for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+            if name not in names:
+                continue
+            if _SECRET in getattr(tp, "__metadata__", ()):
+                cached[name] = _SECRET
+            elif not _is_leaf(tp):
+                cached[name] = None
+        _SECRET_FIELDS[cls] = cached
+    return cached
+
+
+def _is_leaf(tp: Any) -> bool:
+    """True when a value of type ``tp`` cannot hold a struct (str, numbers, Literal...)."""
+    if typing.get_origin(tp) is Annotated:
+        return _is_leaf(typing.get_args(tp)[0])
+    if typing.get_origin(tp) is Literal:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return all(_is_leaf(a) for a in typing.get_args(tp))
+    return tp in (str, int, float, bool, bytes, type(None))
 
 
 class TransformRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -126,10 +217,10 @@ class RouteSpec(
     #: None: ``persist`` for the kinds the target keeps durable by default (AlphaX writes,
     #: Allxon events, alerts and command results), ``drop_oldest`` for the rest.
     overflow: OverflowPolicy | None = None
-    queue_size: int | None = None
+    queue_size: AtLeastOne | None = None
     redelivery: RedeliveryPolicy | None = None
     expects_reply: bool = False
-    reply_timeout_s: float | None = None
+    reply_timeout_s: Positive | None = None
     reply_map: dict[str, Any] = {}
     description: str = ""
 
@@ -151,7 +242,6 @@ class _RawFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 _REF = re.compile(r"\$\{([^}]*)\}")
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 
 
 def load(
@@ -223,8 +313,22 @@ def loads(
                 )
             )
             continue
+        moved = [key for key in table if key in cls.moved_keys]
+        if moved:
+            problems += [
+                ConfigProblem(
+                    file,
+                    f"{where}.{key}",
+                    "unknown key",
+                    hint=cls.moved_keys[key].format(table=where),
+                )
+                for key in moved
+            ]
+            continue
         converted = _convert(table, cls, where, file, problems)
         if converted is not None:
+            for secret in converted.secrets():
+                logs.register_secret(secret)
             adapters[name] = converted
     routes: list[RouteSpec] = []
     for i, table in enumerate(raw.routes):
@@ -314,110 +418,6 @@ def _convert(
     except msgspec.ValidationError as err:
         problems.append(_problem(err, data, cls, where, file))
         return None
-
-
-def _problem(
-    err: msgspec.ValidationError, data: Any, cls: type, where: str, file: str
-) -> ConfigProblem:
-    text = str(err)
-    message, _, at = text.partition(" - at `$")
-    parts = _path_parts(at.rstrip("`"))
-    path = where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
-    path = path.lstrip(".")
-    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", message)
-    if unknown:
-        key = unknown.group(1)
-        fields = _field_names(_type_at(cls, parts))
-        return ConfigProblem(
-            file,
-            f"{path}.{key}".lstrip("."),
-            "unknown key",
-            hint=_suggest(key, fields) or _choices(fields),
-        )
-    missing = re.fullmatch(r"Object missing required field `(.*)`", message)
-    if missing:
-        return ConfigProblem(file, f"{path}.{missing.group(1)}".lstrip("."), "missing required key")
-    found, ok = _value_at(data, parts)
-    if isinstance(found, dict | list):  # a whole table: its own message says what is wrong
-        ok = False
-    if message.startswith("Invalid enum value"):
-        allowed = [str(a) for a in typing.get_args(_type_at(cls, parts))]
-        hint = _suggest(str(found), allowed) if ok else ""
-        return ConfigProblem(file, path, f"must be one of {', '.join(allowed)}", found, ok, hint)
-    return ConfigProblem(file, path, _humanize(message), found, ok)
-
-
-def _path_parts(at: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for m in _PATH_PART.finditer(at):
-        if m.group(1) is not None:
-            parts.append(m.group(1))
-        elif m.group(2) != "...":
-            parts.append(int(m.group(2)))
-    return parts
-
-
-def _value_at(data: Any, parts: list[str | int]) -> tuple[Any, bool]:
-    for part in parts:
-        try:
-            data = data[part]
-        except (KeyError, IndexError, TypeError):
-            return None, False
-    return data, True
-
-
-def _type_at(cls: Any, parts: list[str | int]) -> Any:
-    """Follow a path through struct annotations to find the struct whose keys are checked."""
-    for part in parts:
-        cls = _unwrap(cls)
-        if isinstance(part, int):
-            args = typing.get_args(cls)
-            cls = args[0] if args else None
-        elif isinstance(cls, type) and issubclass(cls, msgspec.Struct):
-            hints = typing.get_type_hints(cls)
-            cls = hints.get(part)
-        else:
-            args = typing.get_args(cls)
-            cls = args[-1] if args else None
-    return _unwrap(cls)
-
-
-def _unwrap(tp: Any) -> Any:
-    """Pick the struct (or container) out of ``X | str | None`` style unions."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        candidates = [a for a in typing.get_args(tp) if a is not type(None)]
-        for a in candidates:
-            if isinstance(a, type) and issubclass(a, msgspec.Struct):
-                return a
-        for a in candidates:
-            if typing.get_origin(a) in (list, dict):
-                return a
-        return candidates[0] if candidates else tp
-    return tp
-
-
-def _field_names(cls: Any) -> list[str]:
-    if isinstance(cls, type) and issubclass(cls, msgspec.Struct):
-        return [f.encode_name for f in msgspec.structs.fields(cls)]
-    return []
-
-
-def _humanize(message: str) -> str:
-    m = re.fullmatch(r"Expected `(.*)`, got `(.*)`", message)
-    if m:
-        return f"expected {m.group(1)}, not {m.group(2)}"
-    return message[:1].lower() + message[1:]
-
-
-def _suggest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else ""
-
-
-def _choices(options: Any) -> str:
-    names = sorted(options)
-    return f"valid: {', '.join(names)}" if names else ""
 
 
 def suggest(word: str, options: Any) -> str:

@@ -121,12 +121,15 @@ class LogGate:
     """At most ``per`` lines per key every ``every_s`` seconds; says how many were held back.
 
     A key's window starts with the first line it lets through; the first line of the
-    next window carries the count held back in the one before.
+    next window carries the count held back in the one before.  Keys may be whole texts
+    (a reason with a server's answer in it): past ``max_keys`` distinct keys the gate
+    forgets them all, so it cannot grow without bound.
     """
 
-    def __init__(self, every_s: float = 10.0, per: int = 1) -> None:
+    def __init__(self, every_s: float = 10.0, per: int = 1, max_keys: int = 1000) -> None:
         self.every_s = every_s
         self.per = per
+        self.max_keys = max_keys
         #: per key: when its window started and how many lines it let through in it
         self._window: dict[str, tuple[float, int]] = {}
         self._held: Counter[str] = Counter()
@@ -142,6 +145,9 @@ class LogGate:
                 return True, 0
             self._held[key] += 1
             return False, 0
+        if window is None and len(self._window) >= self.max_keys:
+            self._window.clear()
+            self._held.clear()
         self._window[key] = (now, 1)
         held = self._held.pop(key, 0)
         return True, held

@@ -42,7 +42,7 @@ from broker.envelope import ChannelWrite, Envelope
 from broker.envelope import encode as encode_envelope
 from broker.outbox import Outbox
 from broker.runtime import Loaded, Runtime, load
-from tests.adapters.alphax.conftest import route, table
+from tests.adapters.alphax.conftest import alphax_table, route, table
 from tests.conftest import wait_for
 from tests.support import alphax_plugin, core_plugin, fault_plugin
 from tests.support.alphax_plugin import emitted, stats
@@ -95,7 +95,9 @@ def alphax(url: str, **fields: Any) -> str:
     fields.setdefault("tier", "enterprise")
     fields.setdefault("backoff_initial_s", 0.05)
     fields.setdefault("backoff_max_s", 0.5)
-    return table("ax", type="alphax_tracked", token=TOKEN, base_url=url, read_url=url, **fields)
+    return alphax_table(
+        "ax", type="alphax_tracked", token=TOKEN, base_url=url, read_url=url, **fields
+    )
 
 
 def routes_of(rt: Runtime) -> dict[str, Any]:
@@ -239,13 +241,13 @@ async def test_mosquitto_restart_mid_stream_every_acknowledged_write_is_stored(
     with run_mosquitto(tmp_path / "mq", persistence=True) as broker:
         cfg = (
             source(devices=devices, channels=channels, ticks=ticks, rate=100.0)
-            + table(
+            + alphax_table(
                 "ax",
+                "mqtt",
                 type="alphax_tracked",
                 token=TOKEN,
                 tier="enterprise",
-                transport="mqtt",
-                mqtt_url=broker.url,
+                url=broker.url,
                 password="not-checked-by-mosquitto",
                 topic_form="bulk",  # one message per device and timestamp, which it keeps
                 ack_timeout_s=20.0,
@@ -301,11 +303,10 @@ required = false
 type = "alphax"
 token = "{token}"
 tier = "enterprise"
-base_url = "{url}"
 read_url = "{url}"
-writes_per_s = 300
 backoff_initial_s = 0.05
 backoff_max_s = 0.5
+write = {{ transport = "http", base_url = "{url}", writes_per_s = 300 }}
 [[routes]]
 name = "feed-to-alphax"
 from = "feed"

@@ -106,17 +106,20 @@ class InboundHandling:
                         logs.truncate(logs.redact(raw), 160),
                     )
                 continue
-            if isinstance(frame, PluginCommand):
-                request = self.desk.receive(frame.params, trio.current_time())
-                if request is not None:
-                    self.emit([request])
-            elif isinstance(frame, PluginAlarmUpdate):
-                self._on_alarms(frame.params)
-            elif isinstance(frame, PluginConfigUpdate):
-                self._on_configs(frame.params)
-            else:
-                self.stats.unexpected += 1
-                self.log.warning("the agent sent %s, a plugin-side method; ignored", frame.method)
+            match frame:
+                case PluginCommand():
+                    request = self.desk.receive(frame.params, trio.current_time())
+                    if request is not None:
+                        self.emit([request])
+                case PluginAlarmUpdate():
+                    self._on_alarms(frame.params)
+                case PluginConfigUpdate():
+                    self._on_configs(frame.params)
+                case _:
+                    self.stats.unexpected += 1
+                    self.log.warning(
+                        "the agent sent %s, a plugin-side method; ignored", frame.method
+                    )
 
     def _malformed(self, what: str, raw: str) -> None:
         self.stats.malformed += 1

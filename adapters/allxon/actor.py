@@ -101,7 +101,7 @@ class AllxonAdapter(InboundHandling, Adapter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.config
-        credential = cfg.credential()  # registers the access key for redaction
+        credential = cfg.credential()  # the loader registered its access key for redaction
         self.app_guid = credential.app_guid
         self.crypto = Crypto(credential.access_key)
         self.where = urlsplit(cfg.url).netloc

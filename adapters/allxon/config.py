@@ -40,8 +40,10 @@ one of [...]``; further problems are listed in the same message. (The path rides
 
 Secrets: the access key comes from ``plugin_credential.json`` (``credentials``) or from a
 ``${ENV}`` / ``${file:...}`` reference; an inline ``access_key`` is refused. The loader cannot
-see the reference itself, but it registers every expanded secret for redaction, and an inline
-key is exactly one that is not registered.
+see the reference itself, but it registers every expanded secret for redaction while it expands
+them, before the struct is checked, so an inline key is exactly one not registered yet. (After
+decoding it registers the ``Secret`` fields and the credentials file's key too: see
+``AllxonConfig.secrets``.)
 
 Budget: ``budget_per_hour`` calls in any rolling ``budget_window_s`` (3600 s; shorten it only
 together with the agent's window, e.g. in a benchmark), ``bucket_size`` tokens refilled at
@@ -52,6 +54,7 @@ together with the agent's window, e.g. in a benchmark), ``bucket_size`` tokens r
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, NoReturn
 from urllib.parse import urlsplit
@@ -81,7 +84,7 @@ from adapters.allxon.codec import (
     signed_size,
 )
 from broker import logs
-from broker.config import AdapterConfig
+from broker.config import AdapterConfig, AtLeastOne, NonNegativeInt, Positive, Secret
 
 DEFAULT_URL = "wss://127.0.0.1:55688"
 
@@ -159,7 +162,7 @@ class AllxonConfig(AdapterConfig, kw_only=True):
     url: str = DEFAULT_URL
     credentials: str | None = None
     app_guid: str = ""
-    access_key: str = ""
+    access_key: Secret = ""
     ca_file: str | None = None
     app_name: str
     version: str = "1.0.0"
@@ -172,21 +175,21 @@ class AllxonConfig(AdapterConfig, kw_only=True):
     #: What to do with a state/metric/event for a name no card declares: "reject" dead-letters
     #: it; "send" passes it on (the 2 KB announce cannot declare many cards).
     undeclared: Literal["reject", "send"] = "reject"
-    budget_per_hour: int = 500
-    budget_window_s: float = 3600.0
-    bucket_size: int = 30
-    reserve_calls: int = 50
-    command_timeout_s: float = 45.0
-    flush_interval_s: float = 2.0
-    connect_timeout_s: float = 5.0
-    disconnect_timeout_s: float = 2.0
-    announce_grace_s: float = 1.0
-    offline_retry_s: float = 30.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 60.0
-    max_buffered_metrics: int = 5000
-    max_buffered_events: int = 1000
-    max_buffered_alerts: int = 200
+    budget_per_hour: AtLeastOne = 500
+    budget_window_s: Positive = 3600.0
+    bucket_size: AtLeastOne = 30
+    reserve_calls: NonNegativeInt = 50
+    command_timeout_s: Positive = 45.0
+    flush_interval_s: Positive = 2.0
+    connect_timeout_s: Positive = 5.0
+    disconnect_timeout_s: Positive = 2.0
+    announce_grace_s: Positive = 1.0
+    offline_retry_s: Positive = 30.0
+    backoff_initial_s: Positive = 0.5
+    backoff_max_s: Positive = 60.0
+    max_buffered_metrics: AtLeastOne = 5000
+    max_buffered_events: AtLeastOne = 1000
+    max_buffered_alerts: AtLeastOne = 200
 
     def __post_init__(self) -> None:
         self._check_url()
@@ -211,8 +214,7 @@ class AllxonConfig(AdapterConfig, kw_only=True):
     def credential(self) -> PluginCredential:
         """The app GUID and access key, from ``credentials`` or the two keys.
 
-        Raises ValueError (naming the config key) when they are missing or unusable. The
-        access key is registered for redaction.
+        Raises ValueError (naming the config key) when they are missing or unusable.
         """
         if self.credentials is not None:
             if self.app_guid or self.access_key:
@@ -223,7 +225,6 @@ class AllxonConfig(AdapterConfig, kw_only=True):
                 _fail("credentials", f"cannot read {self.credentials!r}: {err.strerror or err}")
             except CredentialError as err:
                 _fail("credentials", f"{self.credentials}: {err}")
-            logs.register_secret(credential.access_key)
             return credential
         if not self.app_guid or not self.access_key:
             _fail(
@@ -238,6 +239,12 @@ class AllxonConfig(AdapterConfig, kw_only=True):
                 '(access_key = "${ALLXON_ACCESS_KEY}" or "${file:/path}") or credentials = ...',
             )
         return PluginCredential(app_guid=self.app_guid, access_key=self.access_key)
+
+    def secrets(self) -> Iterator[str]:
+        """The ``Secret`` fields, and the access key of the ``credentials`` file."""
+        yield from super().secrets()
+        if self.credentials is not None:
+            yield self.credential().access_key
 
     def update_params(
         self, app_guid: str, epoch: str, modules: list[Module] | None = None
@@ -275,32 +282,7 @@ class AllxonConfig(AdapterConfig, kw_only=True):
             _fail("ca_file", f"no such file: {self.ca_file!r}")
 
     def _check_numbers(self) -> None:
-        positive = (
-            "budget_window_s",
-            "command_timeout_s",
-            "flush_interval_s",
-            "connect_timeout_s",
-            "disconnect_timeout_s",
-            "announce_grace_s",
-            "offline_retry_s",
-            "backoff_initial_s",
-            "backoff_max_s",
-        )
-        for key in positive:
-            if getattr(self, key) <= 0:
-                _fail(key, f"must be > 0, got {getattr(self, key)!r}")
-        at_least_one = (
-            "budget_per_hour",
-            "bucket_size",
-            "max_buffered_metrics",
-            "max_buffered_events",
-            "max_buffered_alerts",
-        )
-        for key in at_least_one:
-            if getattr(self, key) < 1:
-                _fail(key, f"must be >= 1, got {getattr(self, key)!r}")
-        if self.reserve_calls < 0:
-            _fail("reserve_calls", f"must be >= 0, got {self.reserve_calls!r}")
+        # single-key bounds are msgspec.Meta types on the fields (checked while decoding)
         if self.reserve_calls >= self.budget_per_hour:
             _fail(
                 "reserve_calls",

@@ -23,9 +23,9 @@ from __future__ import annotations
 import gzip
 import logging
 import ssl
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,13 +34,18 @@ import trio
 from adapters.alphax import codec
 from adapters.alphax._http11 import Http11Error, Http11Pool, Http11Response
 from adapters.alphax._pacing import WritePacer
-from adapters.alphax._uplinks import Doc, Failure
-from adapters.alphax.config import AlphaXConfig
+from adapters.alphax._uplinks import Doc, Failure, encode_docs
+from adapters.alphax._writer import Sent
+from adapters.alphax.config import AlphaXConfig, HttpWrite
 from broker import logs
 from broker.adapter import AdapterStatus
 from broker.backoff import backoff_delay
+from broker.envelope import Envelope
+from broker.logs import LogGate
 
 _RETRY_STATUSES = frozenset({408, 429})
+#: Connections of the read client (the poller reads one call at a time).
+_READ_CONNECTIONS = 6
 _FILTERED_LOGGERS = (
     "httpx",
     "httpcore.connection",
@@ -97,18 +102,18 @@ def build_client(cfg: AlphaXConfig) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s),
         verify=_tls_context(cfg),
-        limits=httpx.Limits(max_connections=cfg.concurrency + 2),
+        limits=httpx.Limits(max_connections=_READ_CONNECTIONS),
         headers=_HEADERS,
         follow_redirects=False,
     )
 
 
-def build_pool(cfg: AlphaXConfig) -> Http11Pool:
+def build_pool(cfg: AlphaXConfig, http: HttpWrite) -> Http11Pool:
     """The adapter's connections for posts to ``base_url`` (``concurrency`` posts at a time)."""
-    https = urlsplit(cfg.base_url).scheme == "https"
+    https = urlsplit(http.base_url).scheme == "https"
     return Http11Pool(
-        cfg.base_url,
-        max_connections=cfg.concurrency,
+        http.base_url,
+        max_connections=http.concurrency,
         connect_timeout_s=cfg.connect_timeout_s,
         timeout_s=cfg.timeout_s,
         ssl_context=_tls_context(cfg) if https else None,
@@ -135,31 +140,56 @@ class _Outcome:
 
 
 class HttpWriter:
-    """Posts uplink documents: ``concurrency`` at a time, paced to the tier, retried."""
+    """Posts uplink documents: ``concurrency`` at a time, paced to the tier, retried.
+
+    An :class:`~adapters.alphax._writer.UplinkWriter`: a batch is acknowledged (2xx) or
+    failed when ``send`` returns.
+    """
+
+    defers_acks = False
 
     def __init__(
         self,
         cfg: AlphaXConfig,
-        pool: Http11Pool,
+        http: HttpWrite,
         status: AdapterStatus,
         log: logging.Logger,
     ) -> None:
         self.cfg = cfg
-        self.pool = pool
+        self.http = http
         self.status = status
         self.log = log
         self.token = cfg.token
-        self.host = urlsplit(cfg.base_url).netloc
-        self.pacer = WritePacer(cfg.write_limit_per_s, margin_s=cfg.pace_margin_s)
-        self.limiter = trio.CapacityLimiter(cfg.concurrency)
+        self.host = urlsplit(http.base_url).netloc
+        self.pacer = WritePacer(cfg.write_limit_per_s, margin_s=http.pace_margin_s)
+        self.limiter = trio.CapacityLimiter(http.concurrency)
+        self._pool: Http11Pool | None = None
+        self.unencodable = 0
         self.posts = 0
         self.gzipped = 0
         self.retries = 0
         self.rejected = 0
         self.statuses: dict[int, int] = {}
-        self._last_logged: dict[str, float] = {}
+        self._gate = LogGate(every_s=30.0)
 
-    async def send(self, docs: Sequence[Doc]) -> list[Failure]:
+    @property
+    def pool(self) -> Http11Pool:
+        """The connections for posts, made on first use (bound to the trio run that uses it)."""
+        if self._pool is None:
+            self._pool = build_pool(self.cfg, self.http)
+        return self._pool
+
+    def open(self) -> None:
+        """Nothing to connect ahead: connections are made by the first posts."""
+        self.status.set("ready", "http to AlphaX")
+
+    async def send(self, batch: Sequence[Envelope]) -> Sent:
+        """Encode ``batch`` as uplinks and post them; the failures with their reasons."""
+        docs, failures = encode_docs(batch, self.token, self.cfg.uplink, self.cfg.v1_gaps)
+        self.unencodable += len(failures)
+        return Sent(failures + await self.send_docs(docs))
+
+    async def send_docs(self, docs: Sequence[Doc]) -> list[Failure]:
         """Post every doc (retrying as configured); returns what could not be stored."""
         failures: list[Failure] = []
         if len(docs) == 1:
@@ -169,6 +199,23 @@ class HttpWriter:
             for doc in docs:
                 nursery.start_soon(self._deliver, doc, failures)
         return failures
+
+    def stats(self) -> dict[str, Any]:
+        """Posts, gzipped bodies, retries, rejections, statuses seen, paced waits."""
+        return {
+            "unencodable": self.unencodable,
+            "posts": self.posts,
+            "gzipped": self.gzipped,
+            "retries": self.retries,
+            "rejected": self.rejected,
+            "statuses": dict(self.statuses),
+            "paced_waits": self.pacer.waits,
+        }
+
+    async def aclose(self) -> None:
+        """Close the post connections."""
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def _deliver(self, doc: Doc, failures: list[Failure]) -> None:
         attempt = 0
@@ -212,7 +259,7 @@ class HttpWriter:
     async def _post(self, doc: Doc) -> _Outcome:
         body = doc.body
         headers = {"Content-Type": "application/json"}
-        if len(body) > self.cfg.gzip_over_bytes:
+        if len(body) > self.http.gzip_over_bytes:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
             self.gzipped += 1
@@ -228,14 +275,12 @@ class HttpWriter:
         retry = code in _RETRY_STATUSES or code >= 500
         return _Outcome(False, retry, error_text(response, self.token), code)
 
-    def _log_once(self, level: int, text: str, every_s: float = 30.0) -> None:
-        """Log ``text`` unless the same line was logged in the last ``every_s`` seconds."""
-        now = time.monotonic()
-        if now - self._last_logged.get(text, -every_s) >= every_s:
-            self._last_logged[text] = now
-            if len(self._last_logged) > 200:
-                self._last_logged.clear()
-            self.log.log(level, "%s", codec.redact(text, self.token))
+    def _log_once(self, level: int, text: str) -> None:
+        """Log ``text`` unless the same line was logged in the last 30 seconds."""
+        allowed, held = self._gate.allow(text)
+        if allowed:
+            more = f" ({held} more like it held back)" if held else ""
+            self.log.log(level, "%s%s", codec.redact(text, self.token), more)
 
 
 async def get_records(

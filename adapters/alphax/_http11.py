@@ -259,15 +259,18 @@ class Http11Pool:
                         raise self._broken(conn, what, received, send_error)
                     received = True
                     state.receive_data(bytes(raw))
-                elif isinstance(event, h11.Response):
-                    head = event
-                elif isinstance(event, h11.Data):
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise Http11Error(f"{what}: the server closed the connection")
-                # InformationalResponse (1xx): skipped; the final answer follows
+                    continue
+                match event:
+                    case h11.Response():
+                        head = event
+                    case h11.Data():
+                        chunks.append(bytes(event.data))
+                    case h11.EndOfMessage():
+                        break
+                    case h11.ConnectionClosed():
+                        raise Http11Error(f"{what}: the server closed the connection")
+                    case _:  # InformationalResponse (1xx): skipped; the final answer follows
+                        pass
         except h11.RemoteProtocolError as err:
             raise Http11Error(f"{what}: bad HTTP answer: {err}") from err
         if head is None:  # pragma: no cover - h11 yields Response before EndOfMessage

@@ -1,24 +1,9 @@
-"""MQTT to AlphaX: QoS 1 publishes through paho-mqtt 2.x.
+"""MQTT to AlphaX: QoS 1 publishes and the PUBACKs they wait for.
 
 ``publish`` hands a batch to paho and returns; ``wait_acked`` waits for that batch's PUBACKs,
-so a caller can publish its next batch while the previous one's PUBACKs are on their way.
-
-paho runs on this adapter's own trio thread: no paho network thread (``loop_start`` is not
-used). One driver task (a trio system task, see ``start``) owns the connection:
-
-- connect: ``client.reconnect()`` runs in ``trio.to_thread`` (DNS, TCP connect and the TLS
-  handshake block; nothing else touches the client meanwhile: publishing waits for CONNACK);
-  failures back off from ``reconnect_min_s`` doubling to ``reconnect_max_s``, reset by a CONNACK;
-- read: ``trio.lowlevel.wait_readable(sock)`` then ``client.loop_read()`` (and again while a
-  TLS socket has decrypted bytes ``pending``): PUBACKs call ``on_publish`` right here;
-- write: ``publish()`` writes its packet at once (paho calls ``loop_write`` itself when no
-  network thread and no ``on_socket_register_write`` are set); whatever paho could not write
-  (``want_write()``: a full socket buffer, or packets queued inside paho's callbacks such as
-  the re-sends after CONNACK) is written by a writer task on ``wait_writable``;
-- ``client.loop_misc()`` every second: keepalive PINGREQ, a missing PINGRESP, and a CONNACK
-  that never comes (paho closes the socket after ``keepalive_s``; the status says so);
-- ``on_socket_close`` calls ``trio.lowlevel.notify_closing`` so a task parked on the socket
-  wakes; every task checks that ``client.socket()`` is still its socket after each paho call.
+so a caller can publish its next batch while the previous one's PUBACKs are on their way
+(:meth:`MqttWriter.send`, the :class:`~adapters.alphax._writer.UplinkWriter` face, returns
+them as ``Sent.pending``). The connection itself is :class:`~._mqtt_link.MqttLink`'s.
 
 Facts this module relies on (read in the paho 2.2 source and measured with it):
 
@@ -37,41 +22,32 @@ and not acknowledged, so a message without PUBACK is never forgotten silently: `
 waits for its batch's PUBACKs. While the broker is unreachable it waits (the route's queue and
 overflow policy then apply upstream); once connected, acks taking longer than
 ``ack_timeout_s`` of connected time fail the envelopes with a reason (dead-lettered). paho
-still holds such a message and may deliver it later: counted as ``late_acks``, a possible
+still holds such a message and may deliver it late: counted as ``late_acks``, a possible
 duplicate at AlphaX, never a loss.
-
-TCP tuning, because with nothing more to publish the adapter only waits for PUBACKs (nothing
-of ours is on the wire to carry TCP ACKs): the socket gets ``TCP_NODELAY`` on every
-(re)connect (paho does not set it), and ``TCP_QUICKACK`` after every read that brought PUBACKs
-(see ``_quick_ack``). Without them a batch stalls tens of milliseconds on Nagle's algorithm
-and delayed ACKs (measured with a default mosquitto: 11.8k instead of 97k channel writes/s,
-and p50 25 ms instead of 1 ms at 1,000 messages/s).
 
 Topics hold the token: they are logged only through ``redact_topic``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import secrets
-import socket
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import trio
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from adapters.alphax import codec
-from adapters.alphax._uplinks import Failure, Message
-from adapters.alphax.config import AlphaXConfig
+from adapters.alphax._mqtt_link import MqttLink
+from adapters.alphax._uplinks import Failure, Message, build_messages, group_writes
+from adapters.alphax._writer import Sent
+from adapters.alphax.config import AlphaXConfig, MqttWrite
 from broker.adapter import AdapterStatus
+from broker.envelope import Envelope
 
 # NO_CONN and CONN_LOST (a write error inside publish): paho keeps the message in its
 # _out_messages and sends it after the next CONNACK, so we record it and wait for the PUBACK
@@ -81,8 +57,6 @@ _ACCEPTED = (
     MQTTErrorCode.MQTT_ERR_CONN_LOST,
 )
 _POLL_S = 0.25
-_MISC_S = 1.0  # loop_misc period: keepalive and the CONNACK / PINGRESP deadlines
-_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 @dataclass
@@ -104,51 +78,38 @@ class _Pending:
     published_at: float
 
 
-class MqttWriter:
-    """One paho client publishing AlphaX messages at QoS 1 (see the module docstring)."""
+@dataclass(frozen=True)
+class Published:
+    """Envelopes handed to the MQTT broker and the PUBACKs they wait for (``Sent.pending``)."""
+
+    envelopes: list[Envelope]
+    acks: Acks
+    writer: MqttWriter
+
+    async def wait(self) -> list[Failure]:
+        """Wait for the PUBACKs; what was given up on (ack timeout), with the reason."""
+        return await self.writer.wait_acked(self.acks)
+
+
+class MqttWriter(MqttLink):
+    """Publishes AlphaX messages at QoS 1 on one paho client (see the module docstring)."""
+
+    defers_acks = True  # PUBACKs: see send
 
     def __init__(
-        self, cfg: AlphaXConfig, name: str, status: AdapterStatus, log: logging.Logger
+        self,
+        cfg: AlphaXConfig,
+        mqtt_cfg: MqttWrite,
+        name: str,
+        status: AdapterStatus,
+        log: logging.Logger,
     ) -> None:
-        self.cfg = cfg
-        self.status = status
-        self.log = log
-        url = urlsplit(cfg.mqtt_url_or_default)
-        self.tls = url.scheme == "mqtts"
-        self.host = url.hostname or ""
-        self.port = url.port or (8883 if self.tls else 1883)
-        self.where = f"{self.host}:{self.port}"
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"junction-{name}-{secrets.token_hex(4)}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-        )
-        self.client.username_pw_set(cfg.token, cfg.password or None)
-        if self.tls:
-            self.client.tls_set_context(ssl.create_default_context(cafile=cfg.ca_file))
-        self.client.max_inflight_messages_set(cfg.max_inflight)
-        self.client.max_queued_messages_set(cfg.max_queued)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
+        super().__init__(cfg, mqtt_cfg, name, status, log)
         self.client.on_publish = self._on_publish
-        self.client.on_socket_open = self._on_socket_open
-        self.client.on_socket_close = self._on_socket_close
-        # no on_socket_register_write: paho then writes inside publish() itself (see _kick)
         self._pending: dict[int, _Pending] = {}
         self._room = trio.Event()
-        self._link_up = trio.Event()  # set while connected (see _up / _down)
-        self._write = trio.Event()  # paho has bytes it could not write (see _kick)
         self._waiting_for_room = False
-        self._driver_error: str | None = None
-        self._started = False
-        self._driver: trio.CancelScope | None = None
-        self._driver_done = trio.Event()
-        self._acks_seen = 0
-        self._drop_reason = ""  # of the last on_disconnect (see _no_connack)
-        self._last_logged: dict[str, float] = {}
-        self.connected = False
-        self.connects = 0
+        self.unencodable = 0
         self.published = 0
         self.acked = 0
         self.late_acks = 0
@@ -156,22 +117,41 @@ class MqttWriter:
         self.inflight_full = 0
         self.queue_full = 0
         self.ack_timeouts = 0
-        self.refused = 0
-        #: Un-acknowledged messages at each reconnect (paho sends them again, DUP set).
-        self.resent = 0
 
-    # --- trio side -------------------------------------------------------------------------
+    def open(self) -> None:
+        """Start connecting (the UplinkWriter name for :meth:`start`)."""
+        self.start()
 
-    def start(self) -> None:
-        """Start connecting (non-blocking; the driver task connects and reconnects)."""
-        if self._started:
-            return
-        self._started = True
-        self.status.set("connecting", self.where)
-        # connect_async only records host, port and keepalive; the driver calls reconnect()
-        self.client.connect_async(self.host, self.port, keepalive=self.cfg.keepalive_s)
-        self._driver = trio.CancelScope()
-        trio.lowlevel.spawn_system_task(self._drive, name=f"mqtt {self.where}")
+    async def send(self, batch: Sequence[Envelope]) -> Sent:
+        """Encode and publish ``batch`` without waiting for its PUBACKs (``Sent.pending``)."""
+        groups, failures = group_writes(batch)
+        messages, more = build_messages(
+            groups, self.cfg.token, self.mqtt.topic_form, self.cfg.v1_gaps
+        )
+        self.unencodable += len(failures) + len(more)
+        acks, refused = await self.publish(messages)
+        failures += more + refused
+        if not messages:
+            return Sent(failures)
+        unsent = {id(env) for env, _ in failures}
+        envelopes = [env for env in batch if id(env) not in unsent]
+        return Sent(failures, Published(envelopes, acks, self))
+
+    def stats(self) -> dict[str, Any]:
+        """Publishes, PUBACKs, waits for room, timeouts, connections, refusals."""
+        return {
+            "unencodable": self.unencodable,
+            "published": self.published,
+            "acked": self.acked,
+            "late_acks": self.late_acks,
+            "outstanding": self.outstanding(),
+            "inflight_full": self.inflight_full,
+            "queue_full": self.queue_full,
+            "ack_timeouts": self.ack_timeouts,
+            "connects": self.connects,
+            "resent": self.resent,
+            "refused": self.refused,
+        }
 
     def outstanding(self) -> int:
         """Messages handed to paho and not acknowledged (including given-up ones)."""
@@ -207,12 +187,12 @@ class MqttWriter:
             await self._wait_for_room()
             if not self._link_up.is_set():
                 continue
-            if len(self._pending) >= self.cfg.max_inflight:
+            if len(self._pending) >= self.mqtt.max_inflight:
                 self.inflight_full += 1
                 self._log_every(
                     logging.INFO,
                     "inflight",
-                    f"in-flight window of {self.cfg.max_inflight} full: messages queue in the "
+                    f"in-flight window of {self.mqtt.max_inflight} full: messages queue in the "
                     f"client ({self.inflight_full} times so far)",
                 )
             try:
@@ -242,10 +222,10 @@ class MqttWriter:
             batch.done.set()
 
     async def _wait_for_room(self) -> None:
-        if len(self._pending) < self.cfg.max_queued:
+        if len(self._pending) < self.mqtt.max_queued:
             return
         self._note_queue_full()
-        while len(self._pending) >= self.cfg.max_queued:
+        while len(self._pending) >= self.mqtt.max_queued:
             self._check_driver()
             self._room = trio.Event()
             self._waiting_for_room = True
@@ -258,7 +238,7 @@ class MqttWriter:
         self._log_every(
             logging.WARNING,
             "queue",
-            f"max_queued = {self.cfg.max_queued} un-acknowledged messages reached: waiting for "
+            f"max_queued = {self.mqtt.max_queued} un-acknowledged messages reached: waiting for "
             f"PUBACKs before publishing more ({self.queue_full} times so far)",
         )
 
@@ -267,7 +247,7 @@ class MqttWriter:
 
         Waiting counts only connected time against ``ack_timeout_s``.
         """
-        budget = self.cfg.ack_timeout_s
+        budget = self.mqtt.ack_timeout_s
         while not batch.done.is_set():
             began = trio.current_time()
             with trio.move_on_after(min(_POLL_S, budget)):
@@ -288,172 +268,28 @@ class MqttWriter:
         batch.remaining = 0
         self.ack_timeouts += len(lost)
         reason = (
-            f"no PUBACK from {self.where} within {self.cfg.ack_timeout_s:g} s of connected time; "
+            f"no PUBACK from {self.where} within {self.mqtt.ack_timeout_s:g} s of connected time; "
             "the MQTT client still holds the message and may deliver it late (a duplicate)"
         )
         self.log.error("%d MQTT messages: %s", len(lost), reason)
         return [(env, reason) for p in lost for env in p.message.envelopes]
 
+    def _wake(self) -> None:
+        super()._wake()
+        self._room.set()
+
     async def aclose(self) -> None:
         """Disconnect and end the driver task; un-acknowledged messages are reported."""
-        if not self._started:
-            return
-        left = self.outstanding()
+        left = self.outstanding() if self._started else 0
         if left:
             self.log.warning(
                 "closing the MQTT connection with %d un-acknowledged messages (those of an "
                 "unfinished delivery are requeued, given-up ones were dead-lettered)",
                 left,
             )
-        with trio.CancelScope(shield=True):
-            if self._link_up.is_set():
-                self.client.disconnect()  # queues DISCONNECT, written now or by the writer
-                self._kick()
-                with trio.move_on_after(1.0):
-                    while self.client.socket() is not None:
-                        await trio.sleep(0.01)
-            if self._driver is not None:
-                self._driver.cancel()
-            await self._driver_done.wait()
-            sock = self.client.socket()
-            if sock is not None:  # DISCONNECT not written within the second: just close
-                self._on_socket_close(self.client, None, sock)
-                sock.close()
+        await super().aclose()
 
-    def _log_every(self, level: int, key: str, text: str, every_s: float = 60.0) -> None:
-        now = time.monotonic()
-        if now - self._last_logged.get(key, -every_s) >= every_s:
-            self._last_logged[key] = now
-            self.log.log(level, "MQTT %s: %s", self.where, text)
-
-    # --- the driver: connect, read, write, keepalive, reconnect -------------------------------
-
-    async def _drive(self) -> None:
-        # A system task: an exception here would end the whole trio run, so none escapes.
-        try:
-            assert self._driver is not None
-            with self._driver:
-                await self._connect_forever()
-        except Exception as err:
-            self.log.exception("MQTT %s: the connection driver failed", self.where)
-            self.status.set("crashed", f"mqtt {self.where}: the connection driver failed")
-            self._driver_error = f"the MQTT connection driver failed: {err!r}"
-            self._link_up.set()  # wake every waiting publish: _check_driver raises for them
-            self._room.set()
-        finally:
-            self._driver_done.set()
-
-    def _check_driver(self) -> None:
-        """Raise once the driver died: the adapter crashes and its actor starts a new
-        one (with a new client), rather than every publish waiting forever."""
-        if self._driver_error is not None:
-            raise RuntimeError(self._driver_error)
-
-    async def _connect_forever(self) -> None:
-        # Waits between attempts: reconnect_min_s after a connection that got its CONNACK,
-        # else reconnect_min_s doubling per failed attempt up to reconnect_max_s.
-        least, most = float(self.cfg.reconnect_min_s), float(self.cfg.reconnect_max_s)
-        delay = least
-        while True:
-            connacked = await self._connect_once()
-            if connacked:
-                delay = least
-            await trio.sleep(delay)
-            if not connacked:
-                delay = min(delay * 2, most)
-
-    async def _connect_once(self) -> bool:
-        """One connection, from connect to close; whether it got its CONNACK."""
-        try:
-            # DNS, TCP connect and TLS handshake block: on a worker thread. The trio side
-            # does not touch the client meanwhile (publishing waits for _link_up).
-            rc = await trio.to_thread.run_sync(self.client.reconnect)
-        except (OSError, ValueError) as err:  # refused, unreachable, timeout, TLS
-            self._down(f"connection failed: {type(err).__name__}: {err}")
-            return False
-        sock = self.client.socket()
-        if sock is None or rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._down(f"connection failed: {mqtt.error_string(rc)}")
-            return False
-        connects, refused = self.connects, self.refused
-        self._drop_reason = ""
-        try:
-            await self._serve(sock)
-        except Exception:  # a bug of ours or paho's: drop this connection, keep driving
-            self.log.exception("MQTT %s: connection handling failed", self.where)
-            self.connected = False
-            self._down("connection handling failed")
-            # the next reconnect() closes the socket paho still holds
-        if self.connects > connects:
-            return True
-        if self.refused == refused:  # no CONNACK at all (a refusal set auth-failed)
-            self._down(self._no_connack())
-        return False
-
-    async def _serve(self, sock: Any) -> None:
-        """Run the reader, writer and keepalive tasks until paho closes ``sock``."""
-        self._kick()  # CONNECT may be partly unwritten
-        async with trio.open_nursery() as nursery:
-            for task in (self._reader, self._writer, self._misc):
-                nursery.start_soon(self._until_closed, task, sock, nursery.cancel_scope)
-
-    @staticmethod
-    async def _until_closed(task: Any, sock: Any, scope: trio.CancelScope) -> None:
-        try:
-            await task(sock)
-        except trio.ClosedResourceError:  # notify_closing from on_socket_close
-            pass
-        finally:
-            scope.cancel()
-
-    async def _reader(self, sock: Any) -> None:
-        client = self.client
-        pending = getattr(sock, "pending", None)  # TLS: decrypted bytes epoll cannot see
-        while self._mine(sock):
-            await trio.lowlevel.wait_readable(sock)
-            acks = self._acks_seen
-            while self._mine(sock):
-                client.loop_read()
-                if pending is None or not self._mine(sock) or not pending():
-                    break
-            if self._acks_seen != acks and self._mine(sock):
-                self._quick_ack(sock)
-            self._kick()
-
-    async def _writer(self, sock: Any) -> None:
-        client = self.client
-        while self._mine(sock):
-            await self._write.wait()
-            self._write = trio.Event()
-            while self._mine(sock) and client.want_write():
-                await trio.lowlevel.wait_writable(sock)
-                if self._mine(sock):
-                    client.loop_write()
-
-    async def _misc(self, sock: Any) -> None:
-        client = self.client
-        while self._mine(sock):
-            await trio.sleep(_MISC_S)
-            if self._mine(sock):
-                client.loop_misc()
-                self._kick()
-
-    def _no_connack(self) -> str:
-        # paho gives up on a CONNACK after keepalive_s (loop_misc): "Keep alive timeout"
-        if self._drop_reason == "Keep alive timeout":
-            return f"no CONNACK within keepalive_s = {self.cfg.keepalive_s} s"
-        return f"connection closed before CONNACK ({self._drop_reason or 'no reason given'})"
-
-    def _mine(self, sock: Any) -> bool:
-        """Whether paho still uses ``sock`` (a call into paho may have closed it)."""
-        return self.client.socket() is sock
-
-    def _kick(self) -> None:
-        # paho left bytes unwritten (socket buffer full, or queued inside a callback)
-        if self.client.want_write():
-            self._write.set()
-
-    # --- paho's callbacks (on the trio thread, inside loop_read / loop_write / loop_misc) ---
+    # paho's callback (on the trio thread, inside loop_read)
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
@@ -474,108 +310,3 @@ class MqttWriter:
                 self._room.set()
         except Exception:  # paho would re-raise it out of loop_read
             self.log.exception("MQTT state update failed")
-
-    @staticmethod
-    def _quick_ack(sock: Any) -> None:
-        # A broker with Nagle on (mosquitto's default) holds PUBACK n+1 until our TCP ACK of
-        # PUBACK n arrives, and Linux delays that ACK up to 40 ms when we have nothing to send
-        # -- which is the case while a batch waits for its acks. TCP_QUICKACK (Linux, not
-        # sticky: set again after every read that brought acks) sends the ACK now. Measured
-        # against a default mosquitto: 11.8k -> 97k channel writes/s (bulk), p50 25 -> 1 ms.
-        if _QUICKACK is not None:
-            with contextlib.suppress(OSError, AttributeError):
-                cast(socket.socket, sock).setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        props: Any,
-    ) -> None:
-        try:
-            if reason.is_failure:
-                self.refused += 1
-                self._refused(str(reason))
-                return
-            self.connected = True
-            self.connects += 1
-            outstanding = self.outstanding()
-            if self.connects > 1:
-                self.resent += outstanding
-            self._up(self.connects, outstanding)
-        except Exception:
-            self.log.exception("MQTT state update failed")
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        props: Any,
-    ) -> None:
-        was = self.connected
-        self.connected = False
-        self._drop_reason = str(reason)
-        if was:
-            try:
-                self._down(str(reason))
-            except Exception:
-                self.log.exception("MQTT state update failed")
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # On the connect worker thread. paho leaves Nagle's algorithm on: with QoS 1
-        # pipelining, a small PUBLISH written while an earlier one is unacknowledged at the TCP
-        # level waits for that ACK (tens of ms with delayed ACKs). Send each packet at once.
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError) as err:  # not a TCP socket (e.g. a proxy wrapper)
-            self.log.debug("MQTT socket: TCP_NODELAY not set: %s", err)
-
-    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # Wake the tasks parked on this socket (they raise ClosedResourceError) before paho
-        # closes it: trio must not wait on a closed (and maybe reused) file descriptor.
-        # Outside the trio thread (reconnect() on the worker closing a socket already closed
-        # here) there is nothing to wake.
-        try:
-            trio.lowlevel.notify_closing(sock)
-        except RuntimeError:  # not on the trio thread: no task of ours waits on it
-            return
-        except (OSError, ValueError):  # already closed: nothing registered
-            pass
-        self._write.set()  # the writer re-checks its socket
-
-    # --- state changes ------------------------------------------------------------------------
-
-    def _up(self, connects: int, outstanding: int) -> None:
-        self._link_up.set()
-        if connects > 1:
-            self.status.reconnects += 1
-        self.status.set("connected", f"mqtt {self.where}")
-        self.log.info(
-            "MQTT connected to %s (connection %d; %d un-acknowledged messages are re-sent)",
-            self.where,
-            connects,
-            outstanding,
-        )
-
-    def _down(self, reason: str) -> None:
-        if self._link_up.is_set():
-            self._link_up = trio.Event()
-        self.status.set("disconnected", f"mqtt {self.where}: {reason}; reconnecting")
-        self._log_every(
-            logging.WARNING,
-            f"down:{reason}",
-            f"disconnected ({reason}); reconnecting, {self.outstanding()} messages kept",
-            every_s=10.0,
-        )
-
-    def _refused(self, reason: str) -> None:
-        self.status.set("auth-failed", f"mqtt {self.where} refused the connection: {reason}")
-        self._log_every(
-            logging.ERROR,
-            f"refused:{reason}",
-            f"the broker refused the connection: {reason} (check the token and password)",
-        )

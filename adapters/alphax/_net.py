@@ -20,53 +20,90 @@ import logging
 import select
 import socket
 import ssl
-import time
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
 from adapters.alphax import codec
-from adapters.alphax._uplinks import Doc, Failure
-from adapters.alphax.config import AlphaXConfig
+from adapters.alphax._uplinks import Doc, Failure, encode_docs, split_for_datagrams
+from adapters.alphax._writer import Sent
+from adapters.alphax.config import AlphaXConfig, TcpWrite, UdpWrite
 from broker.adapter import AdapterStatus
 from broker.backoff import backoff_delay
+from broker.envelope import Envelope
+from broker.logs import LogGate
 
 
 class _Counts:
-    def __init__(self) -> None:
+    """What UDP and TCP writers share: counts of what was sent, the log gate, the encoding."""
+
+    defers_acks = False  # best effort: nothing is acknowledged, later or otherwise
+
+    def __init__(self, cfg: AlphaXConfig, status: AdapterStatus, log: logging.Logger) -> None:
+        self.cfg = cfg
+        self.status = status
+        self.log = log
+        self.unencodable = 0
         self.sent_docs = 0
         self.sent_values = 0
         self.sent_bytes = 0
         self.errors = 0
-        self._last_logged: dict[str, float] = {}
+        self._gate = LogGate(every_s=30.0)
+
+    def encode(self, batch: Sequence[Envelope]) -> tuple[list[Doc], list[Failure]]:
+        docs, failures = encode_docs(batch, self.cfg.token, self.cfg.uplink, self.cfg.v1_gaps)
+        self.unencodable += len(failures)
+        return docs, failures
 
     def count(self, doc: Doc) -> None:
         self.sent_docs += 1
         self.sent_values += len(doc.envelopes)
         self.sent_bytes += len(doc.body)
 
-    def log_every(self, log: logging.Logger, level: int, text: str, every_s: float = 30.0) -> None:
-        now = time.monotonic()
-        if now - self._last_logged.get(text, -every_s) >= every_s:
-            self._last_logged[text] = now
-            log.log(level, "%s", text)
+    def log_every(self, level: int, text: str) -> None:
+        allowed, held = self._gate.allow(text)
+        if allowed:
+            more = f" ({held} more like it held back)" if held else ""
+            self.log.log(level, "%s%s", text, more)
+
+    def stats(self) -> dict[str, Any]:
+        """Documents, values and bytes sent; send errors."""
+        return {
+            "unencodable": self.unencodable,
+            "sent_docs": self.sent_docs,
+            "sent_values": self.sent_values,
+            "sent_bytes": self.sent_bytes,
+            "errors": self.errors,
+        }
 
 
 class UdpWriter(_Counts):
     """Sends each doc as one datagram to ``host:port`` (see the module docstring)."""
 
-    def __init__(self, cfg: AlphaXConfig, status: AdapterStatus, log: logging.Logger) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.status = status
-        self.log = log
-        self.where = f"udp {cfg.host}:{cfg.port}"
+    def __init__(
+        self, cfg: AlphaXConfig, udp: UdpWrite, status: AdapterStatus, log: logging.Logger
+    ) -> None:
+        super().__init__(cfg, status, log)
+        self.udp = udp
+        self.where = f"udp {udp.host}:{udp.port}"
         self._sock: trio.socket.SocketType | None = None
+
+    def open(self) -> None:
+        """Nothing to connect: the socket is made by the first send."""
+        self.status.set("ready", "udp to AlphaX")
+
+    async def send(self, batch: Sequence[Envelope]) -> Sent:
+        """Encode ``batch`` (splitting big uplinks) and send one datagram per uplink."""
+        docs, failures = self.encode(batch)
+        docs, more = split_for_datagrams(docs, self.cfg.token, self.udp.max_datagram_bytes)
+        self.unencodable += len(more)
+        return Sent(failures + more + await self.send_docs(docs))
 
     async def _socket(self) -> trio.socket.SocketType:
         if self._sock is None:
             infos = await trio.socket.getaddrinfo(
-                self.cfg.host, self.cfg.port, type=socket.SOCK_DGRAM
+                self.udp.host, self.udp.port, type=socket.SOCK_DGRAM
             )
             family, kind, proto, _, address = infos[0]
             sock = trio.socket.socket(family, kind, proto)
@@ -78,7 +115,7 @@ class UdpWriter(_Counts):
             self._sock = sock
         return self._sock
 
-    async def send(self, docs: Sequence[Doc]) -> list[Failure]:
+    async def send_docs(self, docs: Sequence[Doc]) -> list[Failure]:
         """Send every doc; returns the envelopes of datagrams that could not be sent."""
         failures: list[Failure] = []
         for doc in docs:
@@ -90,8 +127,8 @@ class UdpWriter(_Counts):
                     self.close()
                     self.errors += 1
                     if attempt == 2:
-                        reason = f"UDP send to {self.cfg.host}:{self.cfg.port} failed: {err}"
-                        self.log_every(self.log, logging.ERROR, reason)
+                        reason = f"UDP send to {self.udp.host}:{self.udp.port} failed: {err}"
+                        self.log_every(logging.ERROR, reason)
                         self.status.set("send-errors", reason)
                         failures += [(env, reason) for env in doc.envelopes]
                     continue
@@ -115,14 +152,23 @@ class UdpWriter(_Counts):
 class TcpWriter(_Counts):
     """Writes each doc as one line on a kept-open TCP (or TLS) connection."""
 
-    def __init__(self, cfg: AlphaXConfig, status: AdapterStatus, log: logging.Logger) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.status = status
-        self.log = log
-        self.where = f"{'tls' if cfg.tls else 'tcp'} {cfg.host}:{cfg.port}"
+    def __init__(
+        self, cfg: AlphaXConfig, tcp: TcpWrite, status: AdapterStatus, log: logging.Logger
+    ) -> None:
+        super().__init__(cfg, status, log)
+        self.tcp = tcp
+        self.where = f"{'tls' if tcp.tls else 'tcp'} {tcp.host}:{tcp.port}"
         self._stream: trio.abc.Stream | None = None
         self.connects = 0
+
+    def open(self) -> None:
+        """The connection is made by the first send (and again after it broke)."""
+        self.status.set("ready", "tcp to AlphaX")
+
+    async def send(self, batch: Sequence[Envelope]) -> Sent:
+        """Encode ``batch`` and write one line per uplink."""
+        docs, failures = self.encode(batch)
+        return Sent(failures + await self.send_docs(docs))
 
     async def _connect(self) -> trio.abc.Stream:
         if self._stream is not None and not self._peer_closed(self._stream):
@@ -131,13 +177,13 @@ class TcpWriter(_Counts):
         self.status.set("connecting", self.where)
         with trio.fail_after(self.cfg.connect_timeout_s):
             stream: trio.abc.Stream
-            if self.cfg.tls:
+            if self.tcp.tls:
                 context = ssl.create_default_context(cafile=self.cfg.ca_file)
                 stream = await trio.open_ssl_over_tcp_stream(
-                    self.cfg.host, self.cfg.port, ssl_context=context
+                    self.tcp.host, self.tcp.port, ssl_context=context
                 )
             else:
-                stream = await trio.open_tcp_stream(self.cfg.host, self.cfg.port)
+                stream = await trio.open_tcp_stream(self.tcp.host, self.tcp.port)
         self.connects += 1
         if self.connects > 1:
             self.status.reconnects += 1
@@ -160,7 +206,7 @@ class TcpWriter(_Counts):
                 scope.shield = True
                 await stream.aclose()
 
-    async def send(self, docs: Sequence[Doc]) -> list[Failure]:
+    async def send_docs(self, docs: Sequence[Doc]) -> list[Failure]:
         """Write the docs as lines; reconnects and re-sends while the server is unreachable."""
         if not docs:
             return []
@@ -175,18 +221,22 @@ class TcpWriter(_Counts):
                 await self._drop()
                 self.errors += 1
                 text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-                reason = codec.redact(f"TCP to {self.cfg.host}:{self.cfg.port}: {text}")
+                reason = codec.redact(f"TCP to {self.tcp.host}:{self.tcp.port}: {text}")
                 if self.cfg.max_attempts and attempt >= self.cfg.max_attempts:
                     self.log.error("%s; giving up after %d attempts", reason, attempt)
                     return [(env, reason) for doc in docs for env in doc.envelopes]
                 delay = backoff_delay(attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
                 self.status.set("disconnected", f"{reason}; retry in {delay:.1f} s")
-                self.log_every(self.log, logging.WARNING, f"{reason}; reconnecting (data kept)")
+                self.log_every(logging.WARNING, f"{reason}; reconnecting (data kept)")
                 await trio.sleep(delay)
                 continue
             for doc in docs:
                 self.count(doc)
             return []
+
+    def stats(self) -> dict[str, Any]:
+        """The counts, and connections made."""
+        return {**super().stats(), "connects": self.connects}
 
     async def aclose(self) -> None:
         """Close the connection."""

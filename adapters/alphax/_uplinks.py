@@ -90,6 +90,15 @@ def _timestamp_ms(env: Envelope, body: ChannelWrite) -> int:
     return codec.check_timestamp_ms(round(seconds * 1000), where="timestamp")
 
 
+def encode_docs(
+    batch: Sequence[Envelope], token: str, form: Literal["v1", "v2"], gaps: Gaps
+) -> tuple[list[Doc], list[Failure]]:
+    """``batch`` as uplink documents (see :func:`group_writes`, :func:`build_docs`)."""
+    groups, failures = group_writes(batch)
+    docs, more = build_docs(groups, token, form, gaps)
+    return docs, failures + more
+
+
 def group_writes(batch: Sequence[Envelope]) -> tuple[list[Group], list[Failure]]:
     """Check each write and group by (device, timestamp); unusable envelopes are failures."""
     groups: list[Group] = []

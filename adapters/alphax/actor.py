@@ -13,7 +13,8 @@ Inbound (to the router), with ``[poll]`` configured: ``channel_reading`` envelop
 ``<network_id>/<channel>``, each record read exactly once across polls and restarts (marks
 persisted in the state directory).
 
-The token (and MQTT password) are registered as secrets, so every log line redacts them;
+The token and the MQTT password are ``Secret`` config fields: the config loader registers
+them, so every log line redacts them;
 URLs, topics and bodies are also passed through ``codec.redact`` before any message is built.
 """
 
@@ -25,8 +26,7 @@ from typing import Any
 import trio
 
 from adapters.alphax.config import AlphaXConfig
-from adapters.alphax.connection import Conduit, Failure, Published
-from broker import logs
+from adapters.alphax.connection import Conduit, Failure, Pending
 from broker.adapter import Adapter
 from broker.envelope import Envelope
 
@@ -40,13 +40,10 @@ class AlphaXAdapter(Adapter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.config
-        for secret in (cfg.token, cfg.password):
-            if secret:
-                logs.register_secret(secret)
         self.conduit = Conduit(cfg, self.name, self.status, self.log)
         self._poll_scope: trio.CancelScope | None = None
-        # MQTT: where the PUBACK waits of published batches run (see deliver), once run()
-        # has opened it (the host starts deliveries and run() together)
+        # where the waits for deferred acks run (MQTT PUBACKs, see deliver), once run() has
+        # opened it (the host starts deliveries and run() together)
         self._acks: trio.Nursery | None = None
         self._acks_open = trio.Event()
         self.failed = 0
@@ -55,8 +52,6 @@ class AlphaXAdapter(Adapter):
         """Start the transport, run the poller (if configured), and stay up for deliveries."""
         self.conduit.start()
         poller = self.conduit.poller(self.name, self.ctx.state_dir, self.publish)
-        if self.config.transport != "mqtt":
-            self.status.set("ready", f"{self.config.transport} to AlphaX")
         async with trio.open_nursery() as nursery:
             self._acks = nursery
             self._acks_open.set()
@@ -75,28 +70,28 @@ class AlphaXAdapter(Adapter):
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
         """Write ``batch``; envelopes that can never be written are dead-lettered by reason.
 
-        Over MQTT the batch is published and deferred: ``deliver`` returns without waiting
-        for the PUBACKs, so the next batch goes out while this one's acknowledgements are
-        on their way (one broker round trip per batch would otherwise cap the rate and add
-        a round trip of waiting to every message at a steady rate). Each envelope is acked
-        to the router when its PUBACK arrives; ``max_queued`` bounds what is outstanding.
+        What the transport acknowledges later (MQTT: PUBACKs) is deferred: ``deliver``
+        returns without waiting, so the next batch goes out while this one's
+        acknowledgements are on their way (one broker round trip per batch would otherwise
+        cap the rate and add a round trip of waiting to every message at a steady rate).
+        Each envelope is acked to the router when its acknowledgement arrives;
+        ``max_queued`` bounds what is outstanding.
         """
-        if self.conduit.mqtt is None:
-            self._fail_by_reason(route, await self.conduit.deliver(batch))
+        if self.conduit.writer.defers_acks:
+            await self._acks_open.wait()  # where the acks are awaited: run() opens it
+        sent = await self.conduit.send(batch)
+        self._fail_by_reason(route, sent.failures)
+        if sent.pending is None:
             return
-        await self._acks_open.wait()
         assert self._acks is not None
-        failures, published = await self.conduit.publish(batch)
-        self._fail_by_reason(route, failures)
-        if published is not None:
-            self.defer(route, published.envelopes)
-            self._acks.start_soon(self._settle, route, published)
+        self.defer(route, sent.pending.envelopes)
+        self._acks.start_soon(self._settle, route, sent.pending)
 
-    async def _settle(self, route: str, published: Published) -> None:
-        lost = await published.wait()
+    async def _settle(self, route: str, pending: Pending) -> None:
+        lost = await pending.wait()
         lost_ids = {id(env) for env, _ in lost}
         self._fail_by_reason(route, lost)
-        self.ack(route, [env for env in published.envelopes if id(env) not in lost_ids])
+        self.ack(route, [env for env in pending.envelopes if id(env) not in lost_ids])
 
     def _fail_by_reason(self, route: str, failures: list[Failure]) -> None:
         if not failures:

@@ -366,7 +366,11 @@ def decode_v2_body(raw: bytes | str) -> V2Uplink:
 def decode_uplink_body(raw: bytes | str) -> V1Uplink | V2Uplink:
     """Decode either body format, told apart by the type of ``data`` (string -> v1)."""
     wire = _decode_wire(raw)
-    return _v1_from_wire(wire) if isinstance(wire.data, str) else _v2_from_wire(wire)
+    match wire.data:
+        case str():
+            return _v1_from_wire(wire)
+        case _:
+            return _v2_from_wire(wire)
 
 
 def encode_v1_body(uplink: V1Uplink, *, strict_precision: bool = False) -> bytes:
@@ -386,9 +390,11 @@ def encode_v2_body(uplink: V2Uplink) -> bytes:
 
 def encode_uplink_body(uplink: V1Uplink | V2Uplink) -> bytes:
     """Encode either body format."""
-    if isinstance(uplink, V1Uplink):
-        return encode_v1_body(uplink)
-    return encode_v2_body(uplink)
+    match uplink:
+        case V1Uplink():
+            return encode_v1_body(uplink)
+        case V2Uplink():
+            return encode_v2_body(uplink)
 
 
 __all__ = [

@@ -1,16 +1,20 @@
 """Configuration of the AlphaX Conduit adapter (``type = "alphax"``).
 
-Writing over HTTP (the default), paced to the subscription tier::
+Writing over HTTP (the default, also when ``[adapters.<name>.write]`` is left out), paced to the
+subscription tier::
 
     [adapters.alphax]
     type = "alphax"
     token = "${ALPHAX_TOKEN}"            # or "${file:/etc/junction/alphax-token}"
     tier = "basic"                       # basic | premium | enterprise: paces writes and reads
-    transport = "http"                   # http | mqtt | udp | tcp
     uplink = "v2"                        # v2 (JSON channel list) or v1 (hex, channels 1..N)
-    # base_url = "https://conduit.alphax.cloud"   read_url = "https://app.alphax.cloud"
-    # gzip_over_bytes = 1024   concurrency = 4
+    # read_url = "https://app.alphax.cloud"
     # ca_file = "/etc/junction/alphax-ca.pem"   # private CA for https, mqtts and tcp+tls
+
+    [adapters.alphax.write]
+    transport = "http"                   # http | mqtt | udp | tcp: the keys below depend on it
+    # base_url = "https://conduit.alphax.cloud"
+    # gzip_over_bytes = 1024   concurrency = 4   writes_per_s = 100 (default: the tier's)
 
 HTTP outcomes: 2xx stored; 429, 408, 5xx and network errors retried with back-off, the data
 kept (``max_attempts`` = 0: until it works); other 4xx (400, 401, 403, 404, 405, 413)
@@ -18,9 +22,10 @@ dead-lettered at once with the status and the server's error body.
 
 Writing over MQTT (QoS 1; username = token, password from the environment or a file)::
 
+    [adapters.alphax.write]
     transport = "mqtt"
-    mqtt_url = "mqtts://mqtt.alphax.cloud:8883"  # default: mqtt://...:1883, mqtts://...:8883 on
-                                                # the Enterprise tier
+    url = "mqtts://mqtt.alphax.cloud:8883"   # default: mqtt://...:1883, mqtts://...:8883 on
+                                             # the Enterprise tier
     password = "${ALPHAX_PASSWORD}"
     topic_form = "bulk"                  # bulk ({id}/0/data, v2 JSON, keeps timestamps) |
                                          # v4 ({id}/publish/v4, v1 hex) | channel ({id}/{ch}/data)
@@ -36,10 +41,20 @@ Writing over UDP or TCP (**best effort**: AlphaX acknowledges nothing on these; 
 can be lost without anyone knowing, and a TCP line written just before a connection breaks may
 be lost or, after the resend, stored twice; the adapter counts what it sent)::
 
+    [adapters.alphax.write]
     transport = "udp"                    # or "tcp" (tls = true for port 9812)
     host = "conduit.alphax.cloud"
     port = 9012
-    max_datagram_bytes = 1200            # a bigger uplink is split by channel
+    max_datagram_bytes = 1200            # udp: a bigger uplink is split by channel
+
+These keys used to sit in ``[adapters.<name>]`` itself (``transport``, ``mqtt_url``, ``host``...,
+all of them whatever the transport): a file that still has them is refused, each moved key
+named with its new place (``mqtt_url`` is now ``url``).
+
+Keys of ``[adapters.<name>]`` that every transport shares: ``connect_timeout_s`` and
+``timeout_s`` (HTTP posts and reads, MQTT and TCP connects), ``max_attempts``,
+``backoff_initial_s`` and ``backoff_max_s`` (HTTP and TCP writes, reads), ``auth_backoff_s``
+(reads refused with 401/403).
 
 Reading back (HTTP, whatever the write transport), as ``channel_reading`` envelopes::
 
@@ -58,13 +73,21 @@ HTTP post is one write, however many channels it carries -- the rule the simulat
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
 from adapters.alphax.codec import DEVICE_CHANNELS, MAX_CHANNELS
-from broker.config import AdapterConfig
+from broker.config import (
+    AdapterConfig,
+    AtLeastOne,
+    NonNegative,
+    NonNegativeInt,
+    Port,
+    Positive,
+    Secret,
+)
 
 Tier = Literal["basic", "premium", "enterprise"]
 
@@ -74,6 +97,8 @@ TIER_WRITES_PER_S: dict[str, float | None] = {"basic": 100, "premium": 100, "ent
 TIER_READ_INTERVAL_S: dict[str, float | None] = {"basic": 15.0, "premium": 5.0, "enterprise": None}
 #: Poll interval on a tier without a read limit.
 UNLIMITED_POLL_INTERVAL_S = 2.0
+#: The smallest datagram that holds one uplink of one channel.
+MIN_DATAGRAM_BYTES = 200
 
 
 class PollConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -87,13 +112,13 @@ class PollConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
     devices: list[str] = []
     channels: list[int] = []
     api: Literal["v6", "v4"] = "v6"
-    interval_s: float | None = None
-    start_lookback_s: float = 3600.0
+    interval_s: Positive | None = None
+    start_lookback_s: NonNegative = 3600.0
     #: The window ends this many seconds before now, so values still on their way are not
     #: passed over (values that arrive older than the mark are not read: see _walker).
-    settle_s: float = 2.0
+    settle_s: NonNegative = 2.0
     #: The service's cap on records per call; a full page means "there is more".
-    records_per_call: int = 1000
+    records_per_call: AtLeastOne = 1000
 
     def __post_init__(self) -> None:
         for channel in self.channels:
@@ -103,56 +128,147 @@ class PollConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
             raise ValueError("poll channels lists a channel twice")
         if len(set(self.devices)) != len(self.devices) or any(not d for d in self.devices):
             raise ValueError("poll devices must be distinct, non-empty network ids")
-        if self.interval_s is not None and self.interval_s <= 0:
-            raise ValueError(f"poll interval_s must be > 0, got {self.interval_s}")
-        if self.start_lookback_s < 0 or self.settle_s < 0:
-            raise ValueError("poll start_lookback_s and settle_s must be >= 0")
-        if self.records_per_call < 1:
-            raise ValueError("poll records_per_call must be >= 1")
+
+
+# -- the write transports: one table, ``transport`` picks the variant -------------------------
+
+
+class _Write(
+    msgspec.Struct, tag_field="transport", forbid_unknown_fields=True, kw_only=True, frozen=True
+):
+    @property
+    def transport(self) -> str:
+        """The variant's ``transport`` tag."""
+        return str(self.__struct_config__.tag)
+
+
+class HttpWrite(_Write, tag="http", frozen=True):
+    """``transport = "http"``: v1/v2 posts, ``concurrency`` at a time, paced to the tier."""
+
+    base_url: str = "https://conduit.alphax.cloud"
+    #: Bodies above this size are gzipped.
+    gzip_over_bytes: NonNegativeInt = 1024
+    concurrency: AtLeastOne = 4
+    #: Posts per second (default: the tier's figure; 0 = not paced).
+    writes_per_s: NonNegative | None = None
+    pace_margin_s: NonNegative = 0.05
+
+    def __post_init__(self) -> None:
+        _check_http_url("base_url", self.base_url)
+
+
+class MqttWrite(_Write, tag="mqtt", frozen=True):
+    """``transport = "mqtt"``: QoS 1 publishes, username = token."""
+
+    #: ``mqtt://host[:1883]`` or ``mqtts://host[:8883]``; empty: AlphaX's broker for the tier.
+    url: str = ""
+    password: Secret = ""
+    topic_form: Literal["v4", "bulk", "channel"] = "bulk"
+    max_inflight: AtLeastOne = 100
+    max_queued: AtLeastOne = 1000
+    ack_timeout_s: Positive = 30.0
+    keepalive_s: AtLeastOne = 30
+    reconnect_min_s: AtLeastOne = 1
+    reconnect_max_s: AtLeastOne = 30
+
+    def __post_init__(self) -> None:
+        if self.url:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+                raise ValueError(
+                    f"url must be mqtt://host[:1883] or mqtts://host[:8883], got {self.url!r}"
+                )
+        if self.max_queued < self.max_inflight:
+            raise ValueError(
+                f"max_queued ({self.max_queued}) counts in-flight messages too: it must be "
+                f">= max_inflight ({self.max_inflight})"
+            )
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("need reconnect_min_s <= reconnect_max_s")
+
+    def url_for(self, tier: str) -> str:
+        """``url``, or AlphaX's broker on the tier's port (8883 with TLS on Enterprise)."""
+        if self.url:
+            return self.url
+        if tier == "enterprise":
+            return "mqtts://mqtt.alphax.cloud:8883"
+        return "mqtt://mqtt.alphax.cloud:1883"
+
+
+class UdpWrite(_Write, tag="udp", frozen=True):
+    """``transport = "udp"``: one JSON uplink per datagram, best effort."""
+
+    host: str = "conduit.alphax.cloud"
+    port: Port = 9012
+    #: A bigger uplink is split by channel (200 is the least that holds one uplink).
+    max_datagram_bytes: Annotated[int, msgspec.Meta(ge=MIN_DATAGRAM_BYTES)] = 1200
+
+
+class TcpWrite(_Write, tag="tcp", frozen=True):
+    """``transport = "tcp"``: one JSON uplink per line on a kept-open connection."""
+
+    host: str = "conduit.alphax.cloud"
+    port: Port = 9012
+    #: TLS (AlphaX listens for it on port 9812); ``ca_file`` applies.
+    tls: bool = False
+
+
+WriteConfig = HttpWrite | MqttWrite | UdpWrite | TcpWrite
+
+
+def _moved(new: str, *transports: str) -> str:
+    tags = " or ".join(f'"{t}"' for t in transports)
+    where = f"with transport = {tags} " if tags else ""
+    return f"moved: write it as {new} in [{{table}}.write] {where}(see adapters/alphax/config.py)"
 
 
 class AlphaXConfig(AdapterConfig, kw_only=True):
     """Config of the AlphaX Conduit adapter (see the module docstring for an example)."""
 
-    token: str
+    moved_keys: ClassVar[dict[str, str]] = {
+        "transport": _moved('transport = "http" | "mqtt" | "udp" | "tcp"'),
+        "base_url": _moved("base_url", "http"),
+        "gzip_over_bytes": _moved("gzip_over_bytes", "http"),
+        "concurrency": _moved("concurrency", "http"),
+        "writes_per_s": _moved("writes_per_s", "http"),
+        "pace_margin_s": _moved("pace_margin_s", "http"),
+        "mqtt_url": _moved("url", "mqtt"),
+        **{
+            key: _moved(key, "mqtt")
+            for key in (
+                "password",
+                "topic_form",
+                "max_inflight",
+                "max_queued",
+                "ack_timeout_s",
+                "keepalive_s",
+                "reconnect_min_s",
+                "reconnect_max_s",
+            )
+        },
+        "host": _moved("host", "udp", "tcp"),
+        "port": _moved("port", "udp", "tcp"),
+        "max_datagram_bytes": _moved("max_datagram_bytes", "udp"),
+        "tls": _moved("tls", "tcp"),
+    }
+
+    token: Secret
     tier: Tier = "basic"
-    transport: Literal["http", "mqtt", "udp", "tcp"] = "http"
     uplink: Literal["v1", "v2"] = "v2"
     #: v1 carries channels 1..N without holes; what to do with the channels it cannot carry:
     #: "v2" sends them in a v2 uplink of the same device and time, "fail" dead-letters them.
     v1_gaps: Literal["v2", "fail"] = "v2"
-    # -- HTTP ----------------------------------------------------------------------------
-    base_url: str = "https://conduit.alphax.cloud"
     read_url: str = "https://app.alphax.cloud"
-    gzip_over_bytes: int = 1024
     ca_file: str | None = None
-    connect_timeout_s: float = 5.0
-    timeout_s: float = 10.0
-    concurrency: int = 4
-    writes_per_s: float | None = None
-    pace_margin_s: float = 0.05
+    connect_timeout_s: Positive = 5.0
+    timeout_s: Positive = 10.0
     #: Attempts per uplink for 429 / 5xx / network errors; 0 = until it succeeds (the data is
     #: kept and deliveries wait, so the route's queue and overflow policy apply upstream).
-    max_attempts: int = 0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    auth_backoff_s: float = 60.0
-    # -- MQTT ----------------------------------------------------------------------------
-    mqtt_url: str = ""
-    password: str = ""
-    topic_form: Literal["v4", "bulk", "channel"] = "bulk"
-    max_inflight: int = 100
-    max_queued: int = 1000
-    ack_timeout_s: float = 30.0
-    keepalive_s: int = 30
-    reconnect_min_s: int = 1
-    reconnect_max_s: int = 30
-    # -- UDP / TCP -----------------------------------------------------------------------
-    host: str = "conduit.alphax.cloud"
-    port: int = 9012
-    tls: bool = False
-    max_datagram_bytes: int = 1200
-    # -- reading ---------------------------------------------------------------------------
+    max_attempts: NonNegativeInt = 0
+    backoff_initial_s: Positive = 0.5
+    backoff_max_s: Positive = 30.0
+    auth_backoff_s: Positive = 60.0
+    write: WriteConfig = msgspec.field(default_factory=HttpWrite)
     poll: PollConfig | None = None
 
     def __post_init__(self) -> None:
@@ -161,63 +277,16 @@ class AlphaXConfig(AdapterConfig, kw_only=True):
         for bad in ("/", "+", "#"):
             if bad in self.token:
                 raise ValueError(f"token contains {bad!r}, which cannot go in an MQTT topic")
-        for key in ("base_url", "read_url"):
-            parts = urlsplit(getattr(self, key))
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{key} must be an http(s) URL, got {getattr(self, key)!r}")
-        if self.transport == "mqtt":
-            parts = urlsplit(self.mqtt_url_or_default)
-            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-                raise ValueError(
-                    f"mqtt_url must be mqtt://host[:1883] or mqtts://host[:8883], "
-                    f"got {self.mqtt_url!r}"
-                )
-        positive = (
-            "connect_timeout_s",
-            "timeout_s",
-            "backoff_initial_s",
-            "backoff_max_s",
-            "auth_backoff_s",
-            "ack_timeout_s",
-        )
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}")
-        if self.concurrency < 1 or self.max_inflight < 1 or self.keepalive_s < 1:
-            raise ValueError("concurrency, max_inflight and keepalive_s must be >= 1")
-        if self.max_queued < self.max_inflight:
-            raise ValueError(
-                f"max_queued ({self.max_queued}) counts in-flight messages too: it must be "
-                f">= max_inflight ({self.max_inflight})"
-            )
-        if not 1 <= self.reconnect_min_s <= self.reconnect_max_s:
-            raise ValueError("need 1 <= reconnect_min_s <= reconnect_max_s")
-        if self.max_attempts < 0 or self.gzip_over_bytes < 0 or self.pace_margin_s < 0:
-            raise ValueError("max_attempts, gzip_over_bytes and pace_margin_s must be >= 0")
-        if self.writes_per_s is not None and self.writes_per_s < 0:
-            raise ValueError("writes_per_s must be >= 0 (0 = not paced)")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} is not a TCP/UDP port")
-        if self.max_datagram_bytes < 200:
-            raise ValueError("max_datagram_bytes below 200 cannot hold one uplink")
-        if self.tls and self.transport != "tcp":
-            raise ValueError("tls applies to transport = 'tcp' only (https/mqtts set their own)")
-
-    @property
-    def mqtt_url_or_default(self) -> str:
-        """``mqtt_url``, or AlphaX's broker on the tier's port (8883 with TLS on Enterprise)."""
-        if self.mqtt_url:
-            return self.mqtt_url
-        if self.tier == "enterprise":
-            return "mqtts://mqtt.alphax.cloud:8883"
-        return "mqtt://mqtt.alphax.cloud:1883"
+        _check_http_url("read_url", self.read_url)
 
     @property
     def write_limit_per_s(self) -> float | None:
-        """Write requests per second to pace to (None: unpaced)."""
-        if self.writes_per_s is not None:
-            return self.writes_per_s or None
-        return TIER_WRITES_PER_S[self.tier]
+        """HTTP write requests per second to pace to (None: unpaced)."""
+        match self.write:
+            case HttpWrite(writes_per_s=float() | int() as limit):
+                return limit or None
+            case _:
+                return TIER_WRITES_PER_S[self.tier]
 
     @property
     def read_interval_s(self) -> float:
@@ -230,3 +299,9 @@ class AlphaXConfig(AdapterConfig, kw_only=True):
         if self.poll is not None and self.poll.interval_s is not None:
             return max(self.poll.interval_s, self.read_interval_s)
         return TIER_READ_INTERVAL_S[self.tier] or UNLIMITED_POLL_INTERVAL_S
+
+
+def _check_http_url(key: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{key} must be an http(s) URL, got {url!r}")

@@ -72,10 +72,7 @@ class PlaceOSAdapter(Adapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        cfg = self.config
-        for secret in (cfg.api_key, cfg.bearer_token):
-            if secret:
-                logs.register_secret(secret)
+        cfg = self.config  # its api_key / bearer_token: registered for redaction by the loader
         self.where = urlsplit(cfg.url).netloc
         self.desired: dict[BindKey, None] = dict.fromkeys(
             (b.sys, b.mod, b.index, b.name) for b in cfg.bindings
@@ -204,14 +201,17 @@ class PlaceOSAdapter(Adapter):
                 logs.truncate(logs.redact(text), 160),
             )
             return
-        if type(frame) is codec.NotifyFrame:
-            self._notify(frame)
-        elif type(frame) is codec.SuccessFrame:
-            self._success(frame)
-        elif type(frame) is codec.ErrorFrame:
-            self._error(frame)
-        elif type(frame) is codec.DebugFrame:
-            self._debug(frame)
+        match frame:
+            case codec.NotifyFrame():
+                self._notify(frame)
+            case codec.SuccessFrame():
+                self._success(frame)
+            case codec.ErrorFrame():
+                self._error(frame)
+            case codec.DebugFrame():
+                self._debug(frame)
+            case _:  # the PING / PONG heartbeat frames: nothing to do here
+                pass
 
     def _notify(self, frame: codec.NotifyFrame) -> None:
         if self.quiet:
@@ -364,20 +364,20 @@ class PlaceOSAdapter(Adapter):
 
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
         for env in batch:
-            body = env.body
-            if isinstance(body, ExecRequest):
-                await self._exec(env, body)
-            elif isinstance(body, Bind):
-                await self._bind_request(body)
-            elif isinstance(body, Debug):
-                await self._debug_request(body)
-            else:
-                self.fail(
-                    route,
-                    [env],
-                    "the placeos adapter sends exec_request, bind and debug envelopes, "
-                    f"not {env.kind}",
-                )
+            match env.body:
+                case ExecRequest() as body:
+                    await self._exec(env, body)
+                case Bind() as body:
+                    await self._bind_request(body)
+                case Debug() as body:
+                    await self._debug_request(body)
+                case _:
+                    self.fail(
+                        route,
+                        [env],
+                        "the placeos adapter sends exec_request, bind and debug envelopes, "
+                        f"not {env.kind}",
+                    )
 
     async def _debug_request(self, body: Debug) -> None:
         target: DebugKey = (body.system, body.module, body.index)

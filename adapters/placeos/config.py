@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from broker.config import AdapterConfig
+from broker.config import AdapterConfig, AtLeastOne, Positive, Secret
 
 
 class Binding(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -28,7 +28,7 @@ class Binding(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
 
     sys: str
     mod: str
-    index: int = 1
+    index: AtLeastOne = 1
     name: str
 
 
@@ -37,26 +37,26 @@ class DebugTarget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
 
     sys: str
     mod: str
-    index: int = 1
+    index: AtLeastOne = 1
 
 
 class PlaceOSConfig(AdapterConfig, kw_only=True):
     """Config of the PlaceOS real-time WebSocket adapter."""
 
     url: str
-    api_key: str = ""
-    bearer_token: str = ""
+    api_key: Secret = ""
+    bearer_token: Secret = ""
     ca_file: str | None = None
-    connect_timeout_s: float = 5.0
-    disconnect_timeout_s: float = 2.0
-    ping_interval_s: float = 15.0
-    dead_after_s: float = 60.0
-    exec_timeout_s: float = 10.0
-    backoff_initial_s: float = 0.3
-    backoff_max_s: float = 30.0
-    auth_backoff_s: float = 120.0
-    max_message_bytes: int = 4 * 1024 * 1024
-    emit_batch: int = 256
+    connect_timeout_s: Positive = 5.0
+    disconnect_timeout_s: Positive = 2.0
+    ping_interval_s: Positive = 15.0
+    dead_after_s: Positive = 60.0
+    exec_timeout_s: Positive = 10.0
+    backoff_initial_s: Positive = 0.3
+    backoff_max_s: Positive = 30.0
+    auth_backoff_s: Positive = 120.0
+    max_message_bytes: AtLeastOne = 4 * 1024 * 1024
+    emit_batch: AtLeastOne = 256
     bindings: list[Binding] = []
     debug: list[DebugTarget] = []
 
@@ -73,17 +73,6 @@ class PlaceOSConfig(AdapterConfig, kw_only=True):
             )
         if self.api_key and self.bearer_token:
             raise ValueError("set only one of api_key and bearer_token")
-        for key in (
-            "connect_timeout_s",
-            "ping_interval_s",
-            "dead_after_s",
-            "exec_timeout_s",
-            "backoff_initial_s",
-            "backoff_max_s",
-            "auth_backoff_s",
-        ):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}")
         if self.dead_after_s <= self.ping_interval_s:
             raise ValueError(
                 f"dead_after_s ({self.dead_after_s}) must be longer than ping_interval_s "

@@ -186,3 +186,55 @@ def test_env_default_is_used_when_unset(
     cfg = config.load(path, {"burst": BurstConfig})
     assert cfg.adapters["a"].name_prefix == "fallback"  # type: ignore[attr-defined]
     assert cfg.adapters["b"].name_prefix == "from-env"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value", "words"),
+    [
+        ("junction", "shutdown_grace_s", "-5", "must be >= 0"),
+        ("junction", "queue_size", "0", "must be >= 1"),
+        ("junction", "block_timeout_s", "-1", "must be >= 0"),
+        ("junction", "restart_backoff_s", "0", "must be > 0"),
+        ("junction", "restart_backoff_max_s", "-1", "must be > 0"),
+        ("junction", "reply_timeout_s", "0", "must be > 0"),
+        ("junction", "switch_interval_ms", "-0.5", "must be >= 0"),
+        ("junction.redelivery", "attempts", "0", "must be >= 1"),
+        ("junction.redelivery", "backoff_initial_s", "0", "must be > 0"),
+        ("junction.redelivery", "backoff_max_s", "-2", "must be > 0"),
+        ("junction.redelivery", "stale_after_s", "0", "must be > 0"),
+        ("junction.outbox", "max_rows", "0", "must be >= 1"),
+        ("junction.outbox", "max_bytes", "-1", "must be >= 1"),
+        ("junction.outbox", "max_dead_letters", "0", "must be >= 1"),
+        ("junction.http", "ready_max_pending_age_s", "0", "must be > 0"),
+    ],
+)
+def test_settings_bounds_name_file_key_and_value(
+    load_config: Callable[[str], Loaded], table: str, key: str, value: str, words: str
+) -> None:
+    (msg,) = problems(load_config, f"[{table}]\n{key} = {value}\n" + GOOD)
+    assert msg.endswith(f"junction.toml: {table}.{key}: {words} (got {value})")
+
+
+@pytest.mark.parametrize(
+    ("line", "path", "words"),
+    [
+        ("queue_size = 0", "routes[0].queue_size", "must be >= 1 (got 0)"),
+        ("reply_timeout_s = -1", "routes[0].reply_timeout_s", "must be > 0 (got -1)"),
+        (
+            "redelivery = { attempts = 0 }",
+            "routes[0].redelivery.attempts",
+            "must be >= 1 (got 0)",
+        ),
+    ],
+)
+def test_route_bounds_name_their_path(
+    load_config: Callable[[str], Loaded], line: str, path: str, words: str
+) -> None:
+    (msg,) = problems(load_config, GOOD + line + "\n")
+    assert f"{path}: {words}" in msg
+
+
+def test_within_bounds_loads(load_config: Callable[[str], Loaded]) -> None:
+    text = "[junction]\nshutdown_grace_s = 0\nblock_timeout_s = 0\nswitch_interval_ms = 0\n"
+    settings = load_config(text + GOOD).config.junction
+    assert (settings.shutdown_grace_s, settings.block_timeout_s) == (0, 0)

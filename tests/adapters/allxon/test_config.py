@@ -162,6 +162,42 @@ def test_bad_settings_name_their_key(cred: Path, body: str, path: str, fragment:
     assert fragment in str(problem)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        *[
+            (key, value, "must be > 0")
+            for key in (
+                "budget_window_s",
+                "command_timeout_s",
+                "flush_interval_s",
+                "connect_timeout_s",
+                "disconnect_timeout_s",
+                "announce_grace_s",
+                "offline_retry_s",
+                "backoff_initial_s",
+                "backoff_max_s",
+            )
+            for value in ("0", "-1.5")
+        ],
+        *[
+            (key, "0", "must be >= 1")
+            for key in (
+                "budget_per_hour",
+                "bucket_size",
+                "max_buffered_metrics",
+                "max_buffered_events",
+                "max_buffered_alerts",
+            )
+        ],
+        ("reserve_calls", "-1", "must be >= 0"),
+    ],
+)
+def test_each_bound_names_file_key_and_value(cred: Path, key: str, value: str, words: str) -> None:
+    (problem,) = problems_of(text(cred, f"{key} = {value}"))
+    assert str(problem) == f"junction.toml: adapters.allxon.{key}: {words} (got {value})"
+
+
 def test_junction_check_prints_the_card_path(
     cred: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

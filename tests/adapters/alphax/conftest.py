@@ -65,6 +65,33 @@ def table(name: str, **fields: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Keys of the ``[adapters.<name>.write]`` table, by transport (the rest stay in the adapter's).
+WRITE_KEYS = {
+    "http": {"base_url", "gzip_over_bytes", "concurrency", "writes_per_s", "pace_margin_s"},
+    "mqtt": {
+        "url",
+        "password",
+        "topic_form",
+        "max_inflight",
+        "max_queued",
+        "ack_timeout_s",
+        "keepalive_s",
+        "reconnect_min_s",
+        "reconnect_max_s",
+    },
+    "udp": {"host", "port", "max_datagram_bytes"},
+    "tcp": {"host", "port", "tls"},
+}
+
+
+def alphax_table(name: str, transport: str = "http", **fields: Any) -> str:
+    """``[adapters.<name>]`` of an AlphaX adapter: the ``transport``'s keys among ``fields``
+    go into its ``write`` table, the others stay at the top."""
+    keys = WRITE_KEYS[transport]
+    write = {"transport": transport} | {k: v for k, v in fields.items() if k in keys}
+    return table(name, **{k: v for k, v in fields.items() if k not in keys}, write=write)
+
+
 def route(name: str, source: str, target: str | list[str], **fields: Any) -> str:
     """A ``[[routes]]`` entry (``overflow = "block"`` unless given: tests must not drop)."""
     fields.setdefault("overflow", "block")

@@ -15,7 +15,7 @@ import trio
 
 from adapters.alphax.sim import TokenSpec, open_alphax_simulator
 from broker.runtime import Loaded
-from tests.adapters.alphax.conftest import TOKEN, route, table
+from tests.adapters.alphax.conftest import TOKEN, alphax_table, route, table
 from tests.conftest import wait_for
 from tests.support.alphax_plugin import stats
 from tests.support.core_plugin import received
@@ -33,7 +33,7 @@ def alphax(url: str, name: str = "ax", type: str = "alphax", **fields: Any) -> s
     fields.setdefault("tier", "enterprise")
     fields.setdefault("backoff_initial_s", 0.05)
     fields.setdefault("backoff_max_s", 0.2)
-    return table(name, type=type, token=TOKEN, base_url=url, read_url=url, **fields)
+    return alphax_table(name, type=type, token=TOKEN, base_url=url, read_url=url, **fields)
 
 
 def routes_of(rt: Any) -> dict[str, Any]:

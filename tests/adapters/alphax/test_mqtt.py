@@ -24,11 +24,11 @@ import trio
 from adapters.alphax import codec
 from adapters.alphax._mqtt import MqttWriter
 from adapters.alphax._uplinks import Message
-from adapters.alphax.config import AlphaXConfig
+from adapters.alphax.config import AlphaXConfig, MqttWrite
 from adapters.alphax.sim import open_alphax_simulator
 from broker.adapter import AdapterStatus
 from broker.runtime import Loaded
-from tests.adapters.alphax.conftest import TOKEN, route, table
+from tests.adapters.alphax.conftest import TOKEN, alphax_table, route, table
 from tests.conftest import wait_for
 from tests.support.alphax_plugin import stats
 from tests.support.core_plugin import received
@@ -42,12 +42,12 @@ def config(broker_url: str, source: dict[str, Any], **fields: Any) -> str:
     fields.setdefault("password", "not-checked-by-mosquitto")
     return (
         table("src", type="channel_source", start_ts=T0, **source)
-        + table(
+        + alphax_table(
             "ax",
+            "mqtt",
             type="alphax_tracked",
             token=TOKEN,
-            transport="mqtt",
-            mqtt_url=broker_url,
+            url=broker_url,
             **fields,
         )
         + route("w", "src", "ax")
@@ -468,9 +468,10 @@ async def test_refused_credentials_back_off_and_recover_when_accepted(
 
 
 def _bare_writer(url: str, **fields: Any) -> tuple[MqttWriter, AdapterStatus]:
-    cfg = AlphaXConfig(type="alphax", token=TOKEN, transport="mqtt", mqtt_url=url, **fields)
+    mqtt = MqttWrite(url=url, **fields)
+    cfg = AlphaXConfig(type="alphax", token=TOKEN, write=mqtt)
     status = AdapterStatus(name="ax", type="alphax")
-    return MqttWriter(cfg, "ax", status, logging.getLogger("test.alphax.mqtt")), status
+    return MqttWriter(cfg, mqtt, "ax", status, logging.getLogger("test.alphax.mqtt")), status
 
 
 @pytest.mark.parametrize("sending", [False, True])

@@ -9,7 +9,7 @@ import trio
 
 from adapters.alphax.sim import open_alphax_simulator
 from broker.runtime import Loaded
-from tests.adapters.alphax.conftest import TOKEN, route, table
+from tests.adapters.alphax.conftest import TOKEN, alphax_table, route, table
 from tests.conftest import wait_for
 from tests.support.alphax_plugin import stats
 from tests.support.core_plugin import received
@@ -20,11 +20,11 @@ T0 = 1_700_000_000.0
 def config(transport: str, port: int, source: dict[str, Any], **fields: Any) -> str:
     return (
         table("src", type="channel_source", start_ts=T0, **source)
-        + table(
+        + alphax_table(
             "ax",
+            transport,
             type="alphax_tracked",
             token=TOKEN,
-            transport=transport,
             host="127.0.0.1",
             port=port,
             **fields,

@@ -15,7 +15,7 @@ import trio
 from adapters.alphax.sim import open_alphax_simulator
 from broker.envelope import ChannelReading
 from broker.runtime import Loaded
-from tests.adapters.alphax.conftest import TOKEN, route, table
+from tests.adapters.alphax.conftest import TOKEN, alphax_table, route, table
 from tests.conftest import wait_for
 from tests.support.core_plugin import received
 
@@ -23,7 +23,7 @@ from tests.support.core_plugin import received
 def config(url: str, **poll: Any) -> str:
     poll = {"interval_s": 0.1, "settle_s": 0, "start_lookback_s": 3600, **poll}
     return (
-        table(
+        alphax_table(
             "ax",
             type="alphax",
             token=TOKEN,

@@ -17,7 +17,7 @@ import trio
 
 from adapters.alphax.sim import open_alphax_simulator
 from broker.runtime import Loaded
-from tests.adapters.alphax.conftest import TOKEN, route, table
+from tests.adapters.alphax.conftest import TOKEN, alphax_table, route, table
 from tests.conftest import wait_for
 from tests.support.alphax_plugin import stats
 from tests.support.core_plugin import received
@@ -59,7 +59,7 @@ async def test_no_token_in_logs_errors_or_statuses(
             cfg = (
                 table("src", type="channel_source", channels=[1, 2], ticks=4, start_ts=now)
                 + table("src2", type="channel_source", devices=["bad/id", "ok"], ticks=2)
-                + table(
+                + alphax_table(
                     "http",
                     base_url=sim.url,
                     read_url=sim.url,
@@ -67,15 +67,15 @@ async def test_no_token_in_logs_errors_or_statuses(
                     poll={"interval_s": 0.1, "settle_s": 0, "start_lookback_s": 60},
                     **common,
                 )
-                + table(
+                + alphax_table(
                     "mqtt",
-                    transport="mqtt",
-                    mqtt_url=mosquitto.url,
+                    "mqtt",
+                    url=mosquitto.url,
                     password=PASSWORD,
                     topic_form="channel",
                     **common,
                 )
-                + table(
+                + alphax_table(
                     "offline",
                     base_url="http://127.0.0.1:9",  # nothing listens: network errors
                     read_url="http://127.0.0.1:9",
