@@ -8,8 +8,8 @@ series taken one after the other mostly compare the load.  Alternating A B A B .
 fresh process per run lets the drift hit both sides alike; quote the ratio of the medians.
 
 Each run is a fresh process with the checkout as its cwd: a command ending in ``.py`` runs
-under that checkout's own ``.venv/bin/python``, anything else (the Node-RED
-comparison's ``run.sh``) as given.  ``{side}`` (before/after) and ``{i}`` (the pair) in the command are
+under that checkout's own ``.venv/bin/python``, anything else (the Node-RED comparison's
+``run.sh``) as given.  ``{side}`` (before/after) and ``{i}`` (the pair) in the command are
 replaced, so runs that keep results under a tag do not overwrite each other.  A run's result
 is the last stdout line holding a JSON object (a leading word such as ``AGGREGATE`` is
 skipped); nested objects become dotted keys, and every numeric value is compared
