@@ -1,4 +1,4 @@
-"""Adapters: the base class protocol adapters subclass, and the actor that runs one.
+"""The base class every adapter subclasses: its contract (see broker.hookspecs) and helpers.
 
 An adapter is written as plain trio code::
 
@@ -9,7 +9,7 @@ An adapter is written as plain trio code::
         async def deliver(self, route, batch): # consume: send a batch to the peer
             ...
 
-Its :class:`AdapterActor` (a pykka actor served on the
+Its :class:`~broker.adapter_actor.AdapterActor` (a pykka actor served on the
 :class:`~broker.loop.SharedLoop` the adapters share, or on a loop of its own when its
 config says ``own_thread = true``) runs that code as trio tasks.  Envelopes for the
 adapter arrive in the actor's mailbox, its :class:`~broker.inlet.Inlet` (bounded, per
@@ -22,7 +22,6 @@ survives the restart.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,21 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from broker.backoff import Backoff
 from broker.envelope import Envelope
 from broker.inlet import Inlet
-from broker.loop import SharedLoop
-from broker.loop_actor import LoopActor
 from broker.messages import (
     Backlog,
     Delivered,
     Failed,
     Inbound,
     Leftovers,
-    Quiesce,
-    describe,
 )
-from broker.staleness import BEFORE_SENDING, is_stale, stale_reason
 
 if TYPE_CHECKING:
     from broker.config import AdapterConfig, JunctionSettings
@@ -212,234 +205,3 @@ class Adapter:
             self.ctx.inlet.report(route, envelopes)
             self.status.sent += len(envelopes)
             self.ctx.to_router(Delivered(route, self.name, len(envelopes), list(envelopes)))
-
-
-class AdapterActor(LoopActor):
-    """The actor of one adapter *name*: its mailbox, its running instance, its restarts.
-
-    Served on a :class:`~broker.loop.SharedLoop` -- the one the adapters and the router
-    share, or a loop of its own for ``own_thread = true``.  Its mailbox is the adapter's
-    :class:`~broker.inlet.Inlet`: control messages (:class:`Quiesce`, ``stop``) and the
-    envelopes the router queued for it.  Beside the mailbox it runs the current instance
-    (built by ``make``) as a trio task: the instance's :meth:`Adapter.run` and, for a
-    target, the delivery task that takes batches from the inlet.  When the instance
-    raises, the actor reports the crash, waits its :class:`~broker.backoff.Backoff` (a
-    trio sleep) and runs a fresh instance on the same inlet, so nothing queued is lost.
-    ``stop`` cancels the instance, waits for its ``aclose``, hands back what it owed, and
-    is answered only then.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        make: Callable[[], Adapter],
-        inlet: Inlet,
-        status: AdapterStatus,
-        backoff: Backoff,
-        *,
-        loop: SharedLoop,
-        first: Adapter | None = None,
-        running: threading.Event | None = None,
-    ) -> None:
-        super().__init__(loop=loop, mailbox=inlet)
-        self.name = name
-        self.make = make
-        self.inlet = inlet
-        self.status = status
-        self.backoff = backoff
-        #: the instance running now (or the last one); tests and reload read it
-        self.adapter: Adapter | None = first
-        self.generation = 0
-        #: set once the first instance takes envelopes, or has crashed (start waits for it)
-        self.running = running or threading.Event()
-        self._source_scope: trio.CancelScope | None = None
-        self._instance_scope: trio.CancelScope | None = None
-        self._wake_event: trio.Event | None = None
-        self._quiesced = False
-
-    # --- the mailbox --------------------------------------------------------------
-
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Quiesce):
-            self._quiesce()
-            return True
-        return super().on_receive(message)
-
-    def _quiesce(self) -> None:
-        self._quiesced = True
-        adapter = self.adapter
-        try:
-            handled = adapter.quiesce() if adapter is not None else False
-        except Exception:
-            log.exception("adapter %s failed to quiesce; cancelling its source", self.name)
-            handled = False
-        if not handled and self._source_scope is not None:
-            self._source_scope.cancel()
-
-    # --- the instance and its restarts ----------------------------------------------
-
-    def on_stop(self) -> None:
-        # on the loop, from the stop message: end the instance; run_beside then returns
-        if self._instance_scope is not None:
-            self._instance_scope.cancel()
-
-    def _stopping(self) -> bool:
-        return self.actor_stopped.is_set() or (self.loop is not None and self.loop.closing)
-
-    async def run_beside(self) -> None:
-        """Run instances one after the other until the actor stops (see the class doc)."""
-        while not self._stopping():
-            adapter = self.adapter if self.generation == 0 else None
-            if adapter is None:
-                try:
-                    adapter = self.make()
-                except Exception as err:  # its constructor refused: a crash like any other
-                    await self._crashed(err)
-                    continue
-            self.adapter = adapter
-            self.generation += 1
-            self.backoff.started()
-            if self.generation > 1:
-                log.info("adapter %s restarted (generation %d)", self.name, self.generation)
-            error = await self._run_instance(adapter)
-            if self._stopping():
-                return
-            if error is None:
-                self.status.set("stopped", "its loop ended")
-                self.running.set()
-                await trio.sleep_forever()  # until stop: nothing runs, the inlet keeps
-            else:
-                await self._crashed(error)
-
-    async def _crashed(self, error: BaseException) -> None:
-        text = describe(error)
-        repeat = self.status.last_error == text
-        self.status.set("crashed", text)
-        self.status.last_error = text
-        # The traceback once; the same error again is one line.
-        log.error(
-            "adapter %s crashed: %s%s",
-            self.name,
-            text,
-            " (same error as last time)" if repeat else "",
-            exc_info=None if repeat else error,
-        )
-        ran = self.backoff.lasted()
-        delay = self.backoff.failed()
-        self.status.restarts += 1
-        self.status.set("restarting", f"in {delay:.1f} s after: {text}")
-        log.warning(
-            "adapter %s crashed after %.1f s (%s); restart %d in %.1f s",
-            self.name,
-            ran,
-            text,
-            self.backoff.failures,
-            delay,
-        )
-        self.running.set()  # a start() waiting for the first instance waits no longer
-        await trio.sleep(delay)
-
-    async def _run_instance(self, adapter: Adapter) -> BaseException | None:
-        """Run one instance until it ends; its error, or None when it ended by itself or
-        was stopped.  The instance always closes and hands back what it owed."""
-        adapter.status.set("running")
-        error: BaseException | None = None
-        with trio.CancelScope() as self._instance_scope:
-            try:
-                async with trio.open_nursery() as nursery:
-                    if adapter.accepts_envelopes:
-                        nursery.start_soon(self._deliver_from_inlet, adapter)
-                    nursery.start_soon(self._run_source, adapter)
-                    self.inlet.attach(self._schedule_wake)
-                    self.running.set()
-            except BaseException as err:  # the instance's bug ends it, never the loop
-                if not self._stopping():
-                    error = err
-                elif not _only_cancelled(err):
-                    log.error("adapter %s failed while stopping: %s", self.name, describe(err))
-            finally:
-                self._instance_scope = None
-                self.inlet.detach()
-                with trio.CancelScope(shield=True):
-                    await self._close(adapter)
-                crashed = error is not None and not self._stopping()
-                try:
-                    adapter.release_deferred(crashed=crashed)
-                except Exception:  # the router is gone (shutdown's end): nothing left to tell
-                    log.debug("adapter %s: deferred envelopes not released", self.name)
-                if self._stopping():
-                    self.status.set("stopped")
-        return error
-
-    async def _close(self, adapter: Adapter) -> None:
-        try:
-            await adapter.aclose()
-        except Exception:
-            log.exception("adapter %s: aclose failed", self.name)
-
-    async def _run_source(self, adapter: Adapter) -> None:
-        with trio.CancelScope() as scope:
-            self._source_scope = scope
-            if self._quiesced and not adapter.quiesce():
-                return  # shutdown began before this instance: it produces nothing
-            await adapter.run()
-
-    def _schedule_wake(self) -> None:
-        # called by the inlet, on any thread, at most once per idle period
-        assert self.loop is not None
-        if not self.loop.call_soon(self._wake):
-            raise RuntimeError("loop not running")
-
-    def _wake(self) -> None:
-        # a trio callback (or inline on the loop's thread): must never raise
-        if self._wake_event is not None:
-            self._wake_event.set()
-
-    async def _deliver_from_inlet(self, adapter: Adapter) -> None:
-        inlet, to_router = self.inlet, adapter.ctx.to_router
-        while True:
-            self._wake_event = trio.Event()
-            item = inlet.take(adapter.max_batch)
-            if item is None:
-                await self._wake_event.wait()
-                if adapter.gather_s:
-                    await trio.sleep(adapter.gather_s)
-                continue
-            route, batch = item
-            batch = self._drop_expired(adapter, route, batch)
-            if not batch:
-                continue
-            try:
-                await adapter.deliver(route, batch)
-            except trio.Cancelled:
-                inlet.requeue(route, inlet.settle_batch(route, batch))
-                raise
-            except BaseException as err:
-                rest = inlet.settle_batch(route, batch)
-                to_router(
-                    Failed(route, adapter.name, rest, f"adapter raised {describe(err)}", retry=True)
-                )
-                raise
-            sent = inlet.settle_batch(route, batch)
-            adapter.status.sent += len(sent)
-            if sent:
-                to_router(Delivered(route, adapter.name, len(sent), sent))
-
-    @staticmethod
-    def _drop_expired(adapter: Adapter, route: str, batch: list[Envelope]) -> list[Envelope]:
-        """Fail envelopes whose deadline passed while they waited (stale); keep the rest."""
-        if all(env.deadline is None for env in batch):
-            return batch
-        now = time.time()
-        expired = [env for env in batch if is_stale(env, now)]
-        if expired:
-            adapter.fail(route, expired, stale_reason(BEFORE_SENDING))
-            return [env for env in batch if not is_stale(env, now)]
-        return batch
-
-
-def _only_cancelled(err: BaseException) -> bool:
-    """True for a trio cancellation, alone or in (nested) nursery groups."""
-    if isinstance(err, BaseExceptionGroup):
-        return all(_only_cancelled(e) for e in err.exceptions)
-    return isinstance(err, trio.Cancelled)

@@ -183,26 +183,29 @@ class Router(LoopActor):
 
     def _handle(self, message: Any) -> Any:
         try:
-            if type(message) is Inbound:
-                self._route(message.source, message.envelopes)
-            elif type(message) is Delivered:
-                self.settlement.delivered(message)
-            elif type(message) is Failed:
-                self.settlement.failed(message)
-            elif type(message) is Tick:
-                now = time.time()
-                self.replies.expire(now)
-                if self.durable is not None and self.replays is not None:
-                    self.durable.tick(now)
-                    self.replays.take()
-            elif type(message) is Snapshot:
-                return self.snapshot()
-            elif type(message) is Leftovers:
-                return self.settlement.leftovers(message)
-            elif type(message) is Swap:
-                self._swap(message.table, message.settings, message.inlets, message.persist_kinds)
-            else:
-                log.warning("router ignored an unknown message %r", type(message).__name__)
+            match message:
+                case Inbound(source=source, envelopes=envelopes):
+                    self._route(source, envelopes)
+                case Delivered():
+                    self.settlement.delivered(message)
+                case Failed():
+                    self.settlement.failed(message)
+                case Tick():
+                    now = time.time()
+                    self.replies.expire(now)
+                    if self.durable is not None and self.replays is not None:
+                        self.durable.tick(now)
+                        self.replays.take()
+                case Snapshot():
+                    return self.snapshot()
+                case Leftovers():
+                    return self.settlement.leftovers(message)
+                case Swap():
+                    self._swap(
+                        message.table, message.settings, message.inlets, message.persist_kinds
+                    )
+                case _:
+                    log.warning("router ignored an unknown message %r", type(message).__name__)
         finally:
             if self.dead.waiting(self.durable):
                 self.dead.bury(self.durable)

@@ -54,7 +54,8 @@ import trio
 
 from broker import config as config_mod
 from broker import plugins as plugins_mod
-from broker.adapter import AdapterActor, AdapterContext, AdapterStatus
+from broker.adapter import AdapterContext, AdapterStatus
+from broker.adapter_actor import AdapterActor
 from broker.backoff import Backoff
 from broker.config import Config
 from broker.envelope import Envelope

@@ -49,6 +49,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from adapters.alphax.config import AlphaXConfig, MqttWrite
 from broker.adapter import AdapterStatus
+from broker.backoff import backoff_delay
 from broker.logs import LogGate
 
 _MISC_S = 1.0  # loop_misc period: keepalive and the CONNACK / PINGRESP deadlines
@@ -176,17 +177,15 @@ class MqttLink:
             raise RuntimeError(self._driver_error)
 
     async def _connect_forever(self) -> None:
-        # Waits between attempts: reconnect_min_s after a connection that got its CONNACK,
-        # else reconnect_min_s doubling per failed attempt up to reconnect_max_s.
+        # Waits between attempts (the project's one back-off, broker.backoff): about
+        # reconnect_min_s after a connection that got its CONNACK, else doubling per failed
+        # attempt up to reconnect_max_s, jittered so a fleet does not reconnect in step.
         least, most = float(self.mqtt.reconnect_min_s), float(self.mqtt.reconnect_max_s)
-        delay = least
+        failures = 0
         while True:
             connacked = await self._connect_once()
-            if connacked:
-                delay = least
-            await trio.sleep(delay)
-            if not connacked:
-                delay = min(delay * 2, most)
+            failures = 0 if connacked else failures + 1
+            await trio.sleep(backoff_delay(max(1, failures), least, most))
 
     async def _connect_once(self) -> bool:
         """One connection, from connect to close; whether it got its CONNACK."""

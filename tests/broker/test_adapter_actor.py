@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pykka
 import trio
 
-from broker.adapter import AdapterActor
+from broker.adapter_actor import AdapterActor
 from broker.messages import Backlog
 from broker.runtime import Loaded, Runtime
 from tests.conftest import wait_until

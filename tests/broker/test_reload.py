@@ -25,7 +25,8 @@ import trio
 
 from adapters.placeos.sim import open_placeos_simulator
 from broker import reload as reload_mod
-from broker.adapter import Adapter, AdapterActor
+from broker.adapter import Adapter
+from broker.adapter_actor import AdapterActor
 from broker.envelope import Envelope, Metric, StatusChange
 from broker.errors import ConfigError
 from broker.runtime import Loaded, Runtime, load
