@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 import trio
 
-from broker.adapter import Adapter
-from broker.config import AdapterConfig
-from broker.envelope import ChannelWrite, Envelope
+from broker._adapter import Adapter
+from broker._config import AdapterConfig
+from broker._envelope import ChannelWrite, Envelope
 from broker.hookspecs import AdapterType, hookimpl
 
 LOCK = threading.Lock()

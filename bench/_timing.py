@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from adapters.alphax.config import AlphaXConfig
 from adapters.utility.file import FileAdapter, FileConfig
-from broker.envelope import Envelope
+from broker._envelope import Envelope
 from broker.hookspecs import AdapterType, hookimpl
 from tests.support.alphax_plugin import TimedAlphaX
 

@@ -47,9 +47,9 @@ import trio
 
 from adapters.allxon.actor import AllxonAdapter
 from adapters.allxon.config import AllxonConfig
-from broker.adapter import Adapter
-from broker.config import AdapterConfig
-from broker.envelope import Envelope, Metric
+from broker._adapter import Adapter
+from broker._config import AdapterConfig
+from broker._envelope import Envelope, Metric
 from broker.hookspecs import AdapterType, hookimpl
 
 MODULE = "bench"
@@ -173,7 +173,7 @@ queue_size = {args.updates}
 def one_run(args: argparse.Namespace) -> dict[str, Any]:
     from adapters.allxon.codec import PluginCredential, encode_credential
     from bench import allxon as plugin  # the module the runtime registers (not __main__)
-    from broker.runtime import Runtime, load
+    from broker._runtime import Runtime, load
 
     plugin.INSTANCES.clear()
     plugin.PROGRESS.clear()
@@ -248,7 +248,7 @@ def isolated_sign_cpu(calls: int) -> float:
 
 
 def main() -> None:
-    from broker import logs
+    from broker import _logs as logs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--updates", type=int, default=10_000)

@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio
 
-from broker import logs
-from broker.runtime import Runtime, load
+from broker import _logs as logs
+from broker._runtime import Runtime, load
 from tests.support import alphax_plugin
 from tests.support.alphax_plugin import TIMING
 from tests.support.mosquitto import MosquittoBroker, find_mosquitto

@@ -31,14 +31,14 @@ import pykka
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker import plugins as plugins_mod
-from broker.config import AdapterConfig, Config, JunctionSettings, RouteSpec
-from broker.envelope import Envelope, Metric
-from broker.inlet import Inlet
-from broker.loop import SharedLoop
-from broker.messages import Backlog, Inbound, Snapshot
-from broker.router import Router
-from broker.routing import compile_table
+from broker import _plugins as plugins_mod
+from broker._config import AdapterConfig, Config, JunctionSettings, RouteSpec
+from broker._envelope import Envelope, Metric
+from broker._inlet import Inlet
+from broker._loop import SharedLoop
+from broker._messages import Backlog, Inbound, Snapshot
+from broker._router import Router
+from broker._routing import compile_table
 
 
 class Counter(pykka.ThreadingActor):

@@ -62,8 +62,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import trio
 
 from bench import _timing
-from broker import logs
-from broker.runtime import Runtime, load
+from broker import _logs as logs
+from broker._runtime import Runtime, load
 from tests.support.mosquitto import MosquittoBroker, find_mosquitto
 
 PLACEOS_KEY = "bench.key"

@@ -3,7 +3,7 @@
     .venv/bin/python bench/outbox.py [--flood-s 5] [--batch 256] [--backfill 100000]
                                      [--rate 1000] [--rate-s 5] [--repeat 3]
 
-Everything runs in this process, as the bridge does: a real :class:`~broker.runtime.Runtime`
+Everything runs in this process, as the bridge does: a real :class:`~broker._runtime.Runtime`
 per phase (fresh state directory, so a fresh outbox file), with one route ``r`` from a bench
 source (``outbox_source``: ``channel_write`` envelopes) to a bench sink (``outbox_sink``: its
 ``deliver()`` counts the batch and returns, i.e. acknowledges at once). The route is either
@@ -63,8 +63,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _outbox_plugin as plug
-from broker import logs
-from broker.runtime import Runtime, load
+from broker import _logs as logs
+from broker._runtime import Runtime, load
 
 PLUGIN = "bench._outbox_plugin"
 WARMUP_S = 0.5

@@ -6,10 +6,18 @@ What a plugin must do, and when its code runs, is written down in :mod:`broker.h
 (the hooks and the adapter contract).
 """
 
-from broker.adapter import Adapter, AdapterContext, AdapterStatus
-from broker.backoff import Backoff, backoff_delay
-from broker.config import AdapterConfig
-from broker.envelope import (
+from broker._adapter import Adapter, AdapterContext, AdapterStatus
+from broker._backoff import Backoff, backoff_delay
+from broker._config import (
+    AdapterConfig,
+    AtLeastOne,
+    NonNegative,
+    NonNegativeInt,
+    Port,
+    Positive,
+    Secret,
+)
+from broker._envelope import (
     BODY_TYPES,
     AlarmSetting,
     AlarmUpdate,
@@ -36,13 +44,19 @@ from broker.envelope import (
     encode,
     new_id,
 )
-from broker.errors import (
+from broker._errors import (
     ConfigError,
     ConfigProblem,
     JunctionError,
     PluginError,
     TransformError,
 )
+from broker._logs import LogGate, redact, register_secret, truncate
+from broker._mapping import Getter, compile_template
+from broker._queue_key import QueueKey
+from broker._reconnect import Retry, reconnect_forever
+from broker._runtime import Loaded, Runtime, load
+from broker._status import render as render_status
 from broker.hookspecs import (
     ENTRY_POINT_GROUP,
     AdapterType,
@@ -52,10 +66,6 @@ from broker.hookspecs import (
     hookimpl,
     transform,
 )
-from broker.logs import LogGate, redact, register_secret, truncate
-from broker.mapping import Getter, compile_template
-from broker.reconnect import Retry, reconnect_forever
-from broker.runtime import Loaded, Runtime, load
 
 __all__ = [
     "BODY_TYPES",
@@ -68,6 +78,7 @@ __all__ = [
     "AlarmSetting",
     "AlarmUpdate",
     "Alert",
+    "AtLeastOne",
     "Backoff",
     "Bind",
     "Body",
@@ -91,10 +102,16 @@ __all__ = [
     "LogGate",
     "LogLine",
     "Metric",
+    "NonNegative",
+    "NonNegativeInt",
     "PluginError",
+    "Port",
+    "Positive",
     "Property",
+    "QueueKey",
     "Retry",
     "Runtime",
+    "Secret",
     "State",
     "StatusChange",
     "Transform",
@@ -110,6 +127,7 @@ __all__ = [
     "reconnect_forever",
     "redact",
     "register_secret",
+    "render_status",
     "transform",
     "truncate",
 ]

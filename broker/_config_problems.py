@@ -1,4 +1,4 @@
-"""A msgspec ValidationError explained as a :class:`ConfigProblem` (for :mod:`broker.config`).
+"""A msgspec ValidationError explained as a :class:`ConfigProblem` (for :mod:`broker._config`).
 
 msgspec says what is wrong and where (`` - at `$.write.port` ``); this turns that into the
 file, the TOML path, the value as written, and a hint: the nearest valid key or choice, the
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from broker.errors import ConfigProblem
+from broker._errors import ConfigProblem
 
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 

@@ -8,7 +8,7 @@
     junction status CONFIG       the live table of a running bridge, from its /status endpoint
     junction explain CONFIG ENV  which routes take an envelope and what they make of it
     junction plugins             what is loaded and what each plugin registers
-    junction dlq ACTION CONFIG   list | show | replay | purge dead letters (broker.dlq)
+    junction dlq ACTION CONFIG   list | show | replay | purge dead letters (broker._dlq)
 
 Plugins add commands through the ``junction_commands`` hook (``broker.hookspecs``); the demo
 bundle (``adapters/demo``) adds these two:
@@ -32,16 +32,17 @@ from typing import Any
 
 import msgspec
 
-from broker import envelope as env_mod
-from broker import explain as explain_mod
-from broker import logs, status
-from broker import plugins as plugins_mod
-from broker import reload as reload_mod
-from broker.errors import ConfigError, PluginError
+from broker import _envelope as env_mod
+from broker import _explain as explain_mod
+from broker import _logs as logs
+from broker import _plugins as plugins_mod
+from broker import _reload as reload_mod
+from broker import _status as status
+from broker._errors import ConfigError, PluginError
+from broker._overflow import Overflow
+from broker._routing import resolve_policies
+from broker._runtime import Loaded, Runtime, load
 from broker.hookspecs import Command
-from broker.overflow import Overflow
-from broker.routing import resolve_policies
-from broker.runtime import Loaded, Runtime, load
 
 log = logging.getLogger("junction")
 
@@ -147,7 +148,7 @@ def _parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentPars
     )
     plug.set_defaults(func=cmd_plugins)
 
-    from broker import dlq
+    from broker import _dlq as dlq
 
     dlq.add_parser(sub)
 
@@ -244,7 +245,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from broker import ops_http
+    from broker import _ops_http as ops_http
 
     url = args.url
     if url is None:

@@ -37,7 +37,7 @@ I/O, no threads; raising refuses the config (at start-up: the bridge does not st
 reload: that adapter alone is reported failed).
 
 Lifecycle.  Each adapter name has one actor (a pykka actor served on a trio loop, see
-``broker.runtime``) that owns the adapter's mailbox -- its per-route bounded queues -- and
+``broker._runtime``) that owns the adapter's mailbox -- its per-route bounded queues -- and
 runs one *instance* at a time.  For each instance it starts two trio tasks:
 ``run()`` (produce: connect, read, ``emit``/``publish``) and, unless
 ``accepts_envelopes`` is False, a delivery task that takes batches of at most
@@ -78,9 +78,9 @@ import pluggy
 if TYPE_CHECKING:
     import argparse
 
-    from broker.adapter import Adapter, AdapterContext
-    from broker.config import AdapterConfig
-    from broker.envelope import Envelope
+    from broker._adapter import Adapter, AdapterContext
+    from broker._config import AdapterConfig
+    from broker._envelope import Envelope
 
 PROJECT = "junction"
 ENTRY_POINT_GROUP = "junction.plugins"

@@ -18,8 +18,8 @@ from typing import TypeVar
 import pytest
 import trio
 
-from broker.outbox import Outbox
-from broker.runtime import Loaded, Runtime, load
+from broker._outbox import Outbox
+from broker._runtime import Loaded, Runtime, load
 from tests.support import core_plugin
 
 T = TypeVar("T")

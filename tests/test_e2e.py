@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from adapters.demo.runner import DemoPeers, open_demo_peers
-from broker.runtime import Runtime, load
+from broker._runtime import Runtime, load
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,10 +38,10 @@ import trio
 
 from adapters.alphax.sim import SimStore, open_alphax_simulator
 from adapters.placeos.sim import open_placeos_simulator
-from broker.envelope import ChannelWrite, Envelope
-from broker.envelope import encode as encode_envelope
-from broker.outbox import Outbox
-from broker.runtime import Loaded, Runtime, load
+from broker._envelope import ChannelWrite, Envelope
+from broker._envelope import encode as encode_envelope
+from broker._outbox import Outbox
+from broker._runtime import Loaded, Runtime, load
 from tests.adapters.alphax.conftest import alphax_table, route, table
 from tests.conftest import wait_for
 from tests.support import alphax_plugin, core_plugin, fault_plugin

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -82,17 +84,19 @@ def test_no_simulator_module_is_left_beside_the_product() -> None:
     assert not stray
 
 
-def test_the_example_plugin_imports_only_the_public_face() -> None:
+@pytest.mark.parametrize("tree", ["plugins_example", "adapters"])
+def test_plugins_built_in_or_not_import_only_the_public_face(tree: str) -> None:
     import broker
 
     public = set(broker.__all__)
     assert all(hasattr(broker, name) for name in public)
+    allowed = {"hookspecs", "cli"}  # the documented contract, and the command line
     found = []
-    for path in sorted((ROOT / "plugins_example").rglob("*.py")):
+    for path in sorted((ROOT / tree).rglob("*.py")):
         for n, module in imports(path):
             top, _, rest = module.partition(".")
-            if top != "broker":
+            if top != "broker" or not rest:
                 continue
-            if rest and rest not in public:  # `from broker import X` gives "broker.X"
-                found.append(f"{path.relative_to(ROOT)}:{n}: {module}")
+            if rest.split(".")[0] not in allowed and rest not in public:
+                found.append(f"{path.relative_to(ROOT)}:{n}: {module}")  # broker.X: not public
     assert not found, "import these from `broker` (its __all__) instead"

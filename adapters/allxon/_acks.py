@@ -35,7 +35,7 @@ from adapters.allxon.codec import (
     fits_frame,
     signed_size,
 )
-from broker.envelope import CommandResult, ExecResult
+from broker import CommandResult, ExecResult
 
 __all__ = ["Outcome", "ack_message", "outcome_of", "state_items"]
 

@@ -31,8 +31,7 @@ from adapters.allxon._acks import ack_message, outcome_of, state_items, with_epo
 from adapters.allxon._declared import Declared, check_command
 from adapters.allxon._stats import AllxonStats
 from adapters.allxon.codec import CommandParams, PluginCommandAck
-from broker import logs
-from broker.envelope import Envelope, new_id
+from broker import Envelope, new_id, truncate
 
 __all__ = ["PORTAL_COMMAND_LIMIT_S", "CommandDesk"]
 
@@ -120,7 +119,7 @@ class CommandDesk:
             params.command_id,
             request.module,
             request.command,
-            logs.truncate(json.dumps(request.params, default=str), 200),
+            truncate(json.dumps(request.params, default=str), 200),
         )
         return env
 
@@ -151,7 +150,7 @@ class CommandDesk:
             command.command_id,
             pending.name,
             outcome.state,
-            logs.truncate(json.dumps(outcome.result), 200),
+            truncate(json.dumps(outcome.result), 200),
         )
         return True
 

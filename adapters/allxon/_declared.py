@@ -32,13 +32,7 @@ from adapters.allxon.cards import (
     Value,
 )
 from adapters.allxon.codec import AlarmUpdateParams, CommandParams, ConfigUpdateParams
-from broker.envelope import (
-    AlarmSetting,
-    AlarmUpdate,
-    CommandRequest,
-    ConfigSetting,
-    ConfigUpdate,
-)
+from broker import AlarmSetting, AlarmUpdate, CommandRequest, ConfigSetting, ConfigUpdate
 
 __all__ = [
     "AlarmView",

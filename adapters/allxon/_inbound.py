@@ -41,9 +41,7 @@ from adapters.allxon.codec import (
 from adapters.allxon.config import AllxonConfig
 from adapters.allxon.connection import AgentLink, Crypto
 from adapters.allxon.signing import SignatureError
-from broker import logs
-from broker.envelope import Envelope
-from broker.logs import LogGate
+from broker import Envelope, LogGate, redact, truncate
 
 __all__ = ["InboundHandling"]
 
@@ -103,7 +101,7 @@ class InboundHandling:
                         err.reason.value,
                         self.stats.bad_signatures,
                         f", {held} not logged" if held else "",
-                        logs.truncate(logs.redact(raw), 160),
+                        truncate(redact(raw), 160),
                     )
                 continue
             match frame:
@@ -130,7 +128,7 @@ class InboundHandling:
                 what,
                 self.stats.malformed,
                 f", {held} not logged" if held else "",
-                logs.truncate(logs.redact(raw), 160),
+                truncate(redact(raw), 160),
             )
 
     def _on_error(self, frame: AgentErrorFrame) -> None:
@@ -152,7 +150,7 @@ class InboundHandling:
             self.log.warning(
                 "the agent %s: %s (%d such errors%s)",
                 meaning,
-                logs.truncate(text, 200),
+                truncate(text, 200),
                 self.stats.agent_errors[kind.value],
                 f", {held} not logged" if held else "",
             )

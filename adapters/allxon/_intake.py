@@ -25,7 +25,7 @@ from adapters.allxon._outbox import (
 from adapters.allxon.cards import Module, validate_update
 from adapters.allxon.codec import MAX_FRAME_BYTES, PluginUpdate, epoch_str, signed_size
 from adapters.allxon.config import AllxonConfig
-from broker.envelope import Alert, Envelope, Event, Metric, Property, State
+from broker import Alert, Envelope, Event, Metric, Property, State
 
 __all__ = ["AlarmNotEnabled", "data_item", "property_modules"]
 

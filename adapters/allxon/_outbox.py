@@ -50,7 +50,7 @@ from adapters.allxon.codec import (
     pack_items,
     signed_size,
 )
-from broker.envelope import Alert, Event, Metric, State
+from broker import Alert, Event, Metric, State
 
 __all__ = [
     "DataMessage",

@@ -70,12 +70,7 @@ from adapters.allxon.connection import (
     open_link,
     ssl_context_for,
 )
-from broker.adapter import Adapter
-from broker.backoff import Backoff
-from broker.envelope import Alert, Envelope, Property
-from broker.logs import LogGate
-from broker.queue_key import REPLY_SUFFIX
-from broker.reconnect import reconnect_forever
+from broker import Adapter, Alert, Backoff, Envelope, LogGate, Property, QueueKey, reconnect_forever
 
 OFFLINE_REQUEUE_S = 2.0
 STABLE_AFTER_S = 30.0
@@ -401,7 +396,7 @@ class AllxonAdapter(InboundHandling, Adapter):
         allow = self.config.undeclared == "send"
         for env in batch:
             try:
-                if route.endswith(REPLY_SUFFIX):
+                if QueueKey.parse(route).reply:
                     # acknowledged when the command's ack frame is sent, not before
                     self.defer(route, [env])
                     if not self.desk.reply(env, trio.current_time(), route):

@@ -36,7 +36,7 @@ keys forbidden, and ``cards.validate_update`` checks them when the file loads. A
 reported by ``junction check`` with its TOML path, e.g.
 ``adapters.allxon.modules[0].commands[1].params[0].displayFormat: datetime needs displayFormat
 one of [...]``; further problems are listed in the same message. (The path rides on the
-`` - at `$.<path>` `` suffix that ``broker.config`` reads from a msgspec validation error.)
+`` - at `$.<path>` `` suffix that ``broker._config`` reads from a msgspec validation error.)
 
 Secrets: the access key comes from ``plugin_credential.json`` (``credentials``) or from a
 ``${ENV}`` / ``${file:...}`` reference; an inline ``access_key`` is refused. The loader cannot
@@ -83,8 +83,7 @@ from adapters.allxon.codec import (
     decode_credential,
     signed_size,
 )
-from broker import logs
-from broker.config import AdapterConfig, AtLeastOne, NonNegativeInt, Positive, Secret
+from broker import AdapterConfig, AtLeastOne, NonNegativeInt, Positive, Secret, redact
 
 DEFAULT_URL = "wss://127.0.0.1:55688"
 
@@ -232,7 +231,7 @@ class AllxonConfig(AdapterConfig, kw_only=True):
                 "set credentials = path to plugin_credential.json, or app_guid and access_key "
                 'as references (access_key = "${ALLXON_ACCESS_KEY}")',
             )
-        if logs.redact(self.access_key) != "***":
+        if redact(self.access_key) != "***":
             _fail(
                 "access_key",
                 "the access key is written inline; use a reference "
@@ -308,7 +307,7 @@ def is_loopback(host: str) -> bool:
 
 
 def _fail(path: str, message: str) -> NoReturn:
-    """Raise the ValueError that broker.config turns into a problem at ``<adapter>.<path>``."""
+    """Raise the ValueError that broker._config turns into a problem at ``<adapter>.<path>``."""
     raise ValueError(f"{message} - at `$.{path}`")
 
 
@@ -320,7 +319,7 @@ def _config_path(wire_path: str) -> str:
 
 
 def _raise_card_problems(problems: list[CardError]) -> None:
-    """One ValueError for all card problems: the first at its path (broker.config appends
+    """One ValueError for all card problems: the first at its path (broker._config appends
     "(got <value>)" when that value is in the file), the others listed in brackets."""
     first, rest = problems[0], problems[1:]
     message = first.message

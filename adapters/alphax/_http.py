@@ -37,11 +37,7 @@ from adapters.alphax._pacing import WritePacer
 from adapters.alphax._uplinks import Doc, Failure, encode_docs
 from adapters.alphax._writer import Sent
 from adapters.alphax.config import AlphaXConfig, HttpWrite
-from broker import logs
-from broker.adapter import AdapterStatus
-from broker.backoff import backoff_delay
-from broker.envelope import Envelope
-from broker.logs import LogGate
+from broker import AdapterStatus, Envelope, LogGate, backoff_delay, redact, truncate
 
 _RETRY_STATUSES = frozenset({408, 429})
 #: Connections of the read client (the poller reads one call at a time).
@@ -63,7 +59,7 @@ class _RedactTokens(logging.Filter):
             text = record.getMessage()
         except Exception:  # a broken record is not ours to fix; let logging report it
             return True
-        clean = logs.redact(codec.redact(text))
+        clean = redact(codec.redact(text))
         if clean != text:
             record.msg, record.args = clean, None
         return True
@@ -127,7 +123,7 @@ def error_text(response: httpx.Response | Http11Response, token: str) -> str:
         body = codec.decode_error_body(response.content)
         detail = f"{body.error} (code {body.code})"
     except codec.CodecError:
-        detail = logs.truncate(response.text.strip() or response.reason_phrase, 200)
+        detail = truncate(response.text.strip() or response.reason_phrase, 200)
     return codec.redact(f"HTTP {response.status_code}: {detail}", token)
 
 

@@ -46,8 +46,7 @@ from adapters.alphax._mqtt_link import MqttLink
 from adapters.alphax._uplinks import Failure, Message, build_messages, group_writes
 from adapters.alphax._writer import Sent
 from adapters.alphax.config import AlphaXConfig, MqttWrite
-from broker.adapter import AdapterStatus
-from broker.envelope import Envelope
+from broker import AdapterStatus, Envelope
 
 # NO_CONN and CONN_LOST (a write error inside publish): paho keeps the message in its
 # _out_messages and sends it after the next CONNACK, so we record it and wait for the PUBACK

@@ -29,7 +29,7 @@ of ours is on the wire to carry TCP ACKs): the socket gets ``TCP_NODELAY`` on ev
 and delayed ACKs (measured with a default mosquitto: 11.8k instead of 97k channel writes/s,
 and p50 25 ms instead of 1 ms at 1,000 messages/s).
 
-Repeated lines (disconnects, refusals, a full window) go through :class:`broker.logs.LogGate`.
+Repeated lines (disconnects, refusals, a full window) go through :class:`broker._logs.LogGate`.
 """
 
 from __future__ import annotations
@@ -48,9 +48,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from adapters.alphax.config import AlphaXConfig, MqttWrite
-from broker.adapter import AdapterStatus
-from broker.backoff import backoff_delay
-from broker.logs import LogGate
+from broker import AdapterStatus, LogGate, backoff_delay
 
 _MISC_S = 1.0  # loop_misc period: keepalive and the CONNACK / PINGRESP deadlines
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
@@ -177,7 +175,7 @@ class MqttLink:
             raise RuntimeError(self._driver_error)
 
     async def _connect_forever(self) -> None:
-        # Waits between attempts (the project's one back-off, broker.backoff): about
+        # Waits between attempts (the project's one back-off, broker._backoff): about
         # reconnect_min_s after a connection that got its CONNACK, else doubling per failed
         # attempt up to reconnect_max_s, jittered so a fleet does not reconnect in step.
         least, most = float(self.mqtt.reconnect_min_s), float(self.mqtt.reconnect_max_s)

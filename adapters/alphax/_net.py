@@ -29,10 +29,7 @@ from adapters.alphax import codec
 from adapters.alphax._uplinks import Doc, Failure, encode_docs, split_for_datagrams
 from adapters.alphax._writer import Sent
 from adapters.alphax.config import AlphaXConfig, TcpWrite, UdpWrite
-from broker.adapter import AdapterStatus
-from broker.backoff import backoff_delay
-from broker.envelope import Envelope
-from broker.logs import LogGate
+from broker import AdapterStatus, Envelope, LogGate, backoff_delay
 
 
 class _Counts:

@@ -1,4 +1,4 @@
-"""Pacing to AlphaX's tier limits (retries use broker.backoff).
+"""Pacing to AlphaX's tier limits (retries use broker._backoff).
 
 Writes: the service allows N write requests per second per token and answers 429 past that.
 The simulator (and, we assume, the service) counts a request when it *arrives*, in a sliding

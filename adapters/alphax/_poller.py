@@ -44,10 +44,7 @@ from adapters.alphax._walker import (
     records_from_v6,
 )
 from adapters.alphax.config import AlphaXConfig, PollConfig
-from broker import logs
-from broker.adapter import AdapterStatus
-from broker.backoff import backoff_delay
-from broker.envelope import ChannelReading, Envelope
+from broker import AdapterStatus, ChannelReading, Envelope, backoff_delay, truncate
 
 STATE_VERSION = 1
 #: States a successful read replaces (a write transport's own states are left alone).
@@ -238,7 +235,7 @@ class Poller:
             return records_from_v4(codec.decode_v4_records(response.content))
         except (codec.CodecError, ValueError) as err:
             reason = codec.redact(f"conduit{self.poll.api}: bad response: {err}", self.cfg.token)
-            raise ReadFailed(logs.truncate(reason, 300), self.cfg.backoff_initial_s) from None
+            raise ReadFailed(truncate(reason, 300), self.cfg.backoff_initial_s) from None
 
     async def _emit(self, records: list[Record]) -> None:
         envelopes = []

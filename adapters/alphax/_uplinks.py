@@ -25,7 +25,7 @@ from typing import Literal
 
 from adapters.alphax import codec
 from adapters.alphax.codec import CodecError
-from broker.envelope import ChannelWrite, Envelope
+from broker import ChannelWrite, Envelope
 
 Failure = tuple[Envelope, str]
 Gaps = Literal["v2", "fail"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from adapters.alphax._uplinks import Failure
-from broker.envelope import Envelope
+from broker import Envelope
 
 
 class Pending(Protocol):

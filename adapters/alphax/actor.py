@@ -27,8 +27,7 @@ import trio
 
 from adapters.alphax.config import AlphaXConfig
 from adapters.alphax.connection import Conduit, Failure, Pending
-from broker.adapter import Adapter
-from broker.envelope import Envelope
+from broker import Adapter, Envelope
 
 
 class AlphaXAdapter(Adapter):

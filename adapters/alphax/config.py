@@ -79,15 +79,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from adapters.alphax.codec import DEVICE_CHANNELS, MAX_CHANNELS
-from broker.config import (
-    AdapterConfig,
-    AtLeastOne,
-    NonNegative,
-    NonNegativeInt,
-    Port,
-    Positive,
-    Secret,
-)
+from broker import AdapterConfig, AtLeastOne, NonNegative, NonNegativeInt, Port, Positive, Secret
 
 Tier = Literal["basic", "premium", "enterprise"]
 

@@ -44,8 +44,7 @@ from adapters.alphax._poller import Poller, state_path
 from adapters.alphax._uplinks import Failure
 from adapters.alphax._writer import Pending, Sent, UplinkWriter
 from adapters.alphax.config import AlphaXConfig, HttpWrite, MqttWrite, TcpWrite, UdpWrite
-from broker.adapter import AdapterStatus
-from broker.envelope import Envelope
+from broker import AdapterStatus, Envelope
 
 __all__ = ["Conduit", "Failure", "Pending", "Sent", "UplinkWriter", "open_writer"]
 

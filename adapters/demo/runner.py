@@ -61,8 +61,7 @@ from adapters.allxon.sim import (
 from adapters.alphax.sim import AlphaXSimulator, open_alphax_simulator
 from adapters.demo.view import LatestValues, extra_view
 from adapters.placeos.sim import PlaceOSSimulator, load_model, open_placeos_simulator
-from broker import status
-from broker.runtime import Loaded, Runtime, load
+from broker import Loaded, Runtime, load, render_status
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -397,7 +396,7 @@ def run_demo(
         final = view()  # while the simulators still run: it reads their command records
     finally:
         sims.stop()
-    print(status.render(snap))
+    print(render_status(snap))
     print()
     print(final)
     idle = [n for n, c in snap.get("routes", {}).items() if c["delivered"] == 0]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
-from broker.envelope import ChannelReading, ConfigUpdate, Envelope, StatusChange
+from broker import ChannelReading, ConfigUpdate, Envelope, StatusChange
 from broker.hookspecs import hookimpl
 
 if TYPE_CHECKING:

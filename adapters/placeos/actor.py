@@ -46,11 +46,21 @@ from adapters.placeos.connection import (
     Session,
     open_session,
 )
-from broker import logs
-from broker.adapter import Adapter
-from broker.backoff import Backoff
-from broker.envelope import Bind, Debug, Envelope, ExecRequest, ExecResult, LogLine, StatusChange
-from broker.reconnect import Retry, reconnect_forever
+from broker import (
+    Adapter,
+    Backoff,
+    Bind,
+    Debug,
+    Envelope,
+    ExecRequest,
+    ExecResult,
+    LogLine,
+    Retry,
+    StatusChange,
+    reconnect_forever,
+    redact,
+    truncate,
+)
 
 BindKey = tuple[str, str, int, str]
 DebugKey = tuple[str, str, int]
@@ -198,7 +208,7 @@ class PlaceOSAdapter(Adapter):
                 "malformed frame from %s ignored (%d so far): %s",
                 self.where,
                 self.malformed,
-                logs.truncate(logs.redact(text), 160),
+                truncate(redact(text), 160),
             )
             return
         match frame:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from broker.config import AdapterConfig, AtLeastOne, Positive, Secret
+from broker import AdapterConfig, AtLeastOne, Positive, Secret
 
 
 class Binding(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

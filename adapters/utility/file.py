@@ -22,11 +22,7 @@ from typing import IO
 import msgspec
 import trio
 
-from broker import envelope as env_mod
-from broker.adapter import Adapter
-from broker.config import AdapterConfig
-from broker.envelope import Envelope
-from broker.logs import truncate
+from broker import Adapter, AdapterConfig, Envelope, decode, encode, truncate
 
 
 class FileConfig(AdapterConfig, kw_only=True):
@@ -70,7 +66,7 @@ class FileAdapter(Adapter):
                 if not line.strip():
                     continue
                 try:
-                    env = env_mod.decode(line)
+                    env = decode(line)
                 except (msgspec.ValidationError, msgspec.DecodeError) as err:
                     self.bad_lines += 1
                     self.log.warning(
@@ -91,7 +87,7 @@ class FileAdapter(Adapter):
         self.status.set("finished", f"read {lineno} lines, {self.bad_lines} bad")
 
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
-        data = b"".join(env_mod.encode(e) + b"\n" for e in batch)
+        data = b"".join(encode(e) + b"\n" for e in batch)
         await trio.to_thread.run_sync(self._write, data)
 
     def _write(self, data: bytes) -> None:

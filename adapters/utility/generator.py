@@ -21,9 +21,7 @@ from typing import Any
 import msgspec
 import trio
 
-from broker.adapter import Adapter
-from broker.config import AdapterConfig
-from broker.envelope import BODY_TYPES, Envelope
+from broker import BODY_TYPES, Adapter, AdapterConfig, Envelope
 
 
 class Walk(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from broker.envelope import Envelope
+from broker import Envelope
 from broker.hookspecs import Transform, TransformFn, transform
 
 

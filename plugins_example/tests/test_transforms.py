@@ -1,7 +1,7 @@
 """The example transforms: unit tests of each, then all three through a real router.
 
 Unit tests call a transform's factory with a route's options and feed it envelopes.
-The router tests load a real config with ``broker.runtime.load`` (the plugin found
+The router tests load a real config with ``broker._runtime.load`` (the plugin found
 through its ``junction.plugins`` entry point, not imported by path), read envelopes
 from a JSON Lines file with the built-in ``file`` adapter, and check what the
 ``file`` sinks wrote.

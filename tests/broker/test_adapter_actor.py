@@ -13,9 +13,9 @@ from collections.abc import Callable
 import pykka
 import trio
 
-from broker.adapter_actor import AdapterActor
-from broker.messages import Backlog
-from broker.runtime import Loaded, Runtime
+from broker._adapter_actor import AdapterActor
+from broker._messages import Backlog
+from broker._runtime import Loaded, Runtime
 from tests.conftest import wait_until
 from tests.support import core_plugin
 from tests.support.core_plugin import received

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from broker import logs
-from broker.errors import ConfigError
-from broker.runtime import Loaded
+from broker import _logs as logs
+from broker._errors import ConfigError
+from broker._runtime import Loaded
 
 
 def problems(load_config: Callable[[str], Loaded], text: str) -> list[str]:
@@ -86,7 +86,7 @@ def test_missing_env_var_is_named(
 def test_env_var_and_secret_file_are_expanded_and_redacted(
     write_config: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from broker import config
+    from broker import _config as config
     from tests.support.core_plugin import BurstConfig
 
     secret_file = tmp_path / "token"
@@ -164,7 +164,7 @@ def test_duplicate_route_names_and_all_problems_reported(
 
 
 def test_missing_file(load_config: Callable[[str], Loaded], tmp_path: Path) -> None:
-    from broker.runtime import load
+    from broker._runtime import load
 
     with pytest.raises(ConfigError) as info:
         load(str(tmp_path / "absent.toml"))
@@ -174,7 +174,7 @@ def test_missing_file(load_config: Callable[[str], Loaded], tmp_path: Path) -> N
 def test_env_default_is_used_when_unset(
     write_config: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from broker import config
+    from broker import _config as config
     from tests.support.core_plugin import BurstConfig
 
     monkeypatch.delenv("JUNCTION_TEST_UNSET", raising=False)

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from broker import cli, logs
-from broker import reload as reload_mod
-from broker.dead_filter import reason_matches
-from broker.dlq import parse_ids
-from broker.dlq_select import chunk_schedule, select
-from broker.envelope import Envelope, Metric
-from broker.outbox import DeadLetter, Outbox
-from broker.runtime import Runtime, load
+from broker import _logs as logs
+from broker import _reload as reload_mod
+from broker import cli
+from broker._dead_filter import reason_matches
+from broker._dlq import parse_ids
+from broker._dlq_select import chunk_schedule, select
+from broker._envelope import Envelope, Metric
+from broker._outbox import DeadLetter, Outbox
+from broker._runtime import Runtime, load
 from tests.conftest import TEST_PLUGINS, peek, wait_until
 from tests.support import core_plugin
 
@@ -400,7 +401,7 @@ def test_the_chunk_schedule_paces_at_the_rate_in_tick_sized_chunks() -> None:
 
 
 def test_replay_paced_sleeps_until_each_chunk_is_due(tmp_path: Path) -> None:
-    from broker.dlq_select import replay_paced
+    from broker._dlq_select import replay_paced
 
     box = bury(tmp_path / "o.sqlite3", 60)
     sel = select(box, None, None, None)
@@ -453,7 +454,7 @@ def test_reason_matching_agrees_with_the_store(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_a_replay_stops_between_chunks(tmp_path: Path) -> None:
-    from broker.dlq_select import replay_paced
+    from broker._dlq_select import replay_paced
 
     box = bury(tmp_path / "o.sqlite3", 30)
     sel = select(box, None, None, None)

@@ -1,4 +1,4 @@
-"""The exception tree drawn in broker/errors.py is complete and true: every error class of
+"""The exception tree drawn in broker/_errors.py is complete and true: every error class of
 the broker is in it, under its real parent, and nothing is drawn that does not exist."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pkgutil
 import re
 
 import broker
-from broker import errors
+from broker import _errors as errors
 
 
 def _all_broker_modules() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from broker.envelope import Envelope, Metric
-from broker.inlet import Inlet
+from broker._envelope import Envelope, Metric
+from broker._inlet import Inlet
 
 
 def envs(n: int, start: int = 0) -> list[Envelope]:

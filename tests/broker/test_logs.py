@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker import logs
-from broker.logs import LogGate
+from broker import _logs as logs
+from broker._logs import LogGate
 
 
 @pytest.fixture

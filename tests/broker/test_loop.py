@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import trio
 
-from broker.envelope import Envelope, Metric
-from broker.loop import SharedLoop
-from broker.runtime import Loaded, Runtime
+from broker._envelope import Envelope, Metric
+from broker._loop import SharedLoop
+from broker._runtime import Loaded, Runtime
 from tests.conftest import wait_until
 from tests.support import core_plugin
 from tests.support.core_plugin import received

@@ -12,8 +12,8 @@ import pykka
 import pytest
 import trio
 
-from broker.loop import SharedLoop
-from broker.loop_actor import BURST, LoopActor
+from broker._loop import SharedLoop
+from broker._loop_actor import BURST, LoopActor
 from tests.conftest import wait_until
 
 

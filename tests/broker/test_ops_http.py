@@ -19,9 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import cli
-from broker.errors import ConfigError
-from broker.ops_http import OpsServer, readiness
-from broker.runtime import Loaded, Runtime
+from broker._errors import ConfigError
+from broker._ops_http import OpsServer, readiness
+from broker._runtime import Loaded, Runtime
 from tests.conftest import wait_until
 
 LE = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]

@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from broker.envelope import Envelope, Metric
-from broker.outbox import DeadLetter, Outbox
-from broker.runtime import Loaded, Runtime
+from broker._envelope import Envelope, Metric
+from broker._outbox import DeadLetter, Outbox
+from broker._runtime import Loaded, Runtime
 from tests.conftest import peek, wait_until
 from tests.support import core_plugin
 
@@ -135,7 +135,7 @@ def test_a_stalled_target_spills_to_disk_and_drains_in_order(
 def test_what_a_stopped_bridge_held_is_delivered_after_restart_with_its_ids(
     write_config: Callable[[str], str],
 ) -> None:
-    from broker.runtime import load
+    from broker._runtime import load
     from tests.conftest import TEST_PLUGINS
 
     core_plugin.reset()
@@ -225,7 +225,7 @@ def test_stale_envelopes_are_dead_lettered_not_delivered(
 def test_a_full_outbox_refuses_and_counts_by_route(
     write_config: Callable[[str], str], runtime_of: Callable[[Loaded], Runtime], tmp_path: Path
 ) -> None:
-    from broker.runtime import load
+    from broker._runtime import load
     from tests.conftest import TEST_PLUGINS
 
     text = f'[junction]\nstate_dir = "{tmp_path / "state"}"\n[junction.outbox]\nmax_rows = 150\n'
@@ -315,8 +315,8 @@ queue_size = 10
 
 def bare_router(tmp_path: Path, overflow: str) -> tuple[Any, dict[str, Any], Outbox]:
     """A Router driven by direct calls on this thread (no actor), with a real outbox."""
-    from broker.inlet import Inlet
-    from broker.router import Router
+    from broker._inlet import Inlet
+    from broker._router import Router
 
     loaded = table_of(tmp_path, overflow)
     inlets = {"src": Inlet("src"), "sink": Inlet("sink")}
@@ -330,7 +330,7 @@ def from_src(i: int) -> Envelope:
 
 
 def table_of(tmp_path: Path, overflow: str) -> Loaded:
-    from broker.runtime import load
+    from broker._runtime import load
     from tests.conftest import TEST_PLUGINS
 
     path = tmp_path / f"{overflow}.toml"
@@ -339,8 +339,8 @@ def table_of(tmp_path: Path, overflow: str) -> Loaded:
 
 
 def test_a_route_switched_from_persist_to_memory_keeps_its_ledger(tmp_path: Path) -> None:
-    from broker.messages import Delivered, Failed, Inbound
-    from broker.router import Swap
+    from broker._messages import Delivered, Failed, Inbound
+    from broker._router import Swap
 
     router, inlets, box = bare_router(tmp_path, "persist")
     try:
@@ -364,7 +364,7 @@ def test_a_route_switched_from_persist_to_memory_keeps_its_ledger(tmp_path: Path
 def test_a_replay_whose_target_left_the_route_goes_back_to_the_dead_letters(
     tmp_path: Path,
 ) -> None:
-    from broker.messages import Tick
+    from broker._messages import Tick
 
     router, _inlets, box = bare_router(tmp_path, "persist")
     try:
@@ -384,7 +384,7 @@ def test_a_replay_whose_target_left_the_route_goes_back_to_the_dead_letters(
 def test_what_a_stopping_adapter_never_acknowledged_is_kept_or_dead_lettered(
     overflow: str, kept: int, write_config: Callable[[str], str]
 ) -> None:
-    from broker.runtime import load
+    from broker._runtime import load
     from tests.conftest import TEST_PLUGINS
 
     core_plugin.reset()
@@ -465,7 +465,7 @@ def test_replays_stay_queued_until_handed_back(tmp_path: Path) -> None:
 
 
 def test_one_staleness_rule_and_its_reasons() -> None:
-    from broker.staleness import BEFORE_SENDING, IN_THE_OUTBOX, is_stale, stale_reason
+    from broker._staleness import BEFORE_SENDING, IN_THE_OUTBOX, is_stale, stale_reason
 
     env = metric(0)
     assert not is_stale(env, 1e12)  # no deadline: never stale
@@ -478,7 +478,7 @@ def test_one_staleness_rule_and_its_reasons() -> None:
 
 
 def test_queue_keys_name_the_queues_as_before() -> None:
-    from broker.queue_key import QueueKey
+    from broker._queue_key import QueueKey
 
     assert QueueKey("r").name == "r" and QueueKey("r", reply=True).name == "r::reply"
     for name in ("r", "r::reply", "a::b", "a::b::reply", "reply", "::reply"):
@@ -492,10 +492,10 @@ def test_rows_written_by_the_string_keyed_router_still_load(tmp_path: Path) -> N
     queues had typed keys are adopted, delivered and counted on the right route."""
     import sqlite3
 
-    from broker.envelope import encode
-    from broker.inlet import Inlet
-    from broker.messages import Delivered, Tick
-    from broker.router import Router
+    from broker._envelope import encode
+    from broker._inlet import Inlet
+    from broker._messages import Delivered, Tick
+    from broker._router import Router
 
     loaded = table_of(tmp_path, "persist")
     path = tmp_path / "o.sqlite3"

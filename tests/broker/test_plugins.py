@@ -12,7 +12,7 @@ import pytest
 
 PLUGIN = """
 from broker.hookspecs import hookimpl, transform
-from broker.envelope import Envelope
+from broker._envelope import Envelope
 import msgspec
 
 @transform("shout", "upper-cases body.message")

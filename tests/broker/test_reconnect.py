@@ -12,9 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from broker.adapter import AdapterStatus
-from broker.backoff import Backoff
-from broker.reconnect import Retry, reconnect_forever
+from broker._adapter import AdapterStatus
+from broker._backoff import Backoff
+from broker._reconnect import Retry, reconnect_forever
 
 
 class PeerDown(Exception):

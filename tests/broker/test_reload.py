@@ -24,12 +24,12 @@ import pytest
 import trio
 
 from adapters.placeos.sim import open_placeos_simulator
-from broker import reload as reload_mod
-from broker.adapter import Adapter
-from broker.adapter_actor import AdapterActor
-from broker.envelope import Envelope, Metric, StatusChange
-from broker.errors import ConfigError
-from broker.runtime import Loaded, Runtime, load
+from broker import _reload as reload_mod
+from broker._adapter import Adapter
+from broker._adapter_actor import AdapterActor
+from broker._envelope import Envelope, Metric, StatusChange
+from broker._errors import ConfigError
+from broker._runtime import Loaded, Runtime, load
 from tests.conftest import TEST_PLUGINS, wait_for, wait_until
 from tests.support.core_plugin import inject, received
 

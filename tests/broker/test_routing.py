@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import pytest
 
-from broker.envelope import ChannelWrite, Envelope, Metric, State, StatusChange
-from broker.errors import TransformError
-from broker.explain import explain, render
-from broker.mapping import MappingError
-from broker.routing import run_route
-from broker.runtime import Loaded
+from broker._envelope import ChannelWrite, Envelope, Metric, State, StatusChange
+from broker._errors import TransformError
+from broker._explain import explain, render
+from broker._mapping import MappingError
+from broker._routing import run_route
+from broker._runtime import Loaded
 
 ADAPTERS = """
 [adapters.src]
@@ -256,9 +256,9 @@ def test_overflow_is_an_enum_decoded_from_the_toml_values(
 ) -> None:
     from typing import get_args
 
-    from broker.config import OverflowPolicy
-    from broker.overflow import Overflow
-    from broker.routing import resolve_policies
+    from broker._config import OverflowPolicy
+    from broker._overflow import Overflow
+    from broker._routing import resolve_policies
 
     # what a route may write is every policy but auto (auto is leaving it out)
     assert set(get_args(OverflowPolicy)) == {p.value for p in Overflow} - {"auto"}

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from broker.envelope import Envelope, Metric
-from broker.runtime import Loaded, Runtime
+from broker._envelope import Envelope, Metric
+from broker._runtime import Loaded, Runtime
 from tests.conftest import wait_until
 from tests.support import core_plugin
 from tests.support.core_plugin import received

@@ -13,8 +13,8 @@ from adapters.allxon.codec import PluginCredential, encode_credential
 from adapters.allxon.config import AllxonConfig
 from adapters.alphax.config import AlphaXConfig
 from adapters.placeos.config import PlaceOSConfig
-from broker import logs
-from broker.config import AdapterConfig, Secret, loads
+from broker import _logs as logs
+from broker._config import AdapterConfig, Secret, loads
 
 TYPES: dict[str, type[AdapterConfig]] = {
     "alphax": AlphaXConfig,

@@ -16,9 +16,9 @@ from typing import Any
 
 from adapters.allxon.actor import PERSIST_KINDS, AllxonAdapter
 from adapters.allxon.config import AllxonConfig
-from broker.adapter import Adapter
-from broker.config import AdapterConfig
-from broker.envelope import CommandRequest, CommandResult, Envelope
+from broker._adapter import Adapter
+from broker._config import AdapterConfig
+from broker._envelope import CommandRequest, CommandResult, Envelope
 from broker.hookspecs import AdapterType, hookimpl
 
 INSTANCES: dict[str, AllxonAdapter] = {}

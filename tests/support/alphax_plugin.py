@@ -24,9 +24,9 @@ import trio
 
 from adapters.alphax.actor import AlphaXAdapter
 from adapters.alphax.config import AlphaXConfig
-from broker.adapter import Adapter
-from broker.config import AdapterConfig
-from broker.envelope import ChannelWrite, Envelope
+from broker._adapter import Adapter
+from broker._config import AdapterConfig
+from broker._envelope import ChannelWrite, Envelope
 from broker.hookspecs import AdapterType, hookimpl
 
 EMITTED: dict[str, int] = {}

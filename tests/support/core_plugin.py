@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import msgspec
 import trio
 
-from broker.adapter import Adapter
-from broker.config import AdapterConfig
-from broker.envelope import Envelope, ExecRequest, ExecResult, Metric
+from broker._adapter import Adapter
+from broker._config import AdapterConfig
+from broker._envelope import Envelope, ExecRequest, ExecResult, Metric
 from broker.hookspecs import AdapterType, Transform, hookimpl, transform
 
 RECEIVED: dict[str, list[Envelope]] = defaultdict(list)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from broker.envelope import Envelope
+from broker._envelope import Envelope
 from broker.hookspecs import Transform, hookimpl, transform
 
 #: Set: odd values raise (the bug). Clear: every envelope passes (the fix).

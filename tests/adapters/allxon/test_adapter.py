@@ -34,7 +34,7 @@ from adapters.allxon.codec import (
 from adapters.allxon.signing import sign_frame
 from adapters.allxon.sim import AllxonSimulator, open_allxon_simulator
 from adapters.allxon.sim._store import Rejection
-from broker.envelope import (
+from broker._envelope import (
     AlarmUpdate,
     Alert,
     ConfigUpdate,
@@ -44,8 +44,8 @@ from broker.envelope import (
     Property,
     State,
 )
-from broker.outbox import Outbox
-from broker.runtime import Loaded, Runtime, load
+from broker._outbox import Outbox
+from broker._runtime import Loaded, Runtime, load
 from tests.conftest import TEST_PLUGINS, peek, wait_for
 from tests.support import allxon_plugin
 from tests.support.allxon_plugin import adapter

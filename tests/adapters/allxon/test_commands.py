@@ -23,7 +23,7 @@ from adapters.allxon.codec import (
     NamedValue,
     signed_size,
 )
-from broker.envelope import CommandRequest, CommandResult, Envelope, ExecResult
+from broker._envelope import CommandRequest, CommandResult, Envelope, ExecResult
 
 GUID = "5b45b555-94f3-4a20-b78b-1f3288f9904b"
 DECLARED = Declared(

@@ -12,8 +12,8 @@ from adapters.allxon.codec import PluginCredential, encode_credential
 from adapters.allxon.config import AllxonConfig, is_loopback
 from adapters.allxon.connection import ssl_context_for
 from broker import cli
-from broker.config import loads
-from broker.errors import ConfigError, ConfigProblem
+from broker._config import loads
+from broker._errors import ConfigError, ConfigProblem
 
 TYPES = {"allxon": AllxonConfig}
 KEY = "0123456789abcdef0123456789abcdef"
@@ -93,7 +93,7 @@ metrics = [{ name = "flow", displayType = "custom" }]
 def test_identity_errors_point_at_the_config_keys(cred: Path) -> None:
     (problem,) = problems_of(text(cred, 'version = "1.0"'))
     assert problem.path == "adapters.allxon.version"
-    assert problem.value == "1.0"  # broker.config found the value in the file
+    assert problem.value == "1.0"  # broker._config found the value in the file
 
 
 def test_a_misspelt_card_key_is_an_error_with_a_suggestion(cred: Path) -> None:

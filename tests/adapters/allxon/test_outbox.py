@@ -32,7 +32,7 @@ from adapters.allxon.codec import (
     StateItem,
     signed_size,
 )
-from broker.envelope import Alert, Envelope, Metric, State
+from broker._envelope import Alert, Envelope, Metric, State
 
 GUID = "5b45b555-94f3-4a20-b78b-1f3288f9904b"
 DECLARED = Declared(

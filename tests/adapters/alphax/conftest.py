@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from broker.runtime import Loaded, load
+from broker._runtime import Loaded, load
 from tests.support import alphax_plugin
 from tests.support.mosquitto import MosquittoBroker, run_mosquitto
 

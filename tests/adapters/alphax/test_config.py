@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from adapters.alphax.config import AlphaXConfig, HttpWrite, MqttWrite, TcpWrite, UdpWrite
-from broker.config import loads
-from broker.errors import ConfigError
+from broker._config import loads
+from broker._errors import ConfigError
 
 
 def load_one(body: str) -> AlphaXConfig:

@@ -26,8 +26,8 @@ from adapters.alphax._mqtt import MqttWriter
 from adapters.alphax._uplinks import Message
 from adapters.alphax.config import AlphaXConfig, MqttWrite
 from adapters.alphax.sim import open_alphax_simulator
-from broker.adapter import AdapterStatus
-from broker.runtime import Loaded
+from broker._adapter import AdapterStatus
+from broker._runtime import Loaded
 from tests.adapters.alphax.conftest import TOKEN, alphax_table, route, table
 from tests.conftest import wait_for
 from tests.support.alphax_plugin import stats

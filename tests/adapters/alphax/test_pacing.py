@@ -7,7 +7,7 @@ import random
 import trio
 
 from adapters.alphax._pacing import ReadPacer, WritePacer
-from broker.backoff import backoff_delay
+from broker._backoff import backoff_delay
 
 
 def max_in_window(times: list[float], window: float) -> int:

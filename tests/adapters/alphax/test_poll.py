@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from adapters.alphax.sim import open_alphax_simulator
-from broker.envelope import ChannelReading
-from broker.runtime import Loaded
+from broker._envelope import ChannelReading
+from broker._runtime import Loaded
 from tests.adapters.alphax.conftest import TOKEN, alphax_table, route, table
 from tests.conftest import wait_for
 from tests.support.core_plugin import received

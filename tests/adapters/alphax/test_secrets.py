@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from adapters.alphax.sim import open_alphax_simulator
-from broker.runtime import Loaded
+from broker._runtime import Loaded
 from tests.adapters.alphax.conftest import TOKEN, alphax_table, route, table
 from tests.conftest import wait_for
 from tests.support.alphax_plugin import stats

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.alphax import _uplinks, codec
-from broker.envelope import ChannelWrite, Envelope, Metric
+from broker._envelope import ChannelWrite, Envelope, Metric
 
 TOKEN = "tok-unit-7781"
 TS = 1_700_000_000.0

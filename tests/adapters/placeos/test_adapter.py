@@ -16,8 +16,8 @@ import pytest
 import trio
 
 from adapters.placeos.sim import open_placeos_simulator
-from broker.envelope import Bind, Envelope, ExecRequest, ExecResult, StatusChange
-from broker.runtime import Loaded
+from broker._envelope import Bind, Envelope, ExecRequest, ExecResult, StatusChange
+from broker._runtime import Loaded
 from tests.conftest import wait_for
 from tests.support.core_plugin import inject, received
 
@@ -401,7 +401,7 @@ async def test_unbind_at_run_time_stops_the_values(
 async def test_debug_lines_become_log_envelopes(
     load_config: Callable[[str], Loaded], start_runtime: Any
 ) -> None:
-    from broker.envelope import Debug, LogLine
+    from broker._envelope import Debug, LogLine
 
     extra = '\n[[routes]]\nname = "logs"\nfrom = "placeos"\nkind = "log"\nto = "sink"\n'
     cfg = (

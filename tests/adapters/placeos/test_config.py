@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from adapters.placeos.config import PlaceOSConfig
-from broker.config import loads
-from broker.errors import ConfigError, ConfigProblem
+from broker._config import loads
+from broker._errors import ConfigError, ConfigProblem
 
 TYPES = {"placeos": PlaceOSConfig}
 

@@ -12,7 +12,7 @@ A route::
               "body.value" = { gt = -40, le = 85 } }  # gt ge lt le eq ne in glob exists
     match_any = [{ kind = "config_update" },        # and, besides every ``match`` entry,
                  { "body.name" = "temperature" }]   # at least one of these tables
-    map = { kind = "channel_write", ... }           # see broker.mapping
+    map = { kind = "channel_write", ... }           # see broker._mapping
     transforms = ["celsius_to_kelvin", { name = "threshold_alert", options = { above = 30 } }]
     overflow = "persist"                # block | drop_oldest | drop_newest | persist
     queue_size = 1000                   # bound of each target's in-memory queue for this route
@@ -36,13 +36,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.config import Config, RedeliveryPolicy, RouteSpec, TransformRef, as_list, suggest
-from broker.envelope import KINDS, Envelope
-from broker.errors import ConfigError, ConfigProblem, JunctionError, TransformError
+from broker._config import Config, RedeliveryPolicy, RouteSpec, TransformRef, as_list, suggest
+from broker._envelope import KINDS, Envelope
+from broker._errors import ConfigError, ConfigProblem, JunctionError, TransformError
+from broker._mapping import MISSING, MapSpecError, compile_path
+from broker._mapping import Mapping as FieldMapping
+from broker._overflow import Overflow
 from broker.hookspecs import Transform, TransformFn
-from broker.mapping import MISSING, MapSpecError, compile_path
-from broker.mapping import Mapping as FieldMapping
-from broker.overflow import Overflow
 
 Predicate = Callable[[Envelope], bool]
 _OPS = {"eq", "ne", "gt", "ge", "lt", "le", "in", "glob", "exists"}
@@ -225,7 +225,7 @@ class RoutingTable:
 def run_route(route: CompiledRoute, env: Envelope) -> list[Envelope]:
     """Apply a route's mapping then its transforms; [] when a transform filtered it out.
 
-    Raises MappingError or TransformError (from broker.errors) for the caller to
+    Raises MappingError or TransformError (from broker._errors) for the caller to
     dead-letter.
     """
     out = route.mapping.apply(env) if route.mapping is not None else env

@@ -12,11 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker import config as config_mod
-from broker import reload as reload_mod
-from broker.dlq_format import err
-from broker.errors import ConfigError, ConfigProblem
-from broker.outbox import Outbox, OutboxError
+from broker import _config as config_mod
+from broker import _reload as reload_mod
+from broker._dlq_format import err
+from broker._errors import ConfigError, ConfigProblem
+from broker._outbox import Outbox, OutboxError
 
 EXIT_OK, EXIT_FAIL = 0, 1
 

@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from broker.backoff import backoff_delay
-from broker.config import RedeliveryPolicy
-from broker.envelope import Envelope
-from broker.inlet import Inlet
-from broker.outbox import DeadLetter, Outbox, OutboxError
-from broker.queue_key import QueueKey
-from broker.staleness import IN_THE_OUTBOX, is_stale, stale_reason
+from broker._backoff import backoff_delay
+from broker._config import RedeliveryPolicy
+from broker._envelope import Envelope
+from broker._inlet import Inlet
+from broker._outbox import DeadLetter, Outbox, OutboxError
+from broker._queue_key import QueueKey
+from broker._staleness import IN_THE_OUTBOX, is_stale, stale_reason
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.durable")
 
 #: Refill a spilled window once this share of it is free (fewer, larger loads).
 _REFILL_SHARE = 4

@@ -7,7 +7,7 @@ delivered, with :func:`stale_reason` naming where it was found stale.
 
 from __future__ import annotations
 
-from broker.envelope import Envelope
+from broker._envelope import Envelope
 
 #: Where an envelope is found stale (for :func:`stale_reason`).
 BEFORE_SENDING = "before it could be sent"

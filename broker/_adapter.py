@@ -9,10 +9,10 @@ An adapter is written as plain trio code::
         async def deliver(self, route, batch): # consume: send a batch to the peer
             ...
 
-Its :class:`~broker.adapter_actor.AdapterActor` (a pykka actor served on the
-:class:`~broker.loop.SharedLoop` the adapters share, or on a loop of its own when its
+Its :class:`~broker._adapter_actor.AdapterActor` (a pykka actor served on the
+:class:`~broker._loop.SharedLoop` the adapters share, or on a loop of its own when its
 config says ``own_thread = true``) runs that code as trio tasks.  Envelopes for the
-adapter arrive in the actor's mailbox, its :class:`~broker.inlet.Inlet` (bounded, per
+adapter arrive in the actor's mailbox, its :class:`~broker._inlet.Inlet` (bounded, per
 route); what it produces goes to the router with a plain ``tell``.
 If ``run`` or ``deliver`` raises, the instance ends, the actor reports the crash and
 starts a fresh instance after a back-off; the inlet, and so everything queued,
@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from broker.envelope import Envelope
-from broker.inlet import Inlet
-from broker.messages import (
+from broker._envelope import Envelope
+from broker._inlet import Inlet
+from broker._messages import (
     Backlog,
     Delivered,
     Failed,
@@ -41,9 +41,9 @@ from broker.messages import (
 )
 
 if TYPE_CHECKING:
-    from broker.config import AdapterConfig, JunctionSettings
+    from broker._config import AdapterConfig, JunctionSettings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.adapter")
 
 
 @dataclass

@@ -37,11 +37,11 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from broker.errors import ConfigError, ConfigProblem, JunctionError
-from broker.logs import redact
-from broker.messages import describe
+from broker._errors import ConfigError, ConfigProblem, JunctionError
+from broker._logs import redact
+from broker._messages import describe
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.ops_http")
 
 #: Adapter states that count as connected: "running" (a pure in-process adapter),
 #: "finished" (a one-shot source that did its job), "ready" (a request/response peer

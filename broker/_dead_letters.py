@@ -19,16 +19,16 @@ from typing import Protocol
 import msgspec
 import pluggy
 
-from broker.config import JunctionSettings
-from broker.durable import DurableQueues
-from broker.envelope import Envelope
-from broker.inlet import Inlet
-from broker.ledger import Ledger
-from broker.logs import LogGate
-from broker.outbox import DeadLetter, Outbox, OutboxError
-from broker.overflow import Overflow
-from broker.queue_key import QueueKey
-from broker.routing import CompiledRoute
+from broker._config import JunctionSettings
+from broker._durable import DurableQueues
+from broker._envelope import Envelope
+from broker._inlet import Inlet
+from broker._ledger import Ledger
+from broker._logs import LogGate
+from broker._outbox import DeadLetter, Outbox, OutboxError
+from broker._overflow import Overflow
+from broker._queue_key import QueueKey
+from broker._routing import CompiledRoute
 
 #: the router's logger: these lines are the router's (as before it was split in modules)
 log = logging.getLogger("broker.router")

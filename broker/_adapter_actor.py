@@ -1,8 +1,8 @@
 """The actor of one adapter name: its mailbox, its running instance, its restarts.
 
-An :class:`AdapterActor` is the pykka actor behind every adapter (see broker.runtime for
-the concurrency model): its mailbox is the adapter's :class:`~broker.inlet.Inlet`, and
-beside it runs one :class:`~broker.adapter.Adapter` instance at a time -- restarted after a
+An :class:`AdapterActor` is the pykka actor behind every adapter (see broker._runtime for
+the concurrency model): its mailbox is the adapter's :class:`~broker._inlet.Inlet`, and
+beside it runs one :class:`~broker._adapter.Adapter` instance at a time -- restarted after a
 crash, on the same inlet, after a back-off that is a trio sleep.
 """
 
@@ -16,28 +16,28 @@ from typing import Any
 
 import trio
 
-from broker.adapter import Adapter, AdapterStatus
-from broker.backoff import Backoff
-from broker.envelope import Envelope
-from broker.inlet import Inlet
-from broker.loop import SharedLoop
-from broker.loop_actor import LoopActor
-from broker.messages import Delivered, Failed, Quiesce, describe
-from broker.staleness import BEFORE_SENDING, is_stale, stale_reason
+from broker._adapter import Adapter, AdapterStatus
+from broker._backoff import Backoff
+from broker._envelope import Envelope
+from broker._inlet import Inlet
+from broker._loop import SharedLoop
+from broker._loop_actor import LoopActor
+from broker._messages import Delivered, Failed, Quiesce, describe
+from broker._staleness import BEFORE_SENDING, is_stale, stale_reason
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.adapter_actor")
 
 
 class AdapterActor(LoopActor):
     """The actor of one adapter *name*: its mailbox, its running instance, its restarts.
 
-    Served on a :class:`~broker.loop.SharedLoop` -- the one the adapters and the router
+    Served on a :class:`~broker._loop.SharedLoop` -- the one the adapters and the router
     share, or a loop of its own for ``own_thread = true``.  Its mailbox is the adapter's
-    :class:`~broker.inlet.Inlet`: control messages (:class:`Quiesce`, ``stop``) and the
+    :class:`~broker._inlet.Inlet`: control messages (:class:`Quiesce`, ``stop``) and the
     envelopes the router queued for it.  Beside the mailbox it runs the current instance
     (built by ``make``) as a trio task: the instance's :meth:`Adapter.run` and, for a
     target, the delivery task that takes batches from the inlet.  When the instance
-    raises, the actor reports the crash, waits its :class:`~broker.backoff.Backoff` (a
+    raises, the actor reports the crash, waits its :class:`~broker._backoff.Backoff` (a
     trio sleep) and runs a fresh instance on the same inlet, so nothing queued is lost.
     ``stop`` cancels the instance, waits for its ``aclose``, hands back what it owed, and
     is answered only then.

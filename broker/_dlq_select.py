@@ -3,7 +3,7 @@
 Selections are taken oldest first and capped at the count shown (and confirmed) before
 anything changes: a replayed letter that fails again is stored under a new, higher seq,
 so it is not picked up a second time by the same command.  A replay is paced in chunks
-of what the router takes per tick (:data:`~broker.dead_letters.REPLAYS_PER_TICK`).
+of what the router takes per tick (:data:`~broker._dead_letters.REPLAYS_PER_TICK`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from broker.dead_filter import reason_matches
-from broker.dead_letters import REPLAYS_PER_TICK
-from broker.dlq_format import ranges
-from broker.outbox import DeadRow, Outbox
+from broker._dead_filter import reason_matches
+from broker._dead_letters import REPLAYS_PER_TICK
+from broker._dlq_format import ranges
+from broker._outbox import DeadRow, Outbox
 
 #: The router's tick: it takes queued replays this often.
 TICK_S = 0.25

@@ -21,11 +21,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.durable import DurableQueues
-from broker.envelope import Envelope
-from broker.inlet import Inlet
-from broker.outbox import Outbox, OutboxError
-from broker.queue_key import QueueKey
+from broker._durable import DurableQueues
+from broker._envelope import Envelope
+from broker._inlet import Inlet
+from broker._outbox import Outbox, OutboxError
+from broker._queue_key import QueueKey
 
 #: the router's logger: these lines are the router's (as before it was split in modules)
 log = logging.getLogger("broker.router")

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker import dead_filter
-from broker.envelope import Envelope, decode, encode
-from broker.errors import JunctionError
+from broker import _dead_filter as dead_filter
+from broker._envelope import Envelope, decode, encode
+from broker._errors import JunctionError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.outbox")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (

@@ -26,9 +26,9 @@ so it is not picked up a second time by the same command.
 Exit codes: 0 done, 1 nothing matched / no outbox / not confirmed / interrupted,
 2 configuration error.
 
-This module is the command line and the commands; :mod:`broker.dlq_store` finds and
-opens the store, :mod:`broker.dlq_select` selects and paces, :mod:`broker.dlq_format`
-prints, and the SQL stays with the store (:mod:`broker.outbox`, :mod:`broker.dead_filter`).
+This module is the command line and the commands; :mod:`broker._dlq_store` finds and
+opens the store, :mod:`broker._dlq_select` selects and paces, :mod:`broker._dlq_format`
+prints, and the SQL stays with the store (:mod:`broker._outbox`, :mod:`broker._dead_filter`).
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from broker.dead_letters import REPLAYS_PER_TICK
-from broker.dlq_format import ago, err, full, one_line, out, ranges, table, when
-from broker.dlq_select import TICK_S, Selection, forever, replay_paced, select, summary
-from broker.dlq_store import EXIT_FAIL, EXIT_OK, Located, bridge_pid, with_store
-from broker.outbox import Outbox
+from broker._dead_letters import REPLAYS_PER_TICK
+from broker._dlq_format import ago, err, full, one_line, out, ranges, table, when
+from broker._dlq_select import TICK_S, Selection, forever, replay_paced, select, summary
+from broker._dlq_store import EXIT_FAIL, EXIT_OK, Located, bridge_pid, with_store
+from broker._outbox import Outbox
 
 #: Replay and purge ask for confirmation (or ``--yes``) above this many dead letters.
 CONFIRM_ABOVE = 100

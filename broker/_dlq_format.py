@@ -1,6 +1,6 @@
 """``junction dlq``'s output: tables, times, ranges of seqs, a dead letter in full.
 
-Everything printed goes through :func:`broker.logs.redact`: a secret the configuration
+Everything printed goes through :func:`broker._logs.redact`: a secret the configuration
 expands never shows, not even inside a stored envelope.
 """
 
@@ -11,8 +11,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from broker import logs
-from broker.outbox import DeadRow
+from broker import _logs as logs
+from broker._outbox import DeadRow
 
 REASON_WIDTH = 160
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from broker.envelope import Envelope
-from broker.routing import CompiledRoute, RoutingTable
+from broker._envelope import Envelope
+from broker._routing import CompiledRoute, RoutingTable
 
 
 @dataclass

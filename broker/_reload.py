@@ -1,7 +1,7 @@
 """Hot reload: apply a changed configuration to a running bridge without a restart.
 
 :func:`reload` (``Runtime.reload``) parses and validates the new file with the same
-:func:`broker.runtime.load` as start-up; an invalid file raises ConfigError / PluginError
+:func:`broker._runtime.load` as start-up; an invalid file raises ConfigError / PluginError
 and changes nothing.  A valid one is diffed against the running configuration:
 
 adapters   *added* ones start (new inlet, status, actor); *removed* ones get up
@@ -38,17 +38,17 @@ from typing import Any
 
 import msgspec
 
-from broker import plugins as plugins_mod
-from broker.adapter import AdapterStatus
-from broker.config import JunctionSettings
-from broker.errors import ConfigError, JunctionError, PluginError
-from broker.inlet import Inlet
-from broker.messages import describe
-from broker.router import Swap
-from broker.routing import CompiledRoute
-from broker.runtime import Loaded, Runtime, load, settle_leftovers
+from broker import _plugins as plugins_mod
+from broker._adapter import AdapterStatus
+from broker._config import JunctionSettings
+from broker._errors import ConfigError, JunctionError, PluginError
+from broker._inlet import Inlet
+from broker._messages import describe
+from broker._router import Swap
+from broker._routing import CompiledRoute
+from broker._runtime import Loaded, Runtime, load, settle_leftovers
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.reload")
 
 #: ``[junction]`` keys a reload applies to the running bridge; a change to any other
 #: key needs a restart (it is reported, and the running value is kept).

@@ -4,7 +4,7 @@ A file has three parts::
 
     [junction]              # process-wide settings (JunctionSettings)
     [adapters.<name>]       # one table per adapter instance; ``type`` picks its struct
-    [[routes]]              # the routing table (RouteSpec), compiled by broker.routing
+    [[routes]]              # the routing table (RouteSpec), compiled by broker._routing
 
 Every struct forbids unknown keys, so a typo is an error that names the file, the
 TOML path, the bad key and the nearest valid one.  Secrets are never required
@@ -12,7 +12,7 @@ inline: any string may be ``${ENV_VAR}`` (a missing variable is an error naming 
 ``${ENV_VAR:-default}`` (the default when unset), or ``${file:/path/to/secret}`` (the
 file's content, stripped).  Expanded references, and every adapter field typed
 :data:`Secret` (inline or not, see :meth:`AdapterConfig.secrets`), are registered with
-:mod:`broker.logs` so they are redacted from every log line: adapters do not register
+:mod:`broker._logs` so they are redacted from every log line: adapters do not register
 their own.
 """
 
@@ -29,9 +29,9 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
-from broker import logs
+from broker import _logs as logs
 from broker._config_problems import _choices, _problem, _suggest
-from broker.errors import ConfigError, ConfigProblem
+from broker._errors import ConfigError, ConfigProblem
 
 T = TypeVar("T")
 
@@ -58,7 +58,7 @@ class _SecretMark:
 
 _SECRET = _SecretMark()
 #: A string field holding a credential: whatever the file says (inline, ``${ENV}``,
-#: ``${file:...}``), the loader registers its value with :mod:`broker.logs` for redaction.
+#: ``${file:...}``), the loader registers its value with :mod:`broker._logs` for redaction.
 Secret = Annotated[str, _SECRET]
 
 OverflowPolicy = Literal["block", "drop_oldest", "drop_newest", "persist"]
@@ -204,7 +204,7 @@ class TransformRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class RouteSpec(
     msgspec.Struct, forbid_unknown_fields=True, kw_only=True, rename={"sources": "from"}
 ):
-    """One ``[[routes]]`` entry, as written (see broker.routing for what each key does)."""
+    """One ``[[routes]]`` entry, as written (see broker._routing for what each key does)."""
 
     name: str
     sources: str | list[str]

@@ -18,10 +18,10 @@ from typing import NoReturn
 
 import trio
 
-from broker.adapter import AdapterStatus
-from broker.backoff import Backoff
-from broker.errors import unwrap
-from broker.logs import LogGate
+from broker._adapter import AdapterStatus
+from broker._backoff import Backoff
+from broker._errors import unwrap
+from broker._logs import LogGate
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from typing import Any
 
 import trio
 
-from broker.envelope import Envelope
-from broker.errors import unwrap
+from broker._envelope import Envelope
+from broker._errors import unwrap
 
 
 @dataclass(frozen=True, slots=True)

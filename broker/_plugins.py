@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import pluggy
 
 from broker import hookspecs
-from broker.errors import PluginError
+from broker._errors import PluginError
 from broker.hookspecs import ENTRY_POINT_GROUP, AdapterType, Command, Transform
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.plugins")
 
 
 #: The distribution whose entry points are the built-ins (Junction itself).

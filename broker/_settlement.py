@@ -1,9 +1,9 @@
 """What targets report back to the router: sent, failed, or left behind when they stopped.
 
 Each report settles items a route's ledger counts as pending: the inlet's in-flight
-count goes down (:meth:`~broker.inlet.Inlet.done`) in the same step the counters go up,
+count goes down (:meth:`~broker._inlet.Inlet.done`) in the same step the counters go up,
 so the ledger balances at every moment.  Items of a ``persist`` queue are the outbox's:
-:mod:`broker.durable` deletes, retries or buries their rows; the rest is dead-lettered
+:mod:`broker._durable` deletes, retries or buries their rows; the rest is dead-lettered
 here.
 """
 
@@ -14,13 +14,13 @@ import time
 
 import pluggy
 
-from broker.dead_letters import DeadLetters
-from broker.durable import DurableQueues
-from broker.inlet import Inlet
-from broker.ledger import Ledger
-from broker.messages import Delivered, Failed, Leftovers
-from broker.outbox import OutboxError
-from broker.queue_key import QueueKey
+from broker._dead_letters import DeadLetters
+from broker._durable import DurableQueues
+from broker._inlet import Inlet
+from broker._ledger import Ledger
+from broker._messages import Delivered, Failed, Leftovers
+from broker._outbox import OutboxError
+from broker._queue_key import QueueKey
 
 #: the router's logger: these lines are the router's (as before it was split in modules)
 log = logging.getLogger("broker.router")

@@ -50,7 +50,7 @@ class _RedactingFormatter(logging.Formatter):
 
 
 class HumanFormatter(_RedactingFormatter):
-    """``03:04:05.123 INFO  broker.router  message``."""
+    """``03:04:05.123 INFO  broker._router  message``."""
 
     def __init__(self) -> None:
         super().__init__(

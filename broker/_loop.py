@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.loop")
 
 
 class SharedLoop:

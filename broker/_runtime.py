@@ -3,28 +3,28 @@
 The concurrency model, once
 ===========================
 Junction is a handful of pykka actors served on trio loops.  Every adapter and the router
-is an actor (:class:`~broker.loop_actor.LoopActor`): ``tell``, ``ask``, ``stop`` and the
+is an actor (:class:`~broker._loop_actor.LoopActor`): ``tell``, ``ask``, ``stop`` and the
 pykka registry work as for any pykka actor, but no actor has a thread of its own -- its
-mailbox is served by a task on a :class:`~broker.loop.SharedLoop`.  The router and every
+mailbox is served by a task on a :class:`~broker._loop.SharedLoop`.  The router and every
 adapter share one loop (thread ``junction-loop``); an adapter whose config says
 ``own_thread = true`` is served on a loop of its own (thread ``adapter-<name>``).
 
 - **One way in.**  A message reaches an actor through its mailbox and nothing else.  The
-  router's mailbox takes :class:`~broker.messages.Inbound` batches, acknowledgements and
-  control messages; an adapter's mailbox is its :class:`~broker.inlet.Inlet`: control
+  router's mailbox takes :class:`~broker._messages.Inbound` batches, acknowledgements and
+  control messages; an adapter's mailbox is its :class:`~broker._inlet.Inlet`: control
   messages plus one bounded queue per route.  A put into a mailbox wakes the task that
   waits on it, once per idle period.
 - **One back-pressure mechanism.**  Every queue is bounded and its route says what a full
-  one does (:mod:`broker.inlet`); the router waits for room in a full ``block`` queue
+  one does (:mod:`broker._inlet`); the router waits for room in a full ``block`` queue
   without blocking the loop.  A source waits for room in the router's mailbox
-  (:meth:`~broker.messages.Backlog.wait_room`).
+  (:meth:`~broker._messages.Backlog.wait_room`).
 - **One place tracks an envelope in flight**: the target's inlet, from ``take`` until the
   adapter reports it (sent, failed; ``defer`` keeps it owed until ``ack``) and the router
   counts it delivered, failed or dead-lettered.  A stopped instance hands back what it
   still owes from there.  (A ``persist`` route's outbox also knows which row holds each
   envelope it has in memory: that is where the rows are, not a second record of flight.)
 - **No thread without data.**  Restarts (each adapter actor supervises its own instance,
-  with one :class:`~broker.backoff.Backoff`) and the router's tick are trio tasks.  The
+  with one :class:`~broker._backoff.Backoff`) and the router's tick are trio tasks.  The
   threads a bridge runs are the loops above, the main thread (signals, start and stop),
   the outbox's checkpointer, trio's worker threads for blocking calls (Allxon signatures,
   file writes, MQTT connects) and the operations endpoint's server.
@@ -52,26 +52,26 @@ from typing import TYPE_CHECKING, Any
 import pykka
 import trio
 
-from broker import config as config_mod
-from broker import plugins as plugins_mod
-from broker.adapter import AdapterContext, AdapterStatus
-from broker.adapter_actor import AdapterActor
-from broker.backoff import Backoff
-from broker.config import Config
-from broker.envelope import Envelope
-from broker.errors import ConfigProblem
-from broker.inlet import Inlet
-from broker.loop import SharedLoop
-from broker.messages import Backlog, Leftovers, Quiesce, Snapshot, Tick
-from broker.ops_http import OpsServer
-from broker.outbox import Outbox
-from broker.router import Router
-from broker.routing import RoutingTable, compile_table
+from broker import _config as config_mod
+from broker import _plugins as plugins_mod
+from broker._adapter import AdapterContext, AdapterStatus
+from broker._adapter_actor import AdapterActor
+from broker._backoff import Backoff
+from broker._config import Config
+from broker._envelope import Envelope
+from broker._errors import ConfigProblem
+from broker._inlet import Inlet
+from broker._loop import SharedLoop
+from broker._messages import Backlog, Leftovers, Quiesce, Snapshot, Tick
+from broker._ops_http import OpsServer
+from broker._outbox import Outbox
+from broker._router import Router
+from broker._routing import RoutingTable, compile_table
 
 if TYPE_CHECKING:
-    from broker.reload import ReloadReport
+    from broker._reload import ReloadReport
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.runtime")
 
 #: Seconds between the router's ticks (reply deadlines, redelivery, dead-letter replay).
 TICK_S = 0.25
@@ -133,11 +133,11 @@ class Runtime:
     inlets: dict[str, Inlet] = field(default_factory=dict)
     backlog: Backlog = field(default_factory=Backlog)
     router: pykka.ActorRef[Any] | None = None
-    #: Each adapter's actor, by name (see broker.adapter.AdapterActor).
+    #: Each adapter's actor, by name (see broker._adapter.AdapterActor).
     adapters: dict[str, pykka.ActorRef[Any]] = field(default_factory=dict)
     #: The loops of ``own_thread`` adapters, by name.
     own_loops: dict[str, SharedLoop] = field(default_factory=dict)
-    #: The trio loop the adapters share (see broker.loop).
+    #: The trio loop the adapters share (see broker._loop).
     loop: SharedLoop | None = None
     started_at: float = 0.0
     #: The durable outbox and dead-letter store (``<state_dir>/<[junction.outbox] file>``).
@@ -294,11 +294,11 @@ class Runtime:
                 return
 
     def reload(self, path: str | None = None) -> ReloadReport:
-        """Apply a changed config file (default: the running one's) live; see broker.reload.
+        """Apply a changed config file (default: the running one's) live; see broker._reload.
 
         An invalid file raises ConfigError / PluginError and changes nothing.
         """
-        from broker import reload as reload_mod  # it builds on this module
+        from broker import _reload as reload_mod  # it builds on this module
 
         return reload_mod.reload(self, path)
 

@@ -1,18 +1,18 @@
 """The router actor: match, map, transform, dispatch.
 
-It receives batches from adapters (:class:`~broker.messages.Inbound`), runs each
+It receives batches from adapters (:class:`~broker._messages.Inbound`), runs each
 envelope through every matching route, and offers the results to each target's
 inlet in one batch per (target, route).  Targets confirm what they sent
-(:class:`~broker.messages.Delivered`) or could not send (:class:`~broker.messages.Failed`).
+(:class:`~broker._messages.Delivered`) or could not send (:class:`~broker._messages.Failed`).
 
-What the router counts and how its ledger balances is in :mod:`broker.ledger`; what it
-cannot deliver (drops, dead letters, replays) in :mod:`broker.dead_letters`; requests
-waiting for their answers in :mod:`broker.replies`.  A mapping or transform that raises
+What the router counts and how its ledger balances is in :mod:`broker._ledger`; what it
+cannot deliver (drops, dead letters, replays) in :mod:`broker._dead_letters`; requests
+waiting for their answers in :mod:`broker._replies`.  A mapping or transform that raises
 is contained: the envelope is dead-lettered and the router carries on.  ``persist``
-routes go through :mod:`broker.durable` and the outbox (:mod:`broker.outbox`).
+routes go through :mod:`broker._durable` and the outbox (:mod:`broker._outbox`).
 
 The router is served by a task on the adapters' shared trio loop
-(:class:`~broker.loop_actor.LoopActor`): a batch from an adapter on that loop reaches it
+(:class:`~broker._loop_actor.LoopActor`): a batch from an adapter on that loop reaches it
 without a thread hop, and its results reach the adapters the same way.  So it never
 blocks: a ``block`` route whose target's queue is full holds the rest of the batch
 (:meth:`Router.blocked`) and the router waits for room asynchronously, up to the
@@ -20,7 +20,7 @@ blocks: a ``block`` route whose target's queue is full holds the rest of the bat
 Outbox writes stay on the loop: SQLite in WAL mode with ``synchronous=NORMAL`` commits
 without an fsync, and the checkpoints run on a thread of their own.
 
-Inside the router a queue is a :class:`~broker.queue_key.QueueKey`; inlets, messages
+Inside the router a queue is a :class:`~broker._queue_key.QueueKey`; inlets, messages
 and adapters name it by its text (``QueueKey.name``), converted where they meet.
 """
 
@@ -35,18 +35,18 @@ from typing import Any
 import pluggy
 import trio
 
-from broker.config import JunctionSettings, RedeliveryPolicy
-from broker.dead_letters import Batches, DeadLetters, Replays
-from broker.durable import DurableQueues
-from broker.envelope import Envelope
-from broker.errors import TransformError
-from broker.inlet import Inlet
-from broker.ledger import Ledger, RouteCounters
-from broker.logs import LogGate
-from broker.loop import SharedLoop
-from broker.loop_actor import LoopActor
-from broker.mapping import MappingError
-from broker.messages import (
+from broker._config import JunctionSettings, RedeliveryPolicy
+from broker._dead_letters import Batches, DeadLetters, Replays
+from broker._durable import DurableQueues
+from broker._envelope import Envelope
+from broker._errors import TransformError
+from broker._inlet import Inlet
+from broker._ledger import Ledger, RouteCounters
+from broker._logs import LogGate
+from broker._loop import SharedLoop
+from broker._loop_actor import LoopActor
+from broker._mapping import MappingError
+from broker._messages import (
     Backlog,
     Delivered,
     Failed,
@@ -56,14 +56,14 @@ from broker.messages import (
     Tick,
     describe,
 )
-from broker.outbox import Outbox, OutboxError
-from broker.overflow import Overflow
-from broker.queue_key import QueueKey
-from broker.replies import Replies
-from broker.routing import CompiledRoute, RoutingTable, resolve_policies, run_route
-from broker.settlement import Settlement
+from broker._outbox import Outbox, OutboxError
+from broker._overflow import Overflow
+from broker._queue_key import QueueKey
+from broker._replies import Replies
+from broker._routing import CompiledRoute, RoutingTable, resolve_policies, run_route
+from broker._settlement import Settlement
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.router")
 
 
 @dataclass
@@ -82,7 +82,7 @@ class _Stall:
 
 @dataclass(frozen=True, slots=True)
 class Swap:
-    """Replace the routing table in one step (hot reload; see broker.reload).
+    """Replace the routing table in one step (hot reload; see broker._reload).
 
     ``settings``, ``inlets`` (by adapter name) and ``persist_kinds`` replace the router's
     when given, in the same step, so no envelope sees a new table with old targets.

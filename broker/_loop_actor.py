@@ -1,7 +1,7 @@
 """A pykka actor served by a task on a trio loop instead of a thread of its own.
 
-Every actor of Junction is one: the router and every adapter (see broker.runtime).
-Why: their messages come almost all from each other, on the :class:`~broker.loop.SharedLoop`.
+Every actor of Junction is one: the router and every adapter (see broker._runtime).
+Why: their messages come almost all from each other, on the :class:`~broker._loop.SharedLoop`.
 As threaded actors, every batch crossed to the receiver's thread and every result
 crossed back: two futex wakes and two GIL hand-overs per hop, and the woken side waits for
 the GIL while the other runs (measured in bench/e2e.py at 1,000 msg/s: the hop to a
@@ -35,9 +35,9 @@ import trio
 from pykka import ActorRegistry
 from pykka.messages import _ActorStop
 
-from broker.loop import SharedLoop
+from broker._loop import SharedLoop
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.loop_actor")
 
 #: Messages handled in a row, or seconds spent, before the actor lets the loop's other
 #: tasks run (whichever comes first): a flood into the router must not starve the adapters.
@@ -51,8 +51,8 @@ class Mailbox:
 
     Unbounded, as pykka's own inboxes are (a bounded ``put`` would block the sender's
     thread, which may be the loop itself): what must be bounded travels in a mailbox that
-    also has bounded lanes (an adapter's :class:`~broker.inlet.Inlet`), or is counted
-    by its sender (the router's :class:`~broker.messages.Backlog`).
+    also has bounded lanes (an adapter's :class:`~broker._inlet.Inlet`), or is counted
+    by its sender (the router's :class:`~broker._messages.Backlog`).
     """
 
     def __init__(self) -> None:

@@ -29,8 +29,8 @@ from typing import Any
 
 import msgspec
 
-from broker.envelope import BODY_TYPES, Envelope
-from broker.errors import JunctionError
+from broker._envelope import BODY_TYPES, Envelope
+from broker._errors import JunctionError
 
 MISSING: Any = object()
 Getter = Callable[[Envelope], Any]

@@ -18,15 +18,15 @@ from typing import Any
 
 import msgspec
 
-from broker.config import JunctionSettings
-from broker.dead_letters import DeadLetters
-from broker.envelope import CommandResult, Envelope, ExecResult, LogLine
-from broker.ledger import Ledger
-from broker.mapping import MappingError
-from broker.messages import describe
-from broker.overflow import Overflow
-from broker.queue_key import QueueKey
-from broker.routing import CompiledRoute
+from broker._config import JunctionSettings
+from broker._dead_letters import DeadLetters
+from broker._envelope import CommandResult, Envelope, ExecResult, LogLine
+from broker._ledger import Ledger
+from broker._mapping import MappingError
+from broker._messages import describe
+from broker._overflow import Overflow
+from broker._queue_key import QueueKey
+from broker._routing import CompiledRoute
 
 #: the router's logger: these lines are the router's (as before it was split in modules)
 log = logging.getLogger("broker.router")

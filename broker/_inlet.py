@@ -1,7 +1,7 @@
 """An adapter's mailbox: its control messages and the bounded queues the router fills.
 
-An :class:`Inlet` is the :class:`~broker.loop_actor.Mailbox` of an adapter's actor
-(:class:`~broker.adapter.AdapterActor`): ``tell``, ``ask`` and ``stop`` put control
+An :class:`Inlet` is the :class:`~broker._loop_actor.Mailbox` of an adapter's actor
+(:class:`~broker._adapter.AdapterActor`): ``tell``, ``ask`` and ``stop`` put control
 messages in it, and the router offers envelopes to its per-route queues -- one object,
 one lock, nothing else reaches the adapter.  It belongs to an adapter *name*: it
 outlives restarts of the adapter's instance, so what was queued for a crashed instance
@@ -32,10 +32,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from broker.envelope import Envelope
-from broker.loop_actor import Mailbox
+from broker._envelope import Envelope
+from broker._loop_actor import Mailbox
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("broker.inlet")
 
 
 @dataclass

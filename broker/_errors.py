@@ -8,17 +8,17 @@
     ├── PluginError               a plugin failed to load or registered something invalid
     ├── TransformError            a transform raised; the envelope is dead-lettered
     ├── MappingError (ValueError) a route's ``map`` could not build the outgoing envelope;
-    │                             dead-lettered (broker.mapping)
+    │                             dead-lettered (broker._mapping)
     ├── MapSpecError (ValueError) a ``map`` table is invalid; becomes a ConfigProblem
-    │                             (broker.mapping)
+    │                             (broker._mapping)
     ├── MatchError (ValueError)   a ``match`` entry is invalid; becomes a ConfigProblem
-    │                             (broker.routing)
+    │                             (broker._routing)
     ├── OutboxError (RuntimeError) the outbox file cannot be opened or written; the router
-    │                             logs it and keeps routing (broker.outbox)
+    │                             logs it and keeps routing (broker._outbox)
     ├── BridgeUnreachable         ``junction reload``: no running bridge to signal
-    │                             (broker.reload)
+    │                             (broker._reload)
     └── EndpointError             ``junction status``: no snapshot from the running bridge
-                                  (broker.ops_http)
+                                  (broker._ops_http)
 
 Errors of a peer or its wire format are the adapters' own (each codec has a ``CodecError``
 tree); an adapter's reconnect loop retries them and the runtime never sees them.
@@ -67,7 +67,7 @@ class ConfigProblem:
             text += f" (got {_show(self.value)})"
         if self.hint:
             text += f"; {self.hint}"
-        from broker.logs import redact  # a bad value may be an expanded secret
+        from broker._logs import redact  # a bad value may be an expanded secret
 
         return redact(text)
 
