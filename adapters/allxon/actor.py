@@ -49,10 +49,10 @@ import trio
 
 from adapters.allxon._budget import CallBudget, load_stamps, save_stamps
 from adapters.allxon._commands import CommandDesk
-from adapters.allxon._declared import AlarmView, Declared, Rejected
+from adapters.allxon._declared import AlarmView, Declared
 from adapters.allxon._inbound import InboundHandling
-from adapters.allxon._intake import AlarmNotEnabled, data_item, property_modules
-from adapters.allxon._outbox import Entry, Frame, Outbox
+from adapters.allxon._outbound import OutboundHandling
+from adapters.allxon._outbox import Frame, Outbox
 from adapters.allxon._stats import AllxonStats
 from adapters.allxon.cards import Module
 from adapters.allxon.codec import (
@@ -70,21 +70,18 @@ from adapters.allxon.connection import (
     open_link,
     ssl_context_for,
 )
-from broker import Adapter, Alert, Backoff, Envelope, LogGate, Property, QueueKey, reconnect_forever
+from broker import Adapter, Backoff, Envelope, LogGate, reconnect_forever
 
 OFFLINE_REQUEUE_S = 2.0
 STABLE_AFTER_S = 30.0
-MAX_HELD_ALERTS = 100  # alerts kept while the Portal's alarm settings have not come yet
 
 
-#: Kinds acknowledged to the router when their frame is sent, not when buffered.
-ACKED_ON_SEND = frozenset({"event", "alert"})
 #: What a route to this adapter keeps in the durable outbox by default: events, alerts,
 #: and the results that become a command's ACKED/ERRORED ack.
 PERSIST_KINDS = frozenset({"event", "alert", "command_result", "exec_result"})
 
 
-class AllxonAdapter(InboundHandling, Adapter):
+class AllxonAdapter(InboundHandling, OutboundHandling, Adapter):
     """Allxon Octo plugin (see the module docstring)."""
 
     config: AllxonConfig
@@ -382,106 +379,6 @@ class AllxonAdapter(InboundHandling, Adapter):
         while True:
             await trio.sleep(0.1)
             self.desk.expire(trio.current_time())
-
-    # --- outbound -------------------------------------------------------------------------
-
-    async def deliver(self, route: str, batch: list[Envelope]) -> None:
-        """Buffer data (returns at once), apply properties, turn replies into acks.
-
-        Events and alerts are acknowledged to the router only when their frame is sent
-        (:meth:`defer` now, :meth:`ack` then), so a ``persist`` route keeps them in the
-        outbox until the agent has them; latest-value states and metrics are acknowledged
-        when buffered.
-        """
-        allow = self.config.undeclared == "send"
-        for env in batch:
-            try:
-                if QueueKey.parse(route).reply:
-                    # acknowledged when the command's ack frame is sent, not before
-                    self.defer(route, [env])
-                    if not self.desk.reply(env, trio.current_time(), route):
-                        self.fail(
-                            route,
-                            [env],
-                            "its command is no longer pending (answered or timed out already)",
-                        )
-                elif isinstance(env.body, Property):
-                    self._property(env.body)
-                else:
-                    kind, module, item = data_item(
-                        env, self.declared, self.alarms, self.outbox, allow
-                    )
-                    handle = (route, env) if kind in ACKED_ON_SEND else None
-                    if handle is not None:
-                        self.defer(route, [env])
-                    self.outbox.add(kind, module, item, handle)
-            except AlarmNotEnabled as err:
-                if self.alarms.updates == 0 and len(self.held_alerts) < MAX_HELD_ALERTS:
-                    # The Portal has not said yet which alarms are on: keep the alert until
-                    # it does, rather than lose a first trigger sent before the settings.
-                    self.defer(route, [env])
-                    self.held_alerts.append((route, env))
-                else:
-                    self._alarm_not_enabled(err.body, route, env)
-            except Rejected as err:
-                self.stats.rejected_envelopes += 1
-                self.fail(route, [env], str(err))
-
-    def _replay_held_alerts(self) -> None:
-        """The Portal's alarm settings arrived: send the held alerts of enabled alarms."""
-        held, self.held_alerts = self.held_alerts, []
-        allow = self.config.undeclared == "send"
-        for route, env in held:
-            try:
-                kind, module, item = data_item(env, self.declared, self.alarms, self.outbox, allow)
-                self.outbox.add(kind, module, item, (route, env))
-            except AlarmNotEnabled as err:
-                self._alarm_not_enabled(err.body, route, env)
-        if held:
-            self.log.info(
-                "%d alert(s) held until the Portal's alarm settings came: replayed", len(held)
-            )
-
-    def _acknowledge_sent(self, frame: Frame) -> None:
-        """A frame went out: acknowledge its deferred items to the router (once each)."""
-        by_route: dict[str, list[Envelope]] = {}
-        for entry in frame.entries:
-            if entry.handle is not None:
-                route, env = entry.handle
-                by_route.setdefault(route, []).append(env)
-                entry.handle = None
-        for route, envs in by_route.items():
-            self.ack(route, envs)
-
-    def _entry_dropped(self, entry: Entry, reason: str) -> None:
-        """A deferred item fell out of a full buffer: fail it, so the route counts it."""
-        if entry.handle is not None:
-            route, env = entry.handle
-            entry.handle = None
-            self.fail(route, [env], f"Allxon adapter: {reason}")
-
-    def _alarm_not_enabled(self, body: Alert, route: str, env: Envelope) -> None:
-        # Not silently "delivered": the route dead-letters it, replayable once enabled.
-        self.fail(route, [env], f"alarm {body.module}/{body.alarm} is not enabled in the Portal")
-        self.outbox.dropped["alarm not enabled"] += 1
-        allowed, held = self._gate.allow(f"alarm:{body.module}/{body.alarm}")
-        if allowed:
-            self.log.info(
-                "alert %s for %s/%s dropped: the Portal has not enabled that alarm%s",
-                body.action,
-                body.module,
-                body.alarm,
-                f" ({held} more since the last line)" if held else "",
-            )
-
-    def _property(self, body: Property) -> None:
-        modules = property_modules(self.config, self.app_guid, self.modules, body)
-        if modules is None:
-            return
-        self.modules = modules
-        self.log.info("property %s/%s changed; re-announcing", body.module, body.name)
-        if self._link is not None:
-            self._announce_wanted.set()
 
     # --- stopping ---------------------------------------------------------------------------
 

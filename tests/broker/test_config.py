@@ -225,6 +225,11 @@ def test_settings_bounds_name_file_key_and_value(
             "routes[0].redelivery.attempts",
             "must be >= 1 (got 0)",
         ),
+        (  # the one bound that spans two keys
+            "redelivery = { backoff_initial_s = 5.0, backoff_max_s = 1.0 }",
+            "routes[0].redelivery.backoff_initial_s",
+            "must be at most backoff_max_s (got 5.0)",
+        ),
     ],
 )
 def test_route_bounds_name_their_path(
