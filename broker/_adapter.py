@@ -48,7 +48,7 @@ log = logging.getLogger("broker.adapter")
 
 @dataclass
 class AdapterStatus:
-    """What a person wants to know about an adapter; written by its thread, read by any."""
+    """What a person wants to know about an adapter; written on its loop, read by any thread."""
 
     name: str
     type: str
@@ -77,9 +77,9 @@ class AdapterContext:
     """
 
     #: Puts a message into the router's mailbox (internal: the Adapter helpers use it).
-    to_router: Callable[[Any], None]
+    _to_router: Callable[[Any], None]
     #: The adapter's mailbox (internal: the Adapter helpers record there what it owes).
-    inlet: Inlet
+    _inlet: Inlet
     settings: JunctionSettings
     status: AdapterStatus
     backlog: Backlog
@@ -104,7 +104,7 @@ class Adapter:
     produces_envelopes = True
     #: The most envelopes handed to one ``deliver`` call.
     max_batch = 512
-    #: Seconds the host lets envelopes gather once one reaches an empty queue, before it
+    #: Seconds its actor lets envelopes gather once one reaches an empty queue, before it
     #: takes them: 0 hands each on at once. For a sink whose peer is paced anyway (Allxon
     #: sends on a call budget every few seconds): each wake-up of its trio loop costs about
     #: 50 µs of CPU, so at 1,000 envelopes a second, taking them every 20 ms instead of one
@@ -151,7 +151,7 @@ class Adapter:
         was still queued: outbox rows wait for the next instance, memory envelopes are
         dead-lettered.
         """
-        by_route = self.ctx.inlet.release_owed()
+        by_route = self.ctx._inlet.release_owed()
         if not by_route:
             return
         reason = "the adapter stopped before its peer acknowledged them"
@@ -159,7 +159,7 @@ class Adapter:
             for route, envs in by_route.items():
                 self.fail(route, envs, reason, permanent=False)
         else:
-            self.ctx.to_router(Leftovers(self.name, reason, envelopes=by_route))
+            self.ctx._to_router(Leftovers(self.name, reason, envelopes=by_route))
 
     # --- helpers for subclasses -------------------------------------------------
 
@@ -170,7 +170,7 @@ class Adapter:
         batch = list(envelopes)
         self.ctx.backlog.add(len(batch))
         self.status.received += len(batch)
-        self.ctx.to_router(Inbound(self.name, batch))
+        self.ctx._to_router(Inbound(self.name, batch))
 
     async def publish(self, envelopes: Sequence[Envelope]) -> None:
         """Like :meth:`emit`, but first waits while the router's backlog is over its mark."""
@@ -186,8 +186,8 @@ class Adapter:
         it under its redelivery policy.
         """
         if envelopes:
-            self.ctx.inlet.report(route, envelopes)
-            self.ctx.to_router(
+            self.ctx._inlet.report(route, envelopes)
+            self.ctx._to_router(
                 Failed(route, self.name, list(envelopes), reason, retry=not permanent)
             )
 
@@ -197,11 +197,11 @@ class Adapter:
         For a peer that acknowledges after ``deliver`` returns (a paced send): the envelopes
         stay pending -- in the outbox on a ``persist`` route -- until then.
         """
-        self.ctx.inlet.defer(route, envelopes)
+        self.ctx._inlet.defer(route, envelopes)
 
     def ack(self, route: str, envelopes: Sequence[Envelope]) -> None:
         """The peer acknowledged envelopes :meth:`defer`red earlier."""
         if envelopes:
-            self.ctx.inlet.report(route, envelopes)
+            self.ctx._inlet.report(route, envelopes)
             self.status.sent += len(envelopes)
-            self.ctx.to_router(Delivered(route, self.name, len(envelopes), list(envelopes)))
+            self.ctx._to_router(Delivered(route, self.name, len(envelopes), list(envelopes)))

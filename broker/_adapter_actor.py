@@ -25,7 +25,10 @@ from broker._loop_actor import LoopActor
 from broker._messages import Delivered, Failed, Quiesce, describe
 from broker._staleness import BEFORE_SENDING, is_stale, stale_reason
 
-log = logging.getLogger("broker.adapter_actor")
+#: The crash and restart lines keep the logger name they always had.
+log = logging.getLogger("broker.adapter")
+#: Seconds an instance's ``aclose`` may take when it stops.
+CLOSE_S = 10.0
 
 
 class AdapterActor(LoopActor):
@@ -102,28 +105,37 @@ class AdapterActor(LoopActor):
 
     async def run_beside(self) -> None:
         """Run instances one after the other until the actor stops (see the class doc)."""
-        while not self._stopping():
-            adapter = self.adapter if self.generation == 0 else None
-            if adapter is None:
-                try:
-                    adapter = self.make()
-                except Exception as err:  # its constructor refused: a crash like any other
-                    await self._crashed(err)
-                    continue
-            self.adapter = adapter
-            self.generation += 1
-            self.backoff.started()
-            if self.generation > 1:
-                log.info("adapter %s restarted (generation %d)", self.name, self.generation)
-            error = await self._run_instance(adapter)
+        try:
+            while not self._stopping():
+                adapter = self.adapter if self.generation == 0 else None
+                self.backoff.started()
+                if adapter is None:
+                    try:
+                        # off the loop: a constructor may read files or build TLS contexts
+                        adapter = await trio.to_thread.run_sync(self.make)
+                    except Exception as err:  # its constructor refused: a crash like any other
+                        await self._crashed(err)
+                        continue
+                self.adapter = adapter
+                self.generation += 1
+                if self.generation > 1:
+                    log.info("adapter %s restarted (generation %d)", self.name, self.generation)
+                error = await self._run_instance(adapter)
+                if self._stopping():
+                    return
+                if error is None:
+                    self.status.set("stopped", "its loop ended")
+                    self.running.set()
+                    await trio.sleep_forever()  # until stop: nothing runs, the inlet keeps
+                else:
+                    await self._crashed(error)
+        finally:
+            if self.generation == 0 and self.adapter is not None:
+                # stopped before its first instance ran: that instance still closes
+                with trio.CancelScope(shield=True):
+                    await self._close(self.adapter)
             if self._stopping():
-                return
-            if error is None:
-                self.status.set("stopped", "its loop ended")
-                self.running.set()
-                await trio.sleep_forever()  # until stop: nothing runs, the inlet keeps
-            else:
-                await self._crashed(error)
+                self.status.set("stopped")
 
     async def _crashed(self, error: BaseException) -> None:
         text = describe(error)
@@ -174,8 +186,7 @@ class AdapterActor(LoopActor):
             finally:
                 self._instance_scope = None
                 self.inlet.detach()
-                with trio.CancelScope(shield=True):
-                    await self._close(adapter)
+                await self._close(adapter)
                 crashed = error is not None and not self._stopping()
                 try:
                     adapter.release_deferred(crashed=crashed)
@@ -186,10 +197,15 @@ class AdapterActor(LoopActor):
         return error
 
     async def _close(self, adapter: Adapter) -> None:
-        try:
-            await adapter.aclose()
-        except Exception:
-            log.exception("adapter %s: aclose failed", self.name)
+        """``aclose``, shielded from the stop that ends the instance but bounded, so a stop
+        is answered (within the runtime's 15 s) even when a peer hangs its close."""
+        with trio.move_on_after(CLOSE_S, shield=True) as scope:
+            try:
+                await adapter.aclose()
+            except Exception:
+                log.exception("adapter %s: aclose failed", self.name)
+        if scope.cancelled_caught:
+            log.error("adapter %s: aclose did not finish within %.0f s", self.name, CLOSE_S)
 
     async def _run_source(self, adapter: Adapter) -> None:
         with trio.CancelScope() as scope:
@@ -210,7 +226,7 @@ class AdapterActor(LoopActor):
             self._wake_event.set()
 
     async def _deliver_from_inlet(self, adapter: Adapter) -> None:
-        inlet, to_router = self.inlet, adapter.ctx.to_router
+        inlet, to_router = self.inlet, adapter.ctx._to_router
         while True:
             self._wake_event = trio.Event()
             item = inlet.take(adapter.max_batch)
@@ -225,14 +241,16 @@ class AdapterActor(LoopActor):
                 continue
             try:
                 await adapter.deliver(route, batch)
-            except trio.Cancelled:
-                inlet.requeue(route, inlet.settle_batch(route, batch))
-                raise
             except BaseException as err:
                 rest = inlet.settle_batch(route, batch)
-                to_router(
-                    Failed(route, adapter.name, rest, f"adapter raised {describe(err)}", retry=True)
-                )
+                if _only_cancelled(err):  # stopped mid-batch (a nursery groups its Cancelled)
+                    inlet.requeue(route, rest)
+                else:
+                    to_router(
+                        Failed(
+                            route, adapter.name, rest, f"adapter raised {describe(err)}", retry=True
+                        )
+                    )
                 raise
             sent = inlet.settle_batch(route, batch)
             adapter.status.sent += len(sent)

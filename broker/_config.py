@@ -115,8 +115,9 @@ class JunctionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     restart_backoff_max_s: Positive = 30.0
     reply_timeout_s: Positive = 10.0
     #: The interpreter's thread switch interval (``sys.setswitchinterval``; 0: Python's own):
-    #: with several adapter threads busy, Python's 5 ms default stretches every hop of an
-    #: envelope (measured: a 1 ms trio sleep took 6.5 ms at p50, 2.2 ms at 1 ms).
+    #: with a busy thread beside the loop (the outbox's checkpoints, an own_thread adapter,
+    #: a worker thread signing), Python's 5 ms default stretches every hop of an envelope
+    #: (measured: a 1 ms trio sleep took 6.5 ms at p50, 2.2 ms at 1 ms).
     switch_interval_ms: NonNegative = 1.0
     redelivery: RedeliveryPolicy = msgspec.field(default_factory=RedeliveryPolicy)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)

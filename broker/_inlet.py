@@ -1,7 +1,7 @@
 """An adapter's mailbox: its control messages and the bounded queues the router fills.
 
 An :class:`Inlet` is the :class:`~broker._loop_actor.Mailbox` of an adapter's actor
-(:class:`~broker._adapter.AdapterActor`): ``tell``, ``ask`` and ``stop`` put control
+(:class:`~broker._adapter_actor.AdapterActor`): ``tell``, ``ask`` and ``stop`` put control
 messages in it, and the router offers envelopes to its per-route queues -- one object,
 one lock, nothing else reaches the adapter.  It belongs to an adapter *name*: it
 outlives restarts of the adapter's instance, so what was queued for a crashed instance
@@ -213,17 +213,21 @@ class Inlet(Mailbox):
             q.items.extendleft(reversed(envelopes))
             self._settle_locked(route, len(envelopes))
 
-    # --- what the adapter owes (its thread only) ----------------------------------------
+    # --- what the adapter owes (called on the adapter's loop) ----------------------------
     #
     # From take() until the adapter reports an envelope (sent, failed) it is owed here; the
     # router settles the in-flight count when the report reaches it.  This is the one
     # record of what an adapter holds: a stopped instance hands back what is still owed.
 
     def defer(self, route: str, envelopes: Sequence[Envelope]) -> None:
-        """The peer acknowledges these later: not sent when their ``deliver`` returns."""
+        """The peer acknowledges these later: not sent when their ``deliver`` returns.
+        (Only what this inlet handed out can be owed; anything else is ignored.)"""
         with self.lock:
+            owed = self._owed
             for env in envelopes:
-                self._owed[route, id(env)] = (env, True)
+                key = route, id(env)
+                if key in owed:
+                    owed[key] = (env, True)
 
     def report(self, route: str, envelopes: Sequence[Envelope]) -> None:
         """The adapter reported these (acknowledged or failed): no longer owed."""

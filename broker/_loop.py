@@ -1,4 +1,5 @@
-"""One trio loop on one thread that hosts every adapter not asking for a thread of its own.
+"""A trio loop on a thread of its own that serves actors: the router and every adapter
+(``junction-loop``), or one ``own_thread`` adapter (``adapter-<name>``).
 
 Why share: each hand-off between Python threads costs a futex wake, a context switch and
 a GIL hand-over, and adapters on threads of their own also wait for the GIL behind each

@@ -48,7 +48,8 @@ class Leftovers:
     """Target ``target`` stopped: the router keeps what is in the outbox for later and
     dead-letters the rest with ``reason``. ``envelopes`` (by queue) are ones the adapter
     held unacknowledged; without them the router empties the target's inlet itself (on its
-    own thread, so nothing refills it meanwhile) and, with ``remove``, forgets the inlet.
+    loop, between two of its messages, so nothing refills it meanwhile) and, with
+    ``remove``, forgets the inlet.
     Answered with ({queue: kept}, {queue: dead-lettered})."""
 
     target: str

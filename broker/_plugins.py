@@ -16,8 +16,9 @@ import dataclasses
 import importlib.metadata
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pluggy
 
@@ -151,46 +152,45 @@ def _load_entry_points(plugins: Plugins, disabled: set[str], quiet: bool = False
                 log.error("plugin %s could not be registered: %s", ep.name, err)
 
 
+_Named = TypeVar("_Named", AdapterType, Transform, Command)
+
+
 def _collect(plugins: Plugins) -> None:
-    pm = plugins.pm
-    for impl in pm.hook.junction_adapter_types.get_hookimpls():
-        for item in _returned(impl):
-            if not isinstance(item, AdapterType):
-                raise PluginError(
-                    f"plugin {impl.plugin_name!r} returned {item!r}, not an AdapterType"
-                )
-            if item.name in plugins.adapter_types:
-                raise PluginError(
-                    f"adapter type {item.name!r} is registered twice "
-                    f"(again by plugin {impl.plugin_name!r})"
-                )
-            plugins.adapter_types[item.name] = dataclasses.replace(item, plugin=impl.plugin_name)
-    for impl in pm.hook.junction_transforms.get_hookimpls():
-        for item in _returned(impl):
-            if not isinstance(item, Transform):
-                raise PluginError(f"plugin {impl.plugin_name!r} returned {item!r}, not a Transform")
-            if item.name in plugins.transforms:
-                raise PluginError(
-                    f"transform {item.name!r} is registered twice "
-                    f"(again by plugin {impl.plugin_name!r})"
-                )
-            plugins.transforms[item.name] = Transform(
-                item.name, item.factory, item.description, plugin=impl.plugin_name
-            )
+    hook = plugins.pm.hook
+    for impl, atype in _registered(hook.junction_adapter_types, AdapterType, plugins.adapter_types):
+        plugins.adapter_types[atype.name] = dataclasses.replace(atype, plugin=impl.plugin_name)
+    for impl, tf in _registered(hook.junction_transforms, Transform, plugins.transforms):
+        plugins.transforms[tf.name] = dataclasses.replace(tf, plugin=impl.plugin_name)
     _collect_commands(plugins)
 
 
 def _collect_commands(plugins: Plugins) -> None:
-    for impl in plugins.pm.hook.junction_commands.get_hookimpls():
+    hook = plugins.pm.hook
+    for impl, command in _registered(hook.junction_commands, Command, plugins.commands):
+        plugins.commands[command.name] = dataclasses.replace(command, plugin=impl.plugin_name)
+
+
+def _registered(
+    hook: pluggy.HookCaller, kind: type[_Named], known: Mapping[str, object]
+) -> Iterator[tuple[pluggy.HookImpl, _Named]]:
+    """What each plugin returned from a registration ``hook``: every item of the ``kind``
+    asked for, and under a name nobody registered before (else a PluginError)."""
+    label = {AdapterType: "adapter type", Transform: "transform", Command: "command"}[kind]
+    seen = set(known)
+    for impl in hook.get_hookimpls():
         for item in _returned(impl):
-            if not isinstance(item, Command):
-                raise PluginError(f"plugin {impl.plugin_name!r} returned {item!r}, not a Command")
-            if item.name in plugins.commands:
+            if not isinstance(item, kind):
+                article = "an" if label[0] in "aeiou" else "a"
                 raise PluginError(
-                    f"command {item.name!r} is registered twice "
+                    f"plugin {impl.plugin_name!r} returned {item!r}, not {article} {kind.__name__}"
+                )
+            if item.name in seen:
+                raise PluginError(
+                    f"{label} {item.name!r} is registered twice "
                     f"(again by plugin {impl.plugin_name!r})"
                 )
-            plugins.commands[item.name] = dataclasses.replace(item, plugin=impl.plugin_name)
+            seen.add(item.name)
+            yield impl, item
 
 
 def _returned(impl: pluggy.HookImpl) -> list[object]:

@@ -14,9 +14,10 @@ adapter share one loop (thread ``junction-loop``); an adapter whose config says
   control messages; an adapter's mailbox is its :class:`~broker._inlet.Inlet`: control
   messages plus one bounded queue per route.  A put into a mailbox wakes the task that
   waits on it, once per idle period.
-- **One back-pressure mechanism.**  Every queue is bounded and its route says what a full
-  one does (:mod:`broker._inlet`); the router waits for room in a full ``block`` queue
-  without blocking the loop.  A source waits for room in the router's mailbox
+- **One back-pressure mechanism: bounded mailboxes.**  An adapter's is bounded per route
+  and the route says what a full one does (:mod:`broker._inlet`); the router's is bounded
+  by a high-water mark.  A sender that must not drop waits for room without blocking the
+  loop: the router for a full ``block`` queue, a source for the router's mailbox
   (:meth:`~broker._messages.Backlog.wait_room`).
 - **One place tracks an envelope in flight**: the target's inlet, from ``take`` until the
   adapter reports it (sent, failed; ``defer`` keeps it owed until ``ack``) and the router
@@ -133,7 +134,7 @@ class Runtime:
     inlets: dict[str, Inlet] = field(default_factory=dict)
     backlog: Backlog = field(default_factory=Backlog)
     router: pykka.ActorRef[Any] | None = None
-    #: Each adapter's actor, by name (see broker._adapter.AdapterActor).
+    #: Each adapter's actor, by name (see broker._adapter_actor.AdapterActor).
     adapters: dict[str, pykka.ActorRef[Any]] = field(default_factory=dict)
     #: The loops of ``own_thread`` adapters, by name.
     own_loops: dict[str, SharedLoop] = field(default_factory=dict)
@@ -146,6 +147,8 @@ class Runtime:
     ops: OpsServer | None = None
     #: Each adapter's context, so a reload can hand running adapters new settings.
     contexts: dict[str, AdapterContext] = field(default_factory=dict)
+    _tick_scope: trio.CancelScope | None = None
+    _tick_ended: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         cfg = self.loaded.config
@@ -212,8 +215,8 @@ class Runtime:
         atype = self.loaded.plugins.adapter_types[acfg.type]
         assert self.router is not None and self.loop is not None
         ctx = AdapterContext(
-            to_router=self.router.tell,
-            inlet=self.inlets[name],
+            _to_router=self.router.tell,
+            _inlet=self.inlets[name],
             settings=cfg.junction,
             status=self.statuses[name],
             backlog=self.backlog,
@@ -282,16 +285,30 @@ class Runtime:
         return [r.name for r in self.loaded.table.match(env)]
 
     async def _tick(self) -> None:
-        """The router's clock, as a task on its loop: a Tick into its mailbox."""
-        while True:
-            await trio.sleep(TICK_S)
-            router = self.router
-            if router is None:
-                return
-            try:
-                router.tell(Tick())
-            except pykka.ActorDeadError:
-                return
+        """The router's clock, as a task on its loop: a Tick into its mailbox, until
+        shutdown ends it (:meth:`_stop_ticking`)."""
+        try:
+            with trio.CancelScope() as self._tick_scope:
+                while True:
+                    await trio.sleep(TICK_S)
+                    router = self.router
+                    if router is None:
+                        return
+                    try:
+                        router.tell(Tick())
+                    except pykka.ActorDeadError:
+                        return
+        finally:
+            self._tick_ended.set()
+
+    def _stop_ticking(self) -> None:
+        """End the tick (on its loop) and wait until it has: no replay or redelivery is
+        started while shutdown empties the inlets one after the other."""
+        scope, loop = self._tick_scope, self.loop
+        if scope is None or loop is None or not loop.call_soon(scope.cancel):
+            return
+        if not self._tick_ended.wait(5):
+            log.error("the router's tick did not stop within 5 s")
 
     def reload(self, path: str | None = None) -> ReloadReport:
         """Apply a changed config file (default: the running one's) live; see broker._reload.
@@ -345,6 +362,7 @@ class Runtime:
             else:
                 quiet = 0
             time.sleep(0.02)
+        self._stop_ticking()
         for name in list(self.adapters):
             self.stop_adapter(name)
         left, _ = settle_leftovers(self.router, self.inlets, grace)

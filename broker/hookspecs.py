@@ -37,8 +37,8 @@ I/O, no threads; raising refuses the config (at start-up: the bridge does not st
 reload: that adapter alone is reported failed).
 
 Lifecycle.  Each adapter name has one actor (a pykka actor served on a trio loop, see
-``broker._runtime``) that owns the adapter's mailbox -- its per-route bounded queues -- and
-runs one *instance* at a time.  For each instance it starts two trio tasks:
+the README's "Architecture") that owns the adapter's mailbox -- its per-route bounded
+queues -- and runs one *instance* at a time.  For each instance it starts two trio tasks:
 ``run()`` (produce: connect, read, ``emit``/``publish``) and, unless
 ``accepts_envelopes`` is False, a delivery task that takes batches of at most
 ``max_batch`` envelopes of one route from the mailbox and awaits ``deliver(route,
@@ -47,8 +47,10 @@ batch)``.  ``gather_s`` lets envelopes gather that long after an idle mailbox wa
 had deferred fails as transient, and after a capped, jittered back-off a fresh instance
 (the factory again, the same context) takes the same mailbox -- nothing queued is lost.
 At shutdown ``quiesce()`` is called first (return True to stop emitting yourself, False
-to have ``run()`` cancelled) while deliveries go on; then the instance is cancelled and
-``aclose()`` awaited.
+to have ``run()`` cancelled) while deliveries go on; an instance restarted during the
+drain gets ``quiesce()`` *before* ``run()``, so keep a flag, not only a scope to cancel.
+Then the instance is cancelled and ``aclose()`` awaited (at most 10 s).  The factory of a
+restart runs on a worker thread; the first instance's on the caller's thread.
 
 Settling what is delivered.  ``deliver`` returning counts its batch delivered, except
 the envelopes it settled otherwise during the call: ``fail(route, envs, reason,

@@ -3,8 +3,9 @@
 :class:`MqttLink` owns the paho client and keeps it connected; :class:`~._mqtt.MqttWriter`
 (a subclass) publishes on it and keeps the record of what awaits a PUBACK.
 
-paho runs on this adapter's own trio thread: no paho network thread (``loop_start`` is not
-used). One driver task (a trio system task, see ``start``) owns the connection:
+paho runs on this adapter's trio loop (shared unless ``own_thread``): no paho network
+thread (``loop_start`` is not used). One driver task (a trio system task, see ``start``)
+owns the connection:
 
 - connect: ``client.reconnect()`` runs in ``trio.to_thread`` (DNS, TCP connect and the TLS
   handshake block; nothing else touches the client meanwhile: publishing waits for CONNACK);

@@ -41,8 +41,9 @@ class AlphaXAdapter(Adapter):
         cfg = self.config
         self.conduit = Conduit(cfg, self.name, self.status, self.log)
         self._poll_scope: trio.CancelScope | None = None
+        self._quiet = False  # quiesce() came: no reading
         # where the waits for deferred acks run (MQTT PUBACKs, see deliver), once run() has
-        # opened it (the host starts deliveries and run() together)
+        # opened it (the adapter's actor starts deliveries and run() together)
         self._acks: trio.Nursery | None = None
         self._acks_open = trio.Event()
         self.failed = 0
@@ -54,14 +55,16 @@ class AlphaXAdapter(Adapter):
         async with trio.open_nursery() as nursery:
             self._acks = nursery
             self._acks_open.set()
-            if poller is not None:
+            if poller is not None and not self._quiet:
                 with trio.CancelScope() as scope:
                     self._poll_scope = scope
                     await poller.run()
             await trio.sleep_forever()
 
     def quiesce(self) -> bool:
-        """Shutdown began: stop reading; the connection stays for queued deliveries."""
+        """Shutdown began: stop reading (or never start, when it comes before ``run``);
+        the connection stays for queued deliveries."""
+        self._quiet = True
         if self._poll_scope is not None:
             self._poll_scope.cancel()
         return True

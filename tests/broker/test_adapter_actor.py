@@ -151,3 +151,112 @@ async def test_a_source_waits_for_room_in_the_routers_mailbox_on_an_event() -> N
             while not resumed:
                 await trio.sleep(0.005)
     await backlog.wait_room()  # at the mark: returns at once
+
+
+def test_a_batch_cancelled_inside_a_nursery_goes_back_to_its_queue_not_to_the_dead_letters(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(
+        load_config("""
+[adapters.src]
+type = "burst"
+count = 20
+[adapters.sink]
+type = "collector"
+gated = true
+in_nursery = true
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+overflow = "drop_newest"
+""")
+    )
+    wait_until(lambda: rt.inlets["sink"].route_pending("r") == 20, what="20 taken or queued")
+    rt.stop_adapter("sink")  # cancels the deliver waiting at its gate, inside a nursery
+    c = rt.snapshot()["routes"]["r"]
+    assert c["failed"] == 0 and c["retries"] == 0  # a stop is not a failure
+    assert rt.inlets["sink"].depth("r") == 20  # every one back in the queue, in order
+
+
+def test_a_constructor_that_refuses_on_restart_is_retried_with_the_back_off(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(
+        load_config("""
+[junction]
+restart_backoff_s = 0.05
+restart_backoff_max_s = 0.2
+[adapters.src]
+type = "burst"
+count = 60
+batch = 10
+[adapters.sink]
+type = "collector"
+crash_on_batches = [1]
+max_batch = 10
+refuse_restarts = 2
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+""")
+    )
+    wait_until(lambda: len(received("sink")) == 50, what="the 50 after the crashed batch")
+    assert core_plugin.BUILT["sink"] == 4  # the first, two refusals, the one that ran
+    assert rt.statuses["sink"].restarts == 3
+    assert "refuses to be built" in rt.statuses["sink"].last_error
+    assert rt.statuses["sink"].state == "running"
+
+
+def test_an_adapter_stopped_while_its_restart_waits_says_stopped(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(
+        load_config("""
+[junction]
+restart_backoff_s = 30.0
+[adapters.src]
+type = "burst"
+count = 10
+[adapters.sink]
+type = "collector"
+crash_on_batches = [1]
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+""")
+    )
+    wait_until(lambda: rt.statuses["sink"].state == "restarting", what="a pending restart")
+    rt.stop_adapter("sink")
+    assert rt.statuses["sink"].state == "stopped"
+
+
+def test_shutdown_ends_the_routers_tick_before_it_empties_the_inlets(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(
+        load_config("""
+[adapters.src]
+type = "burst"
+count = 5
+[adapters.sink]
+type = "collector"
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+""")
+    )
+    wait_until(lambda: len(received("sink")) == 5)
+    ticking_when_adapters_stopped: list[bool] = []
+    stop_adapter = rt.stop_adapter
+
+    def watched(name: str) -> None:
+        ticking_when_adapters_stopped.append(not rt._tick_ended.is_set())
+        stop_adapter(name)
+
+    rt.stop_adapter = watched  # type: ignore[method-assign]
+    rt.stop(grace_s=1)
+    assert ticking_when_adapters_stopped == [False, False]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import msgspec
@@ -31,6 +31,8 @@ BATCH_SIZES: dict[str, list[int]] = defaultdict(list)
 THREADS: dict[str, str] = {}
 #: Collectors whose aclose() has finished, in order.
 CLOSED: list[str] = []
+#: How many times each collector was constructed.
+BUILT: Counter[str] = Counter()
 _lock = threading.Lock()
 
 
@@ -45,6 +47,7 @@ def reset() -> None:
         BATCH_SIZES.clear()
         THREADS.clear()
         CLOSED.clear()
+        BUILT.clear()
 
 
 def received(name: str) -> list[Envelope]:
@@ -65,6 +68,11 @@ class CollectorConfig(AdapterConfig, kw_only=True):
     block_s: float = 0.0
     #: Take this long (awaiting) to close, as a peer connection being shut down would.
     close_s: float = 0.0
+    #: Deliver inside a nursery (as a sink sending several requests at once does).
+    in_nursery: bool = False
+    #: The constructor refuses this many times after the first instance (a restart whose
+    #: config or files have gone bad for a while).
+    refuse_restarts: int = 0
 
 
 class Collector(Adapter):
@@ -73,6 +81,11 @@ class Collector(Adapter):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        with _lock:
+            BUILT[self.name] += 1
+            built = BUILT[self.name]
+        if 1 < built <= 1 + self.config.refuse_restarts:
+            raise ValueError(f"collector {self.name} refuses to be built (build {built})")
         self.max_batch = self.config.max_batch
         self.gather_s = self.config.gather_s
 
@@ -83,6 +96,13 @@ class Collector(Adapter):
             CLOSED.append(self.name)
 
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
+        if self.config.in_nursery:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._deliver, route, batch)
+        else:
+            await self._deliver(route, batch)
+
+    async def _deliver(self, route: str, batch: list[Envelope]) -> None:
         with _lock:
             THREADS[self.name] = threading.current_thread().name
         if self.config.block_s:

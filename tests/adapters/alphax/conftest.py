@@ -6,8 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from adapters.alphax.config import HttpWrite, MqttWrite, TcpWrite, UdpWrite
 from broker._runtime import Loaded, load
 from tests.support import alphax_plugin
 from tests.support.mosquitto import MosquittoBroker, run_mosquitto
@@ -65,22 +67,11 @@ def table(name: str, **fields: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: Keys of the ``[adapters.<name>.write]`` table, by transport (the rest stay in the adapter's).
+#: Keys of the ``[adapters.<name>.write]`` table, by transport (the rest stay in the adapter's),
+#: read from the config structs themselves.
 WRITE_KEYS = {
-    "http": {"base_url", "gzip_over_bytes", "concurrency", "writes_per_s", "pace_margin_s"},
-    "mqtt": {
-        "url",
-        "password",
-        "topic_form",
-        "max_inflight",
-        "max_queued",
-        "ack_timeout_s",
-        "keepalive_s",
-        "reconnect_min_s",
-        "reconnect_max_s",
-    },
-    "udp": {"host", "port", "max_datagram_bytes"},
-    "tcp": {"host", "port", "tls"},
+    cls.__struct_config__.tag: {f.encode_name for f in msgspec.structs.fields(cls)}
+    for cls in (HttpWrite, MqttWrite, UdpWrite, TcpWrite)
 }
 
 
