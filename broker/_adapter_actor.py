@@ -235,14 +235,15 @@ class AdapterActor(LoopActor):
                 if adapter.gather_s:
                     await trio.sleep(adapter.gather_s)
                 continue
-            route, batch = item
-            batch = self._drop_expired(adapter, route, batch)
+            route, taken = item
+            batch = self._drop_expired(adapter, route, taken)
             if not batch:
+                inlet.settle_batch(route, taken)  # every one failed as stale: the call ends
                 continue
             try:
                 await adapter.deliver(route, batch)
             except BaseException as err:
-                rest = inlet.settle_batch(route, batch)
+                rest = inlet.settle_batch(route, taken)
                 if _only_cancelled(err):  # stopped mid-batch (a nursery groups its Cancelled)
                     inlet.requeue(route, rest)
                 else:
@@ -252,7 +253,7 @@ class AdapterActor(LoopActor):
                         )
                     )
                 raise
-            sent = inlet.settle_batch(route, batch)
+            sent = inlet.settle_batch(route, taken)
             adapter.status.sent += len(sent)
             if sent:
                 to_router(Delivered(route, adapter.name, len(sent), sent))

@@ -71,9 +71,14 @@ class Inlet(Mailbox):
         self._room_waiter: Callable[[], object] | None = None
         #: envelopes taken by the adapter and not yet settled by the router, per route
         self._in_flight: Counter[str] = Counter()
-        #: what the adapter took and has not yet reported (sent, failed), by (route, id):
-        #: the envelope, and whether its peer acknowledges later (``defer``)
-        self._owed: dict[tuple[str, int], tuple[Envelope, bool]] = {}
+        #: what the adapter deferred and has not yet reported, by (route, id)
+        self._deferred: dict[tuple[str, int], Envelope] = {}
+        #: the batch being delivered (the last one taken) until settle_batch ends its call
+        self._call: tuple[str, list[Envelope]] | None = None
+        #: ids of that batch, built at the first defer/report of the call
+        self._call_ids: set[int] | None = None
+        #: ids of that batch the adapter deferred or reported during the call
+        self._settled_in_call: set[int] = set()
 
     # --- router side ------------------------------------------------------------
 
@@ -168,10 +173,8 @@ class Inlet(Mailbox):
                 if q.items:
                     self._ready.append(route)
                 self._in_flight[route] += n
-                owed = self._owed
-                for env in batch:
-                    owed[route, id(env)] = (env, False)
-                taken = route, batch
+                taken = self._call = route, batch
+                self._call_ids, self._settled_in_call = None, set()
                 break
             else:
                 self._wake_scheduled = False
@@ -215,47 +218,60 @@ class Inlet(Mailbox):
 
     # --- what the adapter owes (called on the adapter's loop) ----------------------------
     #
-    # From take() until the adapter reports an envelope (sent, failed) it is owed here; the
-    # router settles the in-flight count when the report reaches it.  This is the one
+    # The batch taken last is the one being delivered: what the adapter defers or reports
+    # during that call is noted, and settle_batch() ends the call with the rest of the
+    # batch, sent.  What it deferred stays owed here until it reports it (ack, fail); the
+    # router settles the in-flight count when each report reaches it.  This is the one
     # record of what an adapter holds: a stopped instance hands back what is still owed.
+    # A plain sink pays nothing per envelope for it.
+
+    def _in_call_locked(self, route: str, env: Envelope) -> bool:
+        call = self._call
+        if call is None or call[0] != route:
+            return False
+        if self._call_ids is None:
+            self._call_ids = {id(e) for e in call[1]}
+        return id(env) in self._call_ids
 
     def defer(self, route: str, envelopes: Sequence[Envelope]) -> None:
-        """The peer acknowledges these later: not sent when their ``deliver`` returns.
-        (Only what this inlet handed out can be owed; anything else is ignored.)"""
+        """Inside ``deliver``: the peer acknowledges these later, so they are not sent when
+        the call returns.  (Only envelopes of the batch being delivered can be deferred;
+        any other is ignored.)"""
         with self.lock:
-            owed = self._owed
             for env in envelopes:
-                key = route, id(env)
-                if key in owed:
-                    owed[key] = (env, True)
+                if self._in_call_locked(route, env):
+                    self._deferred[route, id(env)] = env
+                    self._settled_in_call.add(id(env))
 
     def report(self, route: str, envelopes: Sequence[Envelope]) -> None:
         """The adapter reported these (acknowledged or failed): no longer owed."""
         with self.lock:
-            owed = self._owed
+            deferred = self._deferred
             for env in envelopes:
-                owed.pop((route, id(env)), None)
+                deferred.pop((route, id(env)), None)
+                if self._in_call_locked(route, env):
+                    self._settled_in_call.add(id(env))
 
     def settle_batch(self, route: str, batch: list[Envelope]) -> list[Envelope]:
-        """After ``deliver(route, batch)`` ended: those of ``batch`` neither reported nor
-        deferred during the call, now no longer owed (the caller reports them)."""
+        """``deliver(route, batch)`` ended: those of ``batch`` neither deferred nor reported
+        during the call (the caller reports them).  Once per call: [] after that."""
         with self.lock:
-            owed = self._owed
-            out = []
-            for env in batch:
-                entry = owed.get((route, id(env)))
-                if entry is not None and not entry[1]:
-                    del owed[route, id(env)]
-                    out.append(env)
-            return out
+            call = self._call
+            if call is None or call[1] is not batch:
+                return []
+            settled = self._settled_in_call
+            self._call, self._call_ids, self._settled_in_call = None, None, set()
+        if not settled:
+            return batch
+        return [env for env in batch if id(env) not in settled]
 
     def release_owed(self) -> dict[str, list[Envelope]]:
-        """Everything still owed (deferred, never acknowledged), by route, now forgotten:
-        what a stopped instance hands back."""
+        """Everything deferred and never reported, by route, now forgotten: what a
+        stopped instance hands back."""
         with self.lock:
-            owed, self._owed = self._owed, {}
+            deferred, self._deferred = self._deferred, {}
         by_route: dict[str, list[Envelope]] = {}
-        for (route, _), (env, _) in owed.items():
+        for (route, _), env in deferred.items():
             by_route.setdefault(route, []).append(env)
         return by_route
 
@@ -291,5 +307,6 @@ class Inlet(Mailbox):
                 q.items.clear()
             self._ready.clear()
             self._in_flight.clear()
-            self._owed.clear()
+            self._deferred.clear()
+            self._call = None
             return out

@@ -19,9 +19,9 @@ adapter share one loop (thread ``junction-loop``); an adapter whose config says
   by a high-water mark.  A sender that must not drop waits for room without blocking the
   loop: the router for a full ``block`` queue, a source for the router's mailbox
   (:meth:`~broker._messages.Backlog.wait_room`).
-- **One place tracks an envelope in flight**: the target's inlet, from ``take`` until the
-  adapter reports it (sent, failed; ``defer`` keeps it owed until ``ack``) and the router
-  counts it delivered, failed or dead-lettered.  A stopped instance hands back what it
+- **One place tracks an envelope in flight**: the target's inlet, from ``take`` (the batch
+  being delivered; ``defer`` keeps an envelope owed until ``ack`` or ``fail``) until the
+  router counts it delivered, failed or dead-lettered.  A stopped instance hands back what it
   still owes from there.  (A ``persist`` route's outbox also knows which row holds each
   envelope it has in memory: that is where the rows are, not a second record of flight.)
 - **No thread without data.**  Restarts (each adapter actor supervises its own instance,

@@ -164,8 +164,21 @@ def test_one_envelope_on_two_routes_is_owed_once_per_route() -> None:
     [env] = envs(1)
     inlet.offer("a", [env], capacity=10, policy="drop_newest")
     inlet.offer("b", [env], capacity=10, policy="drop_newest")
-    first, second = inlet.take(), inlet.take()
-    assert first is not None and second is not None
+    first = inlet.take()
+    assert first is not None
     inlet.defer(first[0], first[1])
-    assert inlet.settle_batch(second[0], second[1]) == [env]  # b's copy is sent
+    assert inlet.settle_batch(*first) == []  # a's copy: its peer acknowledges later
+    second = inlet.take()
+    assert second is not None and second[0] != first[0]
+    assert inlet.settle_batch(*second) == [env]  # b's copy is sent
     assert inlet.release_owed() == {first[0]: [env]}  # a's is still owed
+
+
+def test_only_the_batch_being_delivered_can_be_deferred() -> None:
+    inlet = Inlet("t")
+    inlet.offer("r", envs(3), capacity=10, policy="drop_newest")
+    [stranger] = envs(1, start=9)
+    route, batch = inlet.take() or ("", [])
+    inlet.defer(route, [stranger])  # never handed out: nothing to owe
+    assert inlet.settle_batch(route, batch) == batch
+    assert inlet.release_owed() == {}

@@ -145,10 +145,29 @@ class TimedAlphaX(TrackedAlphaX):
     to its acknowledgement: HTTP 2xx received as the delivery returns (the simulator stores
     before answering), or its PUBACK received over MQTT (the adapter acks it then)."""
 
+    #: ids of the envelopes the current ``deliver`` call failed or deferred (None outside)
+    _settled: set[int] | None = None
+
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
-        await super().deliver(route, batch)
-        settled = self._settled_in_deliver or set()
+        settled: set[int] = set()
+        self._settled = settled
+        try:
+            await super().deliver(route, batch)
+        finally:
+            self._settled = None
         self._record([env for env in batch if id(env) not in settled])
+
+    def fail(
+        self, route: str, envelopes: Sequence[Envelope], reason: str, permanent: bool = True
+    ) -> None:
+        if self._settled is not None:
+            self._settled.update(id(env) for env in envelopes)
+        super().fail(route, envelopes, reason, permanent)
+
+    def defer(self, route: str, envelopes: Sequence[Envelope]) -> None:
+        if self._settled is not None:
+            self._settled.update(id(env) for env in envelopes)
+        super().defer(route, envelopes)
 
     def ack(self, route: str, envelopes: Sequence[Envelope]) -> None:
         super().ack(route, envelopes)
