@@ -29,6 +29,17 @@ ALLOWED = {
 }
 
 
+def src_to_sink(src: str, sink: str, *, junction: str = "", route: str = "") -> str:
+    """A burst source feeding one collector through route ``r``; each argument holds the
+    extra TOML lines of its table (``junction``: of ``[junction]``)."""
+    head = f"[junction]\n{junction}\n" if junction else ""
+    return (
+        f'{head}[adapters.src]\ntype = "burst"\n{src}\n'
+        f'[adapters.sink]\ntype = "collector"\n{sink}\n'
+        f'[[routes]]\nname = "r"\nfrom = "src"\nto = "sink"\n{route}\n'
+    )
+
+
 def _new_threads(before: set[int]) -> set[str]:
     return {t.name for t in threading.enumerate() if t.ident not in before}
 
@@ -79,20 +90,7 @@ to = ["sink", "own", "crashy"]
 def test_stop_is_answered_once_the_instance_has_closed(
     load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
 ) -> None:
-    rt = runtime_of(
-        load_config("""
-[adapters.src]
-type = "burst"
-count = 10
-[adapters.sink]
-type = "collector"
-close_s = 0.3
-[[routes]]
-name = "r"
-from = "src"
-to = "sink"
-""")
-    )
+    rt = runtime_of(load_config(src_to_sink("count = 10", "close_s = 0.3")))
     wait_until(lambda: len(received("sink")) == 10)
     ref = rt.adapters["sink"]
     rt.stop_adapter("sink")
@@ -105,23 +103,13 @@ def test_a_restarted_instance_takes_what_was_queued_for_the_one_that_crashed(
     load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
 ) -> None:
     rt = runtime_of(
-        load_config("""
-[junction]
-restart_backoff_s = 0.05
-[adapters.src]
-type = "burst"
-count = 100
-batch = 10
-[adapters.sink]
-type = "collector"
-crash_on_batches = [2]
-max_batch = 10
-close_s = 0.05
-[[routes]]
-name = "r"
-from = "src"
-to = "sink"
-""")
+        load_config(
+            src_to_sink(
+                "count = 100\nbatch = 10",
+                "crash_on_batches = [2]\nmax_batch = 10\nclose_s = 0.05",
+                junction="restart_backoff_s = 0.05",
+            )
+        )
     )
     wait_until(lambda: rt.statuses["sink"].restarts == 1, what="one restart")
     wait_until(lambda: len(received("sink")) == 90, what="the 90 not in the crashed batch")
@@ -157,20 +145,11 @@ def test_a_batch_cancelled_inside_a_nursery_goes_back_to_its_queue_not_to_the_de
     load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
 ) -> None:
     rt = runtime_of(
-        load_config("""
-[adapters.src]
-type = "burst"
-count = 20
-[adapters.sink]
-type = "collector"
-gated = true
-in_nursery = true
-[[routes]]
-name = "r"
-from = "src"
-to = "sink"
-overflow = "drop_newest"
-""")
+        load_config(
+            src_to_sink(
+                "count = 20", "gated = true\nin_nursery = true", route='overflow = "drop_newest"'
+            )
+        )
     )
     wait_until(lambda: rt.inlets["sink"].route_pending("r") == 20, what="20 taken or queued")
     rt.stop_adapter("sink")  # cancels the deliver waiting at its gate, inside a nursery
@@ -183,24 +162,13 @@ def test_a_constructor_that_refuses_on_restart_is_retried_with_the_back_off(
     load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
 ) -> None:
     rt = runtime_of(
-        load_config("""
-[junction]
-restart_backoff_s = 0.05
-restart_backoff_max_s = 0.2
-[adapters.src]
-type = "burst"
-count = 60
-batch = 10
-[adapters.sink]
-type = "collector"
-crash_on_batches = [1]
-max_batch = 10
-refuse_restarts = 2
-[[routes]]
-name = "r"
-from = "src"
-to = "sink"
-""")
+        load_config(
+            src_to_sink(
+                "count = 60\nbatch = 10",
+                "crash_on_batches = [1]\nmax_batch = 10\nrefuse_restarts = 2",
+                junction="restart_backoff_s = 0.05\nrestart_backoff_max_s = 0.2",
+            )
+        )
     )
     wait_until(lambda: len(received("sink")) == 50, what="the 50 after the crashed batch")
     assert core_plugin.BUILT["sink"] == 4  # the first, two refusals, the one that ran
@@ -213,20 +181,9 @@ def test_an_adapter_stopped_while_its_restart_waits_says_stopped(
     load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
 ) -> None:
     rt = runtime_of(
-        load_config("""
-[junction]
-restart_backoff_s = 30.0
-[adapters.src]
-type = "burst"
-count = 10
-[adapters.sink]
-type = "collector"
-crash_on_batches = [1]
-[[routes]]
-name = "r"
-from = "src"
-to = "sink"
-""")
+        load_config(
+            src_to_sink("count = 10", "crash_on_batches = [1]", junction="restart_backoff_s = 30.0")
+        )
     )
     wait_until(lambda: rt.statuses["sink"].state == "restarting", what="a pending restart")
     rt.stop_adapter("sink")
@@ -236,19 +193,7 @@ to = "sink"
 def test_shutdown_ends_the_routers_tick_before_it_empties_the_inlets(
     load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
 ) -> None:
-    rt = runtime_of(
-        load_config("""
-[adapters.src]
-type = "burst"
-count = 5
-[adapters.sink]
-type = "collector"
-[[routes]]
-name = "r"
-from = "src"
-to = "sink"
-""")
-    )
+    rt = runtime_of(load_config(src_to_sink("count = 5", "")))
     wait_until(lambda: len(received("sink")) == 5)
     ticking_when_adapters_stopped: list[bool] = []
     stop_adapter = rt.stop_adapter
