@@ -45,6 +45,7 @@ from broker._envelope import (
     new_id,
 )
 from broker._errors import (
+    NESTED_TOO_DEEP,
     ConfigError,
     ConfigProblem,
     JunctionError,
@@ -70,6 +71,7 @@ from broker.hookspecs import (
 __all__ = [
     "BODY_TYPES",
     "ENTRY_POINT_GROUP",
+    "NESTED_TOO_DEEP",
     "Adapter",
     "AdapterConfig",
     "AdapterContext",

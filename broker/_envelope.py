@@ -51,6 +51,8 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
+from broker._errors import NESTED_TOO_DEEP
+
 
 class Body(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
     """Base of every body type; the subclass's tag is its ``kind``."""
@@ -318,8 +320,12 @@ def encode(envelope: Envelope) -> bytes:
 
 
 def decode(data: bytes | str) -> Envelope:
-    """Parse JSON into an envelope; raises ``msgspec.ValidationError`` with a path."""
-    return _decoder.decode(data)
+    """Parse JSON into an envelope; raises ``msgspec.ValidationError`` with a path, or
+    ``msgspec.DecodeError`` for anything that is not an envelope (nested too deeply too)."""
+    try:
+        return _decoder.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError(f"envelope: {NESTED_TOO_DEEP}") from None
 
 
 def to_builtins(envelope: Envelope) -> dict[str, Any]:

@@ -45,6 +45,12 @@ def unwrap(err: BaseException) -> Exception:
     return err if isinstance(err, Exception) else RuntimeError(repr(err))
 
 
+#: Why a decoder refused JSON nested too deeply: msgspec recurses per level and stops with
+#: a RecursionError near Python's recursion limit; every codec turns that into its own
+#: error with this text, so a peer's hostile value is a refused frame, never a crash.
+NESTED_TOO_DEEP = "nested too deeply (more than about 1,000 levels of arrays or objects)"
+
+
 class JunctionError(Exception):
     """Base of every error the broker raises on purpose."""
 

@@ -100,6 +100,7 @@ from adapters.allxon.cards import (
     Value,
 )
 from adapters.allxon.signing import SIGNATURE_OVERHEAD
+from broker import NESTED_TOO_DEEP
 
 __all__ = [
     "KNOWN_METHODS",
@@ -265,6 +266,8 @@ def decode_frame(text: str | bytes) -> InboundFrame:
         raise MalformedFrameError(f"not a JSON-RPC object ({err})", text) from None
     except msgspec.DecodeError as err:
         raise MalformedFrameError(f"not JSON ({err})", text) from None
+    except RecursionError:
+        raise MalformedFrameError(NESTED_TOO_DEEP, text) from None
     if header.jsonrpc is not None and header.jsonrpc != "2.0":
         raise MalformedFrameError(f"jsonrpc is {header.jsonrpc!r}, expected '2.0'", text)
     if header.method is None:
@@ -292,6 +295,8 @@ def decode_frame(text: str | bytes) -> InboundFrame:
     except msgspec.DecodeError as err:
         detail = str(err).replace("at `$", "at `$.params")
         raise InvalidParamsError(method, detail, text) from None
+    except RecursionError:
+        raise InvalidParamsError(method, NESTED_TOO_DEEP, text) from None
     message: InboundFrame = message_type(params=params)
     return message
 

@@ -20,6 +20,7 @@ from adapters.alphax._codec_base import (
     check_value,
     round_value,
 )
+from broker import NESTED_TOO_DEEP
 
 # ---------------------------------------------------------------------------------------------
 # Read records
@@ -89,6 +90,8 @@ def _decode_records(decoder: msgspec.json.Decoder[list[_R] | _R], raw: bytes | s
         raise JsonShapeError(f"read response: {err}") from err
     except msgspec.DecodeError as err:
         raise MalformedJsonError(f"read response is not JSON: {err}") from err
+    except RecursionError:
+        raise MalformedJsonError(f"read response: {NESTED_TOO_DEEP}") from None
     return decoded if isinstance(decoded, list) else [decoded]
 
 
@@ -139,6 +142,8 @@ def decode_error_body(raw: bytes | str) -> ErrorBody:
         raise JsonShapeError(f"error body: {err}") from err
     except msgspec.DecodeError as err:
         raise MalformedJsonError(f"error body is not JSON: {err}") from err
+    except RecursionError:
+        raise MalformedJsonError(f"error body: {NESTED_TOO_DEEP}") from None
     code = wire.code
     if isinstance(code, str):
         if not code.strip().isdigit():
@@ -241,6 +246,8 @@ def decode_channel_value(payload: bytes | str) -> float:
         raise JsonShapeError(f"channel payload is not a plain number: {err}", "payload") from err
     except msgspec.DecodeError as err:
         raise MalformedJsonError(f"channel payload is not a number: {err}", "payload") from err
+    except RecursionError:
+        raise MalformedJsonError(f"channel payload: {NESTED_TOO_DEEP}", "payload") from None
     return check_value(value, where="payload")
 
 

@@ -101,6 +101,7 @@ from adapters.alphax._codec_records import (
     redact,
     redact_topic,
 )
+from broker import NESTED_TOO_DEEP
 
 _DEVICE_PART = 8  # bytes
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -306,6 +307,8 @@ def _decode_wire(raw: bytes | str) -> _UplinkWire:
         raise JsonShapeError(f"uplink body: {err}") from err
     except msgspec.DecodeError as err:
         raise MalformedJsonError(f"uplink body is not JSON: {err}") from err
+    except RecursionError:
+        raise MalformedJsonError(f"uplink body: {NESTED_TOO_DEEP}") from None
     if not wire.network_id:
         raise JsonShapeError("networkId is empty", "$.networkId")
     if not wire.token:

@@ -44,6 +44,8 @@ from typing import Annotated, Any, Final, Literal, TypeAlias
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from broker import NESTED_TOO_DEEP
+
 __all__ = [
     "PING",
     "PING_FRAME",
@@ -296,6 +298,8 @@ def decode_server_frame(data: str | bytes) -> ServerFrame:
         return _frame_decoder.decode(data)
     except msgspec.DecodeError as err:  # ValidationError is a subclass
         raise MalformedFrameError(str(err), data) from err
+    except RecursionError:
+        raise MalformedFrameError(NESTED_TOO_DEEP, data) from None
 
 
 def decode_value(raw: msgspec.Raw) -> Any:
