@@ -223,6 +223,10 @@ def _confirm(action: str, sel: Selection, yes: bool) -> bool:
 def cmd_list(args: argparse.Namespace) -> int:
     def body(where: Located, box: Outbox) -> int:
         sel = select(box, args.route, args.reason, None)
+        if sel.count == 0 and not (args.route or args.reason) and box.dead_count() == 0:
+            # an empty store is an answer, not a failure (a filter that names nothing is)
+            out(f"no dead letters in {box.path}{_waiting(box)}")
+            return EXIT_OK
         if sel.count == 0:
             return _nothing_matched(box, sel)
         if args.ids:

@@ -121,6 +121,28 @@ def table_rows(out: str, first: str) -> list[list[str]]:
 # --- list and show -----------------------------------------------------------------------
 
 
+def test_list_of_an_empty_store_says_so_and_succeeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "clean.toml"
+    path.write_text(
+        f'[junction]\nstate_dir = "{tmp_path / "state"}"\n'
+        '[adapters.src]\ntype = "burst"\ncount = 5\n[adapters.sink]\ntype = "collector"\n'
+        '[[routes]]\nname = "r"\nfrom = "src"\nto = "sink"\n',
+        encoding="utf-8",
+    )
+    core_plugin.reset()
+    rt = start(str(path))  # nothing fails: the store is created and stays without dead letters
+    try:
+        wait_until(lambda: len(core_plugin.received("sink")) == 5, what="all delivered")
+    finally:
+        rt.stop(grace_s=1)
+        core_plugin.reset()
+    assert dlq("list", str(path)) == 0
+    assert "no dead letters in" in capsys.readouterr().out
+    assert dlq("list", str(path), "--route", "nope") == 1  # a filter that names nothing still fails
+
+
 def test_list_counts_by_route_stage_and_reason(
     dead: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
