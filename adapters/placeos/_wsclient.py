@@ -68,11 +68,14 @@ class WsRejected(WsHandshakeError):
 
 
 class WsClosed(WsError):
-    """The connection is closed: ``code`` and ``reason`` of the close frame, None without one."""
+    """The connection is closed: ``code`` and ``reason`` of the close frame, None without one;
+    ``by_us`` when Junction sent that close frame (a message over the limit, a bad frame, a
+    polite close), not the server."""
 
-    def __init__(self, code: int | None, reason: str = "") -> None:
+    def __init__(self, code: int | None, reason: str = "", *, by_us: bool = False) -> None:
         self.code = code
         self.reason = reason
+        self.by_us = by_us
         text = "no close frame" if code is None else f"code {code}"
         super().__init__(f"{text}: {reason}" if reason else text)
 
@@ -183,7 +186,7 @@ class WsClient:
 
     async def _fail(self, code: int, reason: str) -> None:
         """Close with ``code`` (best effort); a receive or send raises ``self._closed`` now."""
-        self._closed = WsClosed(int(code), reason)
+        self._closed = WsClosed(int(code), reason, by_us=True)
         if self._conn.state is ConnectionState.OPEN:
             with suppress(WsError, LocalProtocolError):
                 await self._send(self._conn.send(CloseConnection(code=int(code), reason=reason)))
@@ -207,7 +210,7 @@ class WsClient:
     async def aclose(self) -> None:
         """Close politely: a close frame (1000), the server's answer for a while, then TCP."""
         if self._closed is None and self._conn.state is ConnectionState.OPEN:
-            self._closed = WsClosed(1000, "closed by the client")
+            self._closed = WsClosed(1000, "closed by the client", by_us=True)
             with (
                 trio.move_on_after(self._disconnect_timeout),
                 suppress(WsError, RemoteProtocolError, trio.BrokenResourceError),

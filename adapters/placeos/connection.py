@@ -81,6 +81,13 @@ def auth_headers(config: PlaceOSConfig) -> list[tuple[bytes, bytes]]:
     return [(b"Authorization", b"Bearer " + config.bearer_token.encode())]
 
 
+def who_closed(err: WsClosed) -> str:
+    """Who ended the connection, for the log line and the status."""
+    if err.by_us:
+        return "closed by Junction"
+    return "connection lost" if err.code is None else "closed by the server"
+
+
 class Session:
     """An open connection: send frames, read frames, know when it was last alive."""
 
@@ -104,7 +111,7 @@ class Session:
         try:
             messages = await self.ws.receive_messages()
         except WsClosed as err:
-            raise ConnectionDead(f"closed by the server ({err})") from err
+            raise ConnectionDead(f"{who_closed(err)} ({err})") from err
         self.last_frame_at = time.monotonic()
         return messages
 

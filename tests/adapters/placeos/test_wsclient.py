@@ -48,6 +48,7 @@ from adapters.placeos._wsclient import (
     WsRejected,
     open_websocket,
 )
+from adapters.placeos.connection import who_closed
 
 Handler = Callable[[WebSocketRequest], Awaitable[None]]
 READY = "ready"
@@ -458,6 +459,8 @@ async def test_message_over_the_limit_closes_with_1009() -> None:
                     await client.receive_messages()
             await done.wait()
     assert caught.value.code == 1009
+    assert caught.value.by_us  # Junction closed it, not the server
+    assert who_closed(caught.value) == "closed by Junction"
     assert server_saw == [1009]
 
 
