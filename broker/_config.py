@@ -245,6 +245,22 @@ class _RawFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 _REF = re.compile(r"\$\{([^}]*)\}")
 
 
+def state_dir_problem(state_dir: str) -> str:
+    """Why ``state_dir`` could not be created or written, or "" when it can (nothing is
+    created here: ``junction check`` must say what ``junction run`` would die on)."""
+    path = Path(state_dir)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be created: {existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (
+            f"cannot be {'written' if existing == path else 'created'}: {existing} is not writable"
+        )
+    return ""
+
+
 def load(
     path: str | os.PathLike[str],
     adapter_types: Mapping[str, type[AdapterConfig]],
@@ -283,6 +299,13 @@ def loads(
     if raw is None:
         raise ConfigError(problems)
     settings = _convert(raw.junction, JunctionSettings, "junction", file, problems)
+    if settings is not None:
+        why = state_dir_problem(settings.state_dir)
+        if why:
+            hint = "name a directory the bridge may create and write (e.g. /var/lib/junction)"
+            problems.append(
+                ConfigProblem(file, "junction.state_dir", why, settings.state_dir, True, hint)
+            )
     adapters: dict[str, AdapterConfig] = {}
     for name, table in raw.adapters.items():
         where = f"adapters.{name}"

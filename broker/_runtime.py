@@ -60,7 +60,7 @@ from broker._adapter_actor import AdapterActor
 from broker._backoff import Backoff
 from broker._config import Config
 from broker._envelope import Envelope
-from broker._errors import ConfigProblem
+from broker._errors import ConfigError, ConfigProblem
 from broker._inlet import Inlet
 from broker._loop import SharedLoop
 from broker._messages import Backlog, Leftovers, Quiesce, Snapshot, Tick
@@ -154,7 +154,13 @@ class Runtime:
         cfg = self.loaded.config
         settings = cfg.junction
         state_dir = Path(settings.state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # checked at load; this is what changed on disk since
+            problem = f"cannot be created: {err.strerror or err}"
+            raise ConfigError(
+                [ConfigProblem(str(cfg.path), "junction.state_dir", problem, str(state_dir), True)]
+            ) from None
         if settings.switch_interval_ms > 0:
             sys.setswitchinterval(settings.switch_interval_ms / 1000)
         for name, acfg in cfg.adapters.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -243,3 +245,30 @@ def test_within_bounds_loads(load_config: Callable[[str], Loaded]) -> None:
     text = "[junction]\nshutdown_grace_s = 0\nblock_timeout_s = 0\nswitch_interval_ms = 0\n"
     settings = load_config(text + GOOD).config.junction
     assert (settings.shutdown_grace_s, settings.block_timeout_s) == (0, 0)
+
+
+def test_a_state_dir_that_cannot_be_created_is_a_config_error_naming_it(
+    tmp_path: Path, load_config: Callable[[str], Loaded]
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    (msg,) = problems(load_config, f'[junction]\nstate_dir = "{blocker}/state"\n' + GOOD)
+    assert "junction.state_dir: cannot be created:" in msg
+    assert f"{blocker} is a file, not a directory" in msg
+
+
+def test_check_and_run_refuse_such_a_state_dir_without_a_traceback(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(f'[junction]\nstate_dir = "{blocker}/state"\n', encoding="utf-8")
+    for command in ("check", "run"):
+        done = subprocess.run(
+            [sys.executable, "-m", "broker.cli", command, str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (command, done.stderr)
+        assert "junction.state_dir: cannot be created" in done.stderr
+        assert "Traceback" not in done.stderr
