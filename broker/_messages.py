@@ -103,9 +103,6 @@ class Backlog:
     def value(self) -> int:
         return self._value
 
-    def over(self) -> bool:
-        return self._value > self.high_water
-
     async def wait_room(self) -> None:
         """Return once the router's mailbox is at or under its mark (at once if it is)."""
         while self._value > self.high_water:
