@@ -8,14 +8,14 @@ which is exactly when dead letters need looking at.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker import _config as config_mod
-from broker import _reload as reload_mod
+from broker import _operator_view as operator_view
+from broker import _state_lock as state_lock
 from broker._dlq_format import err
-from broker._errors import ConfigError, ConfigProblem
+from broker._errors import JunctionError
 from broker._outbox import Outbox, OutboxError
 
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -35,29 +35,17 @@ def locate(config_path: str) -> Located:
     """Read ``[junction] state_dir`` and ``[junction.outbox] file`` from ``config_path``.
 
     Raises ConfigError (exit 2) for problems in the file as a whole (unreadable, bad TOML)
-    or in its ``[junction]`` table; problems elsewhere are ignored here.
+    or in its ``[junction]`` table; the rest of the file is not looked at
+    (:mod:`broker._operator_view`).
     """
-    problems: list[ConfigProblem] = []
-    try:
-        cfg = config_mod.load(config_path, {}, problems)
-    except ConfigError as error:
-        raise ConfigError(_ours(error.problems) or error.problems) from error
-    ours = _ours(problems)
-    if ours:
-        raise ConfigError(ours)
-    settings = cfg.junction
-    state_dir = Path(settings.state_dir)
+    view = operator_view.read(config_path)
+    state_dir = Path(view.junction.state_dir)
     return Located(
         config=config_path,
         state_dir=state_dir,
-        path=state_dir / settings.outbox.file,
-        routes=frozenset(r.name for r in cfg.routes),
+        path=state_dir / view.junction.outbox.file,
+        routes=view.route_names,
     )
-
-
-def _ours(problems: Sequence[ConfigProblem]) -> list[ConfigProblem]:
-    """The problems that stop this command: the file's own and those in ``[junction]``."""
-    return [p for p in problems if p.path in ("", "junction") or p.path.startswith("junction.")]
 
 
 def open_store(where: Located) -> Outbox | None:
@@ -75,10 +63,10 @@ def open_store(where: Located) -> Outbox | None:
 
 
 def bridge_pid(state_dir: Path) -> int | None:
-    """The pid of a bridge running with ``state_dir`` (its pid file names a live process)."""
+    """The pid of the bridge holding ``state_dir``, or None when none runs with it."""
     try:
-        return reload_mod.running_pid(state_dir)
-    except reload_mod.BridgeUnreachable:
+        return state_lock.holder(state_dir)
+    except JunctionError:
         return None
 
 

@@ -19,9 +19,12 @@ settings   ``[junction]`` keys in :data:`LIVE_SETTINGS` apply at once; any other
 The outcome is a :class:`ReloadReport`, logged at INFO as one line.
 
 ``junction run`` reloads on SIGHUP (on its main loop, never inside the handler) and
-keeps ``<state_dir>/junction.pid`` while it runs; ``junction reload CONFIG`` validates
-the file in its own process first, then signals the pid found there
-(:func:`request_reload`).
+holds ``<state_dir>/junction.pid`` while it runs (:mod:`broker._state_lock`). ``junction
+reload CONFIG`` reads only CONFIG's ``[junction]`` table (the operator's shell need not
+hold the adapters' secrets), signals the pid holding that lock (:func:`request_reload`),
+and prints what the bridge wrote to ``<state_dir>/reload-outcome.json``: the bridge
+checks the file with its own environment, and refuses an invalid one with the problems
+listed, running on with the previous configuration.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any
 import msgspec
 
 from broker import _plugins as plugins_mod
+from broker import _state_lock as state_lock
 from broker._adapter import AdapterStatus
 from broker._config import JunctionSettings
 from broker._errors import ConfigError, JunctionError, PluginError
@@ -62,9 +66,8 @@ LIVE_SETTINGS: tuple[str, ...] = (
     "shutdown_grace_s",
 )
 
-PID_FILE = "junction.pid"
-#: Slack for comparing a process's start time with the pid file's mtime (boot-time rounding).
-_CLOCK_SLACK_S = 2.0
+#: Where the bridge tells ``junction reload`` what it made of the signal.
+OUTCOME_FILE = "reload-outcome.json"
 
 _reloading = threading.Lock()  # one reload at a time (two SIGHUPs, or a test and a signal)
 
@@ -241,22 +244,49 @@ def reload(runtime: Runtime, path: str | None = None) -> ReloadReport:
 
 
 def reload_logged(runtime: Runtime) -> ReloadReport | None:
-    """:func:`reload` for a signal: an invalid file is logged and the bridge runs on."""
+    """:func:`reload` for a signal: an invalid file is logged and the bridge runs on.
+
+    Either way the outcome is written for ``junction reload`` (:func:`wait_outcome`).
+    """
+    began = time.time()
     file = runtime.loaded.config.path
+    state_dir = runtime.loaded.config.junction.state_dir
+    problems: list[str] = []
     try:
-        return reload(runtime)
+        report = reload(runtime)
     except ConfigError as err:
+        problems = [str(p) for p in err.problems]
         log.error(
             "reload of %s refused, still running the previous configuration: %s",
             file,
-            "; ".join(str(p) for p in err.problems),
+            "; ".join(problems),
         )
     except PluginError as err:
+        problems = [f"plugin error: {err}"]
         log.error(
             "reload of %s refused (plugin error), still running the previous configuration: %s",
             file,
             err,
         )
+    else:
+        _write_outcome(
+            state_dir,
+            ReloadOutcome(
+                pid=os.getpid(),
+                began=began,
+                applied=True,
+                summary=str(report),
+                needs_restart=list(report.needs_restart),
+            ),
+        )
+        return report
+    summary = f"{file}: refused, still running the previous configuration"
+    _write_outcome(
+        state_dir,
+        ReloadOutcome(
+            pid=os.getpid(), began=began, applied=False, summary=summary, problems=problems
+        ),
+    )
     return None
 
 
@@ -361,85 +391,18 @@ def _remove(
         )
 
 
-# --- the pid file and `junction reload` --------------------------------------------
-
-
-def pid_path(state_dir: str | os.PathLike[str]) -> Path:
-    """Where a bridge with this state directory keeps its process id."""
-    return Path(state_dir) / PID_FILE
-
-
-def write_pid_file(state_dir: str | os.PathLike[str]) -> Path:
-    """Record this process as the bridge of ``state_dir`` (atomically); returns the path."""
-    path = pid_path(state_dir)
-    try:
-        other = running_pid(state_dir)
-    except BridgeUnreachable:
-        other = None
-    if other is not None and other != os.getpid():
-        log.warning(
-            "%s names another running junction (pid %d); this one (pid %d) takes it over: "
-            "two bridges should not share a state_dir",
-            path,
-            other,
-            os.getpid(),
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(PID_FILE + ".tmp")
-    tmp.write_text(f"{os.getpid()}\n", encoding="ascii")
-    os.replace(tmp, path)
-    return path
-
-
-def remove_pid_file(path: Path) -> None:
-    """Remove the pid file if it still names this process."""
-    try:
-        if int(path.read_text(encoding="ascii").strip()) == os.getpid():
-            path.unlink()
-    except (OSError, ValueError):
-        pass
-
-
-def running_pid(state_dir: str | os.PathLike[str]) -> int:
-    """The pid of the bridge running with ``state_dir``; BridgeUnreachable says why not."""
-    path = pid_path(state_dir)
-    where = path.resolve()
-    try:
-        text = path.read_text(encoding="ascii")
-        written = path.stat().st_mtime
-    except FileNotFoundError:
-        raise BridgeUnreachable(
-            f"no junction is running with this state_dir: {where} does not exist "
-            "(is the bridge started, from the same working directory?)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise BridgeUnreachable(f"cannot read {where}: {err}") from err
-    try:
-        pid = int(text.strip())
-    except ValueError:
-        pid = 0
-    if pid <= 0:
-        raise BridgeUnreachable(f"{where} does not hold a process id (got {text.strip()!r})")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        raise BridgeUnreachable(
-            f"no junction is running: {where} is stale (process {pid} has ended)"
-        ) from None
-    except PermissionError:
-        pass  # it exists; signalling it will say whether we may
-    started = _process_started_at(pid)
-    if started is not None and started > written + _CLOCK_SLACK_S:
-        raise BridgeUnreachable(
-            f"no junction is running: {where} is stale (process {pid} started after the file "
-            "was written, so it is another program)"
-        )
-    return pid
+# --- `junction reload`: signal the owner, read its answer -----------------------------
 
 
 def request_reload(state_dir: str | os.PathLike[str]) -> int:
-    """Send SIGHUP to the bridge of ``state_dir``; returns its pid."""
-    pid = running_pid(state_dir)
+    """Send SIGHUP to the bridge holding ``state_dir``; returns its pid."""
+    pid = state_lock.holder(state_dir)
+    if pid is None:
+        where = state_lock.pid_path(state_dir).resolve()
+        raise BridgeUnreachable(
+            f"no junction is running with this state_dir: nothing holds {where} "
+            "(is the bridge started, with the same state_dir, from the same working directory?)"
+        )
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
@@ -453,16 +416,48 @@ def request_reload(state_dir: str | os.PathLike[str]) -> int:
     return pid
 
 
-def _process_started_at(pid: int) -> float | None:
-    """When ``pid`` started (epoch seconds), from /proc; None where that is not available."""
+class ReloadOutcome(msgspec.Struct, kw_only=True):
+    """What the bridge made of a SIGHUP, written to ``<state_dir>/reload-outcome.json``
+    for ``junction reload`` to print: the bridge checks the file with its own environment
+    (its secrets), which the operator's shell need not have."""
+
+    pid: int
+    #: When the bridge began this reload (epoch seconds): newer than the request's signal.
+    began: float
+    applied: bool
+    summary: str
+    problems: list[str] = []
+    needs_restart: list[str] = []
+
+
+def outcome_path(state_dir: str | os.PathLike[str]) -> Path:
+    """Where the bridge of ``state_dir`` writes the outcome of its last reload."""
+    return Path(state_dir) / OUTCOME_FILE
+
+
+def _write_outcome(state_dir: str, outcome: ReloadOutcome) -> None:
+    path = outcome_path(state_dir)
+    tmp = path.with_name(OUTCOME_FILE + ".tmp")
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-        boot = next(
-            int(line.split()[1])
-            for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
-            if line.startswith("btime ")
-        )
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
+        tmp.write_bytes(msgspec.json.encode(outcome))
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("reload: cannot write %s for `junction reload`: %s", path, describe(err))
+
+
+def wait_outcome(
+    state_dir: str | os.PathLike[str], since: float, timeout_s: float
+) -> ReloadOutcome | None:
+    """The outcome of the first reload that began at or after ``since``; None on timeout."""
+    path = outcome_path(state_dir)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = msgspec.json.decode(path.read_bytes(), type=ReloadOutcome)
+        except (OSError, msgspec.DecodeError):
+            found = None
+        if found is not None and found.began >= since:
+            return found
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)

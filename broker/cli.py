@@ -3,7 +3,7 @@
 ::
 
     junction run CONFIG          run the bridge until Ctrl-C / SIGTERM (SIGHUP: reload CONFIG)
-    junction reload CONFIG       validate CONFIG, then have the running bridge apply it live
+    junction reload CONFIG       have the running bridge check CONFIG and apply it live
     junction check CONFIG        validate; print adapters and compiled routes (exit 0 or 2)
     junction status CONFIG       the live table of a running bridge, from its /status endpoint
     junction explain CONFIG ENV  which routes take an envelope and what they make of it
@@ -35,10 +35,12 @@ import msgspec
 from broker import _envelope as env_mod
 from broker import _explain as explain_mod
 from broker import _logs as logs
+from broker import _operator_view as operator_view
 from broker import _plugins as plugins_mod
 from broker import _reload as reload_mod
+from broker import _state_lock as state_lock
 from broker import _status as status
-from broker._errors import ConfigError, PluginError
+from broker._errors import ConfigError, ConfigProblem, JunctionError, PluginError
 from broker._overflow import Overflow
 from broker._routing import resolve_policies
 from broker._runtime import Loaded, Runtime, load
@@ -71,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except PluginError as err:
         print(f"plugin error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except state_lock.StateDirBusy as err:
+        print(err, file=sys.stderr)
         return EXIT_CONFIG
 
 
@@ -110,9 +115,16 @@ def _parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentPars
     run.set_defaults(func=cmd_run)
 
     rel = sub.add_parser(
-        "reload", help="validate CONFIG, then have the bridge running it apply it without a restart"
+        "reload", help="have the bridge running CONFIG check and apply it without a restart"
     )
     rel.add_argument("config", help="the TOML configuration the bridge was started with")
+    rel.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the bridge to say what it made of the file (default 30)",
+    )
     rel.set_defaults(func=cmd_reload)
 
     check = sub.add_parser("check", help="validate a configuration and show the compiled routes")
@@ -249,8 +261,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     url = args.url
     if url is None:
-        loaded = load(args.config)  # validates only: nothing is started
-        listen = loaded.config.junction.http.listen
+        view = operator_view.read(args.config)  # [junction] only: no adapter secrets needed
+        listen = view.junction.http.listen
         if not listen:
             print(
                 f"{args.config}: {ops_http.LISTEN_KEY} is not set, so this bridge has no "
@@ -275,16 +287,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    loaded = load(args.config)  # an invalid file stops here (exit 2); the bridge is not touched
+    # [junction] only: the bridge checks the rest with its own environment (its secrets)
+    view = operator_view.read(args.config)
+    state_dir = view.junction.state_dir
+    since = time.time()
     try:
-        pid = reload_mod.request_reload(loaded.config.junction.state_dir)
-    except reload_mod.BridgeUnreachable as err:
+        pid = reload_mod.request_reload(state_dir)
+    except (reload_mod.BridgeUnreachable, JunctionError) as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return EXIT_FAIL
-    print(
-        f"{args.config}: OK; sent SIGHUP to junction (pid {pid}), which applies it now "
-        "and logs what changed"
-    )
+    outcome = reload_mod.wait_outcome(state_dir, since, args.wait)
+    if outcome is None:
+        print(
+            f"{args.config}: sent SIGHUP to junction (pid {pid}), which did not say within "
+            f"{args.wait:g} s what it made of it; its log says (or try --wait longer)",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    if not outcome.applied:
+        print(f"junction (pid {pid}) refused {args.config}; it runs on unchanged:", file=sys.stderr)
+        for problem in outcome.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"junction (pid {pid}) reloaded {outcome.summary}")
     return EXIT_OK
 
 
@@ -311,19 +336,17 @@ def run_until_stopped(
             received.append(signal.Signals(signum).name)
         stop.set()
 
+    lock = own_state_dir(loaded)  # before anything else touches the state directory
     handled = (signal.SIGINT, signal.SIGTERM, *([sighup] if sighup is not None else []))
     old = {s: signal.signal(s, on_signal) for s in handled}
-    pid_file: Path | None = None
     recent: logs.RecentLines | None = None
     if live:
         state = Path(loaded.config.junction.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
         recent = logs.RecentLines()
         logs.divert_to_file(str(state / "junction.log"), recent)
     runtime = Runtime(loaded)
     try:
         runtime.start()
-        pid_file = reload_mod.write_pid_file(loaded.config.junction.state_dir)
         began = time.monotonic()
         every = status_every or 0.5
         while not stop.wait(every) or hangups:
@@ -346,8 +369,7 @@ def run_until_stopped(
             )
     finally:
         report = runtime.stop()
-        if pid_file is not None:
-            reload_mod.remove_pid_file(pid_file)
+        lock.release()
         for s, handler in old.items():
             signal.signal(s, handler)
     if live:
@@ -359,6 +381,27 @@ def run_until_stopped(
             else "stopped cleanly: every queued envelope was delivered\n"
         )
     return EXIT_OK if not report.left else EXIT_FAIL
+
+
+def own_state_dir(loaded: Loaded) -> state_lock.StateLock:
+    """Take the state directory's lock; raises StateDirBusy (exit 2) when another bridge
+    holds it, ConfigError naming ``[junction] state_dir`` when it cannot be created."""
+    state_dir = loaded.config.junction.state_dir
+    try:
+        return state_lock.acquire(state_dir)
+    except OSError as err:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    loaded.config.path,
+                    "junction.state_dir",
+                    f"cannot lock {state_lock.pid_path(state_dir)}: {err.strerror or err}",
+                    state_dir,
+                    True,
+                    "name a directory the bridge may create and write (e.g. /var/lib/junction)",
+                )
+            ]
+        ) from err
 
 
 def _show(

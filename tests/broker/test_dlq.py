@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker import _logs as logs
-from broker import _reload as reload_mod
+from broker import _state_lock as state_lock
 from broker import cli
 from broker._dead_filter import reason_matches
 from broker._dlq import parse_ids
@@ -246,7 +246,7 @@ def test_replay_while_a_bridge_runs_is_picked_up_live(
     path = bridge(False)
     rt = start(path)
     state_dir = rt.loaded.config.junction.state_dir
-    pid_file = reload_mod.write_pid_file(state_dir)  # as `junction run` does
+    lock = state_lock.acquire(state_dir)  # as `junction run` does
     try:
         assert rt.outbox is not None
         before = max(r.seq for r in peek(rt, lambda b: b.dead_rows(route="checked", limit=100)))
@@ -273,7 +273,7 @@ def test_replay_while_a_bridge_runs_is_picked_up_live(
             19.0,
         ]
     finally:
-        reload_mod.remove_pid_file(pid_file)
+        lock.release()
         rt.stop(grace_s=1)
 
 
