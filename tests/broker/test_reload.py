@@ -579,5 +579,3 @@ def test_junction_reload_needs_only_the_junction_table(tmp_path: Path) -> None:
     out = junction("reload", str(cfg))
     assert out.returncode == 1, out.stderr  # no bridge: that is all it says
     assert "no junction is running" in out.stderr and "NOT_EXPORTED_HERE" not in out.stderr
-
-
