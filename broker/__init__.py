@@ -16,6 +16,7 @@ from broker._config import (
     Port,
     Positive,
     Secret,
+    writable_dir_problem,
 )
 from broker._envelope import (
     BODY_TYPES,
@@ -132,4 +133,5 @@ __all__ = [
     "render_status",
     "transform",
     "truncate",
+    "writable_dir_problem",
 ]

@@ -245,10 +245,13 @@ class _RawFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 _REF = re.compile(r"\$\{([^}]*)\}")
 
 
-def state_dir_problem(state_dir: str) -> str:
-    """Why ``state_dir`` could not be created or written, or "" when it can (nothing is
-    created here: ``junction check`` must say what ``junction run`` would die on)."""
-    path = Path(state_dir)
+def writable_dir_problem(directory: str | os.PathLike[str]) -> str:
+    """Why ``directory`` could not be created or written, or "" when it can.
+
+    Nothing is created here: ``junction check`` must say what ``junction run`` would die
+    on (a file in the way, no write permission) without changing the machine.
+    """
+    path = Path(directory)
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -300,7 +303,7 @@ def loads(
         raise ConfigError(problems)
     settings = _convert(raw.junction, JunctionSettings, "junction", file, problems)
     if settings is not None:
-        why = state_dir_problem(settings.state_dir)
+        why = writable_dir_problem(settings.state_dir)
         if why:
             hint = "name a directory the bridge may create and write (e.g. /var/lib/junction)"
             problems.append(

@@ -16,13 +16,24 @@ and counted, never fatal::
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import IO
 
 import msgspec
 import trio
 
-from broker import Adapter, AdapterConfig, Envelope, decode, encode, truncate
+from broker import (
+    Adapter,
+    AdapterConfig,
+    Envelope,
+    NonNegative,
+    decode,
+    encode,
+    truncate,
+    writable_dir_problem,
+)
 
 
 class FileConfig(AdapterConfig, kw_only=True):
@@ -32,7 +43,24 @@ class FileConfig(AdapterConfig, kw_only=True):
     read: bool = False
     write: bool = True
     append: bool = True
-    rate: float = 0.0
+    rate: NonNegative = 0.0
+
+    def __post_init__(self) -> None:
+        """Refuse, at ``junction check``, a path that ``run`` could not open."""
+        if self.path == "-":
+            return
+        target = Path(self.path)
+        if self.read and not target.is_file():
+            raise ValueError(f"path {self.path!r} is not a file to read (read = true)")
+        if not self.write:
+            return
+        if target.exists():
+            if not target.is_file() or not os.access(target, os.W_OK):
+                raise ValueError(f"path {self.path!r} is not a file this bridge may write")
+            return
+        why = writable_dir_problem(target.parent)
+        if why:
+            raise ValueError(f"path {self.path!r}: its directory {why}")
 
 
 class FileAdapter(Adapter):
@@ -95,6 +123,7 @@ class FileAdapter(Adapter):
             if self.config.path == "-":
                 self._out = sys.stdout.buffer
             else:
+                Path(self.config.path).parent.mkdir(parents=True, exist_ok=True)
                 self._out = open(self.config.path, "ab" if self.config.append else "wb")  # noqa: SIM115
         self._out.write(data)
         self._out.flush()

@@ -272,3 +272,49 @@ def test_check_and_run_refuse_such_a_state_dir_without_a_traceback(tmp_path: Pat
         assert done.returncode == 2, (command, done.stderr)
         assert "junction.state_dir: cannot be created" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_check_refuses_a_file_sink_whose_directory_cannot_be_made(tmp_path: Path) -> None:
+    """`run` used to crash-loop on it, dead-lettering every envelope (issue 17, item 4)."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(
+        f'[junction]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[adapters.out]\ntype = "file"\npath = "{blocker}/out/x.jsonl"\n'
+        f'[adapters.src]\ntype = "file"\nread = true\nwrite = false\npath = "{tmp_path}/none"\n',
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "check", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"adapters.out: path '{blocker}/out/x.jsonl': its directory cannot be created" in (
+        done.stderr
+    )
+    assert f"adapters.src: path '{tmp_path}/none' is not a file to read" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_file_sink_creates_its_directory(tmp_path: Path) -> None:
+    cfg = tmp_path / "site.toml"
+    out = tmp_path / "new" / "deeper" / "out.jsonl"
+    cfg.write_text(
+        f'[junction]\nstate_dir = "{tmp_path / "state"}"\n'
+        '[adapters.gen]\ntype = "generator"\nkind = "metric"\n'
+        'body = { module = "m", name = "n", value = 1.0 }\nrate = 50\ncount = 5\n'
+        f'[adapters.out]\ntype = "file"\npath = "{out}"\n'
+        '[[routes]]\nname = "r"\nfrom = "gen"\nto = "out"\n',
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "run", str(cfg), "--duration", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.read_text().count("\n") == 5
