@@ -275,13 +275,21 @@ def load(
     config is returned (so route checks can still run and report theirs too).
     """
     file = str(path)
+    return loads(read_text(file), file, adapter_types, problems)
+
+
+def read_text(file: str) -> str:
+    """The text of a config file; ConfigError (one line, exit 2) when it cannot be read."""
     try:
-        text = Path(file).read_text(encoding="utf-8")
+        return Path(file).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(
             [ConfigProblem(file, "", f"cannot read the file: {err.strerror}")]
         ) from err
-    return loads(text, file, adapter_types, problems)
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            [ConfigProblem(file, "", f"not UTF-8 text (at byte {err.start}); save it as UTF-8")]
+        ) from err
 
 
 def loads(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from broker import _config as config_mod
@@ -39,16 +38,7 @@ def read(path: str | os.PathLike[str]) -> OperatorView:
     """Read ``[junction]`` and the route names of ``path``; raises ConfigError (exit 2)
     for an unreadable file, bad TOML, or a problem inside ``[junction]``."""
     file = str(path)
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(
-            [ConfigProblem(file, "", f"cannot read the file: {err.strerror}")]
-        ) from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(
-            [ConfigProblem(file, "", f"not UTF-8 text (byte {err.start}): save it as UTF-8")]
-        ) from err
+    text = config_mod.read_text(file)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

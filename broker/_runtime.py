@@ -109,7 +109,7 @@ def _disabled_plugins(path: str) -> list[str]:
     """Read ``[junction] disabled_plugins`` before plugins load (full checks come later)."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return []  # config.load reports it properly
     value = data.get("junction", {}).get("disabled_plugins", [])
     return [str(v) for v in value] if isinstance(value, list) else []

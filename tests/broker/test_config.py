@@ -318,3 +318,18 @@ def test_a_file_sink_creates_its_directory(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert out.read_text().count("\n") == 5
+
+
+@pytest.mark.parametrize("command", ["check", "run", "status", "dlq"])
+def test_a_config_that_is_not_utf8_is_one_line_not_a_traceback(
+    command: str, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "latin1.toml"
+    cfg.write_bytes(b'[junction]\nstate_dir = "caf\xe9"\n')
+    args = [command, "list", str(cfg)] if command == "dlq" else [command, str(cfg)]
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"{cfg}: not UTF-8 text (at byte 27); save it as UTF-8" in done.stderr
+    assert "Traceback" not in done.stderr
