@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-import types
-import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -31,6 +29,8 @@ import msgspec
 
 from broker import _logs as logs
 from broker._config_problems import _choices, _problem, _suggest
+from broker._config_secrets import Secret as Secret  # the mark lives there; re-exported
+from broker._config_secrets import marked_secrets, short_secret_problems
 from broker._errors import ConfigError, ConfigProblem
 
 T = TypeVar("T")
@@ -48,18 +48,6 @@ NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 #: A TCP or UDP port.
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 
-
-class _SecretMark:
-    """The mark :data:`Secret` puts on a field (see :meth:`AdapterConfig.secrets`)."""
-
-    def __repr__(self) -> str:
-        return "Secret"
-
-
-_SECRET = _SecretMark()
-#: A string field holding a credential: whatever the file says (inline, ``${ENV}``,
-#: ``${file:...}``), the loader registers its value with :mod:`broker._logs` for redaction.
-Secret = Annotated[str, _SECRET]
 
 OverflowPolicy = Literal["block", "drop_oldest", "drop_newest", "persist"]
 
@@ -144,55 +132,7 @@ class AdapterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         (tables, lists of tables); a subclass adds credentials it derives (e.g. read from a
         file it names) by extending this.
         """
-        yield from _marked_secrets(self)
-
-
-def _marked_secrets(value: Any) -> Iterator[str]:
-    if isinstance(value, list | tuple):
-        for item in value:
-            yield from _marked_secrets(item)
-        return
-    if not isinstance(value, msgspec.Struct):
-        return
-    for name, tp in _secret_fields(type(value)).items():
-        found = getattr(value, name)
-        if tp is _SECRET:
-            if isinstance(found, str) and found:
-                yield found
-        else:
-            yield from _marked_secrets(found)
-
-
-_SECRET_FIELDS: dict[type, dict[str, Any]] = {}
-
-
-def _secret_fields(cls: type[msgspec.Struct]) -> dict[str, Any]:
-    """``{field: _SECRET}`` for Secret fields, ``{field: None}`` for those that may hold
-    structs (looked into); cached per struct type."""
-    cached = _SECRET_FIELDS.get(cls)
-    if cached is None:
-        cached = {}
-        names = {f.name for f in msgspec.structs.fields(cls)}
-        for name, tp in typing.get_type_hints(cls, include_extras=True).items():
-            if name not in names:
-                continue
-            if _SECRET in getattr(tp, "__metadata__", ()):
-                cached[name] = _SECRET
-            elif not _is_leaf(tp):
-                cached[name] = None
-        _SECRET_FIELDS[cls] = cached
-    return cached
-
-
-def _is_leaf(tp: Any) -> bool:
-    """True when a value of type ``tp`` cannot hold a struct (str, numbers, Literal...)."""
-    if typing.get_origin(tp) is Annotated:
-        return _is_leaf(typing.get_args(tp)[0])
-    if typing.get_origin(tp) is Literal:
-        return True
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return all(_is_leaf(a) for a in typing.get_args(tp))
-    return tp in (str, int, float, bool, bytes, type(None))
+        yield from marked_secrets(self)
 
 
 class TransformRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -362,6 +302,7 @@ def loads(
             continue
         converted = _convert(table, cls, where, file, problems)
         if converted is not None:
+            problems += short_secret_problems(converted, where, file)
             for secret in converted.secrets():
                 logs.register_secret(secret)
             adapters[name] = converted

@@ -17,6 +17,8 @@
     │                             logs it and keeps routing (broker._outbox)
     ├── BridgeUnreachable         ``junction reload``: no running bridge to signal
     │                             (broker._reload)
+    ├── StateDirBusy              ``junction run``: another bridge holds the state
+    │                             directory (exit 2; broker._state_lock)
     └── EndpointError             ``junction status``: no snapshot from the running bridge
                                   (broker._ops_http)
 

@@ -2,13 +2,22 @@
 
 Every secret the config expands (``${ENV}``, ``${file:...}``) and every secret an
 adapter registers is replaced by ``***`` in every record, whatever logger wrote it,
-including exception text and tracebacks.
+including exception text and tracebacks. Only whole occurrences are replaced: a secret
+inside a longer word (``connect`` in ``reconnecting``) is not that secret, and blanking
+it would only garble the line.
+
+Log lines carry peer text (a frame that is not JSON, a server's error message, a driver's
+debug line, an HTTP request line), so no record can forge another or drive the terminal:
+control characters in a message are shown escaped (``\n``, ``\x1b``, ``\x00``), never
+emitted. In the human format a record's later lines (a traceback) are indented with
+``  | ``, so every line that starts with a time really starts a record.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -17,24 +26,82 @@ from typing import Any
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
-MIN_SECRET_LEN = 4
+#: Shorter secrets are refused by the config (and ignored here): see register_secret.
+MIN_SECRET_LEN = 8
+
+
+_pattern: re.Pattern[str] | None = None
 
 
 def register_secret(secret: str) -> None:
-    """Redact ``secret`` from every log line from now on (short strings are ignored)."""
+    """Redact ``secret`` from every log line from now on.
+
+    Strings shorter than :data:`MIN_SECRET_LEN` are ignored: a config refuses such a
+    secret (see ``broker._config``), and a value that short read from the environment
+    (a port, a flag) is no credential but would match all over the log.
+    """
+    global _pattern
     if len(secret) >= MIN_SECRET_LEN:
         with _secrets_lock:
-            _secrets.add(secret)
+            if secret not in _secrets:
+                _secrets.add(secret)
+                _pattern = None
 
 
 def redact(text: str) -> str:
-    """``text`` with every registered secret replaced by ``***``."""
+    """``text`` with every whole occurrence of a registered secret replaced by ``***``.
+
+    Whole: where a secret begins (ends) with a letter or digit, the character before
+    (after) it must not be one, so the secret is not part of a longer word.
+    """
     if not _secrets:
         return text
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, "***")
-    return text
+    pattern = _pattern or _compile()
+    if not any(secret in text for secret in _secrets):
+        return text
+    return pattern.sub("***", text)
+
+
+def _compile() -> re.Pattern[str]:
+    global _pattern
+    with _secrets_lock:
+        alternatives = []
+        for secret in sorted(_secrets, key=len, reverse=True):
+            before = r"(?<![0-9A-Za-z])" if secret[0].isalnum() else ""
+            after = r"(?![0-9A-Za-z])" if secret[-1].isalnum() else ""
+            alternatives.append(before + re.escape(secret) + after)
+        _pattern = re.compile("|".join(alternatives))
+        return _pattern
+
+
+#: Characters a log line must not carry raw: C0 controls (newline, ESC, NUL...), DEL,
+#: C1 controls (some terminals act on them) and the Unicode line/paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character shown as an escape (``\n``, ``\x1b``)."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _escape_block(text: str) -> str:
+    """Escapes for a multi-line block of our own (a traceback): newlines kept."""
+    if _CONTROL_BUT_NEWLINE.search(text) is None:
+        return text
+    return _CONTROL_BUT_NEWLINE.sub(_escape_one, text)
 
 
 def truncate(text: str, limit: int = 200) -> str:
@@ -44,21 +111,36 @@ def truncate(text: str, limit: int = 200) -> str:
     return f"{text[:limit]}... ({len(text) - limit} more chars)"
 
 
-class _RedactingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+#: How the human format starts each later line of one record (a traceback's lines).
+CONTINUATION = "  | "
 
 
-class HumanFormatter(_RedactingFormatter):
-    """``03:04:05.123 INFO  broker._router  message``."""
+class HumanFormatter(logging.Formatter):
+    """``03:04:05.123 INFO  broker._router  message``; a traceback follows indented."""
 
     def __init__(self) -> None:
         super().__init__(
             "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s  %(message)s", "%H:%M:%S"
         )
 
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        text = self.formatMessage(record)
+        extra = []
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            extra.append(record.exc_text)
+        if record.stack_info:
+            extra.append(self.formatStack(record.stack_info))
+        if extra:
+            block = _escape_block("\n".join(extra)).rstrip("\n")
+            text += "\n" + "\n".join(CONTINUATION + line for line in block.split("\n"))
+        return redact(text)
 
-class JsonFormatter(_RedactingFormatter):
+
+class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg (+ exc, + extra ``fields``)."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -66,14 +148,14 @@ class JsonFormatter(_RedactingFormatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": escape_controls(record.getMessage()),
             "thread": record.threadName,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             out.update(fields)
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = _escape_block(self.formatException(record.exc_info))
         return redact(json.dumps(out, default=str))
 
 

@@ -1,9 +1,14 @@
-"""Rendering the live picture (adapters, routes, queues) as text a person can read."""
+"""Rendering the live picture (adapters, routes, queues) as text a person can read.
+
+Control characters in it are shown escaped, never sent to the terminal.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+from broker._logs import escape_controls
 
 
 def render(snapshot: dict[str, Any]) -> str:
@@ -53,7 +58,9 @@ def render(snapshot: dict[str, Any]) -> str:
         lines.append("")
         lines.append("recent log:")
         lines.extend(f"  {line}" for line in recent)
-    return "\n".join(lines)
+    # names and details may carry a peer's text (or come from any endpoint `status` asked):
+    # a control character must not reach the operator's terminal
+    return "\n".join(escape_controls(line) for line in lines)
 
 
 def _ledgers(routes: dict[str, Any]) -> list[str]:

@@ -148,7 +148,9 @@ SITE_ENV = {
 
 def test_site_example_checks_once_its_environment_is_set(tmp_path: Path) -> None:
     cred = tmp_path / "plugin_credential.json"
-    cred.write_text('{"app_guid": "6f1c2d3e-0000-4000-8000-000000000001", "access_key": "k" }')
+    cred.write_text(
+        '{"app_guid": "6f1c2d3e-0000-4000-8000-000000000001", "access_key": "dummy-access-key-0" }'
+    )
     bare = {k: v for k, v in os.environ.items() if k not in SITE_ENV}
     out = junction("check", "routes/site-example.toml", env=dict(bare, **SITE_ENV))
     assert "cannot read" in out.stderr  # /etc/junction/plugin_credential.json is not here

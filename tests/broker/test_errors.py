@@ -30,7 +30,7 @@ def test_the_drawn_tree_is_every_error_class_under_its_real_parent() -> None:
     drawn: dict[str, str] = {}  # class -> parent, read from the tree's indentation
     stack: list[tuple[int, str]] = []
     for line in doc.splitlines():
-        m = re.match(r"^[\s│]*(?:[├└]── )?([A-Z]\w+Error|BridgeUnreachable)\b", line)
+        m = re.match(r"^[\s│]*(?:[├└]── )?([A-Z]\w+Error|BridgeUnreachable|StateDirBusy)\b", line)
         if not m:
             continue
         depth = m.start(1)

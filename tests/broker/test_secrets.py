@@ -15,6 +15,7 @@ from adapters.alphax.config import AlphaXConfig
 from adapters.placeos.config import PlaceOSConfig
 from broker import _logs as logs
 from broker._config import AdapterConfig, Secret, loads
+from broker._errors import ConfigError
 
 TYPES: dict[str, type[AdapterConfig]] = {
     "alphax": AlphaXConfig,
@@ -84,3 +85,53 @@ def test_a_failed_config_registers_nothing() -> None:
     with pytest.raises(Exception, match="must be an http"):
         load(f'[adapters.ax]\ntype = "alphax"\ntoken = "{token}"\nread_url = "nope"\n')
     assert logs.redact(token) == token
+
+
+# --- issue 17, item 9: whole tokens only; short secrets refused --------------------------
+
+
+def test_redaction_replaces_whole_occurrences_not_parts_of_words() -> None:
+    word = f"connect{secrets.token_hex(2)}"  # a secret that reads like a word
+    logs.register_secret(word)
+    line = f"cannot {word}: {word}ing failed, re{word} later; key={word}&x=1 '{word}'"
+    assert logs.redact(line) == (f"cannot ***: {word}ing failed, re{word} later; key=***&x=1 '***'")
+
+
+def test_a_secret_edged_with_punctuation_is_redacted_wherever_it_appears() -> None:
+    token = f"-{secrets.token_hex(6)}+/="
+    logs.register_secret(token)
+    assert logs.redact(f"x{token}y") == "x***y"  # its own edges are no letters: still it
+
+
+def test_a_value_shorter_than_eight_characters_is_never_registered() -> None:
+    logs.register_secret("conn")  # e.g. a ${PORT}-like value read from the environment
+    assert logs.redact("cannot connect: reconnecting") == "cannot connect: reconnecting"
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ('[adapters.p]\ntype = "placeos"\nurl = "wss://h/x"\napi_key = "short"\n', "api_key"),
+        (
+            '[adapters.ax]\ntype = "alphax"\ntoken = "abc1234"\n[adapters.ax.write]\n'
+            'transport = "http"\n',
+            "ax.token",
+        ),
+    ],
+)
+def test_a_secret_shorter_than_eight_characters_is_refused_naming_its_key(
+    table: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(table)
+    (problem,) = [p for p in caught.value.problems if "too short" in p.message]
+    assert problem.path.endswith(key)
+    assert "use one of at least 8 characters" in str(problem)
+    assert "short" not in str(problem).split(":", 1)[0]  # the value itself is not echoed
+
+
+def test_a_short_key_in_an_allxon_credentials_file_is_refused(tmp_path: Path) -> None:
+    cred = tmp_path / "cred.json"
+    cred.write_bytes(encode_credential(PluginCredential(app_guid=fresh("g"), access_key="k1")))
+    with pytest.raises(ConfigError, match="a secret it reads of 2 characters is too short"):
+        load(f'[adapters.ax]\ntype = "allxon"\ncredentials = "{cred}"\napp_name = "j"\n')
