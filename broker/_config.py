@@ -30,7 +30,7 @@ import msgspec
 from broker import _logs as logs
 from broker._config_problems import _choices, _problem, _suggest
 from broker._config_secrets import Secret as Secret  # the mark lives there; re-exported
-from broker._config_secrets import marked_secrets, short_secret_problems
+from broker._config_secrets import clear_text_warnings, marked_secrets, short_secret_problems
 from broker._errors import ConfigError, ConfigProblem
 
 T = TypeVar("T")
@@ -134,6 +134,12 @@ class AdapterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """
         yield from marked_secrets(self)
 
+    def credential_urls(self) -> Iterator[tuple[str, str]]:
+        """``(key, url)`` for each URL this adapter sends a credential to (a key in the
+        query or a header, a login): the loader warns when one is clear text to another
+        machine. None by default; an adapter type with credentials overrides this."""
+        return iter(())
+
 
 class TransformRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A transform named in a route, with options for its factory."""
@@ -174,6 +180,8 @@ class Config(msgspec.Struct, kw_only=True):
     adapters: dict[str, AdapterConfig]
     routes: list[RouteSpec]
     declared_adapters: list[str] = []
+    #: Things that work but deserve a second look (a credential sent in clear text).
+    warnings: list[ConfigProblem] = []
 
 
 class _RawFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -258,6 +266,7 @@ def loads(
                 ConfigProblem(file, "junction.state_dir", why, settings.state_dir, True, hint)
             )
     adapters: dict[str, AdapterConfig] = {}
+    warnings: list[ConfigProblem] = []
     for name, table in raw.adapters.items():
         where = f"adapters.{name}"
         if not _is_name(name):
@@ -303,6 +312,7 @@ def loads(
         converted = _convert(table, cls, where, file, problems)
         if converted is not None:
             problems += short_secret_problems(converted, where, file)
+            warnings += clear_text_warnings(converted, where, file)
             for secret in converted.secrets():
                 logs.register_secret(secret)
             adapters[name] = converted
@@ -319,6 +329,7 @@ def loads(
         adapters=adapters,
         routes=routes,
         declared_adapters=list(raw.adapters),
+        warnings=warnings,
     )
 
 

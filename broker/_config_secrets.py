@@ -4,14 +4,19 @@ A field typed :data:`Secret` holds a credential: whatever the file says (inline,
 ``${ENV}``, ``${file:...}``), the loader registers its value with :mod:`broker._logs`
 for redaction, and refuses one shorter than ``MIN_SECRET_LEN`` (it could not be kept out
 of the logs without blanking ordinary words, and is too weak to be a credential).
+A credential sent over a clear-text URL to another machine is warned about
+(:func:`clear_text_warnings`): a warning, not an error, since a closed site network may
+choose it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import types
 import typing
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -107,3 +112,42 @@ def _is_leaf(tp: Any) -> bool:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return all(_is_leaf(a) for a in typing.get_args(tp))
     return tp in (str, int, float, bool, bytes, type(None))
+
+
+#: URL schemes that carry what they send in clear text (their TLS twins do not).
+CLEAR_TEXT_SCHEMES = frozenset({"ws", "http", "mqtt", "tcp"})
+
+
+def sends_in_clear(url: str) -> bool:
+    """True when ``url`` would carry a credential unencrypted to another machine: a clear
+    scheme (``ws``, ``http``, ``mqtt``, ``tcp``) to a host that is not loopback."""
+    parts = urlsplit(url)
+    if parts.scheme not in CLEAR_TEXT_SCHEMES or not parts.hostname:
+        return False
+    return not is_loopback(parts.hostname)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, or an address in 127.0.0.0/8 or ``::1``."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def clear_text_warnings(converted: Any, where: str, file: str) -> list[ConfigProblem]:
+    """A warning for each URL this adapter sends a credential to in clear text."""
+    return [
+        ConfigProblem(
+            file,
+            f"{where}.{key}",
+            "the credential goes to this host unencrypted: anyone on the way can read it",
+            url,
+            True,
+            "use the TLS form (wss://, https://, mqtts://) unless the network is yours alone",
+        )
+        for key, url in converted.credential_urls()
+        if sends_in_clear(url)
+    ]

@@ -161,6 +161,8 @@ class Runtime:
             raise ConfigError(
                 [ConfigProblem(str(cfg.path), "junction.state_dir", problem, str(state_dir), True)]
             ) from None
+        for warning in cfg.warnings:
+            log.warning("%s", warning)
         if settings.switch_interval_ms > 0:
             sys.setswitchinterval(settings.switch_interval_ms / 1000)
         for name, acfg in cfg.adapters.items():

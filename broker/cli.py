@@ -180,6 +180,8 @@ def _parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentPars
 def cmd_check(args: argparse.Namespace) -> int:
     loaded = load(args.config)
     print(f"{args.config}: OK")
+    for warning in loaded.config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"\nadapters ({len(loaded.config.adapters)}):")
     for name, acfg in loaded.config.adapters.items():
         print(f"  {name:<20} type={acfg.type}{'' if acfg.required else ' (optional)'}")

@@ -73,6 +73,7 @@ HTTP post is one write, however many channels it carries -- the rule the simulat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -262,6 +263,15 @@ class AlphaXConfig(AdapterConfig, kw_only=True):
     auth_backoff_s: Positive = 60.0
     write: WriteConfig = msgspec.field(default_factory=HttpWrite)
     poll: PollConfig | None = None
+
+    def credential_urls(self) -> Iterator[tuple[str, str]]:
+        """Where the token goes: the HTTP writes, the MQTT login, the reads."""
+        if isinstance(self.write, HttpWrite):
+            yield "write.base_url", self.write.base_url
+        elif isinstance(self.write, MqttWrite) and self.write.url:
+            yield "write.url", self.write.url
+        if self.poll is not None:
+            yield "read_url", self.read_url
 
     def __post_init__(self) -> None:
         if not self.token:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import msgspec
@@ -59,6 +60,10 @@ class PlaceOSConfig(AdapterConfig, kw_only=True):
     emit_batch: AtLeastOne = 256
     bindings: list[Binding] = []
     debug: list[DebugTarget] = []
+
+    def credential_urls(self) -> Iterator[tuple[str, str]]:
+        """The server URL: the API key or bearer token goes with the upgrade request."""
+        yield "url", self.url
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)

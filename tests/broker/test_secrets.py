@@ -135,3 +135,64 @@ def test_a_short_key_in_an_allxon_credentials_file_is_refused(tmp_path: Path) ->
     cred.write_bytes(encode_credential(PluginCredential(app_guid=fresh("g"), access_key="k1")))
     with pytest.raises(ConfigError, match="a secret it reads of 2 characters is too short"):
         load(f'[adapters.ax]\ntype = "allxon"\ncredentials = "{cred}"\napp_name = "j"\n')
+
+
+# --- a credential over clear text to another machine is warned about ----------------------
+
+
+def warnings_of(text: str) -> list[str]:
+    return [str(w) for w in loads(text, "junction.toml", TYPES).warnings]
+
+
+KEY = 'api_key = "placeos-key-0123"\n'
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("ws://10.1.2.3/api/engine/v2/systems/control", True),
+        ("ws://placeos.example.com/api/engine/v2/systems/control", True),
+        ("wss://10.1.2.3/api/engine/v2/systems/control", False),
+        ("ws://127.0.0.1:8080/api/engine/v2/systems/control", False),
+        ("ws://localhost/api/engine/v2/systems/control", False),
+        ("ws://[::1]:8080/api/engine/v2/systems/control", False),
+    ],
+)
+def test_placeos_key_over_ws_to_another_host_is_warned_about(url: str, warned: bool) -> None:
+    found = warnings_of(f'[adapters.p]\ntype = "placeos"\nurl = "{url}"\n{KEY}')
+    assert bool(found) is warned
+    if warned:
+        (text,) = found
+        assert "adapters.p.url: the credential goes to this host unencrypted" in text
+        assert url in text and "placeos-key-0123" not in text
+
+
+def test_alphax_token_over_http_writes_reads_and_mqtt_is_warned_about() -> None:
+    base = 'type = "alphax"\ntoken = "alphax-token-0123"\nread_url = "http://reads.example.com"\n'
+    found = warnings_of(
+        f"[adapters.a]\n{base}[adapters.a.poll]\n"
+        '[adapters.a.write]\ntransport = "http"\nbase_url = "http://conduit.example.com"\n'
+        f"[adapters.m]\n{base}"
+        '[adapters.m.write]\ntransport = "mqtt"\nurl = "mqtt://broker.example.com"\n'
+    )
+    keys = sorted(w.split(": ")[1] for w in found)
+    assert keys == ["adapters.a.read_url", "adapters.a.write.base_url", "adapters.m.write.url"]
+
+
+def test_check_prints_the_warning_and_still_says_ok(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(
+        f'[junction]\nstate_dir = "{tmp_path / "s"}"\n[adapters.p]\ntype = "placeos"\n'
+        f'url = "ws://10.9.9.9/api/engine/v2/systems/control"\n{KEY}'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "check", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "warning: " in done.stderr and "adapters.p.url" in done.stderr
