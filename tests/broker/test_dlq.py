@@ -16,7 +16,7 @@ from broker import cli
 from broker._dead_filter import reason_matches
 from broker._dlq import parse_ids
 from broker._dlq_select import chunk_schedule, select
-from broker._envelope import Envelope, Metric
+from broker._envelope import CommandResult, Envelope, Metric
 from broker._outbox import DeadLetter, Outbox
 from broker._runtime import Runtime, load
 from tests.conftest import TEST_PLUGINS, peek, wait_until
@@ -493,3 +493,61 @@ def test_ctrl_c_during_a_replay_stops_between_chunks(tmp_path: Path) -> None:
     assert outcome.interrupted and outcome.moved == 20  # chunks at 0 and 0.25 s, not 0.5 s
     assert box.dead_count() == 10 and box.replay_waiting() == 20
     box.close()
+
+
+# --- a dead-lettered reply (issue 17, item 10) ----------------------------------------------
+
+ASKING = """
+[junction]
+state_dir = "{state}"
+shutdown_grace_s = 1
+[adapters.asker]
+type = "burst"
+count = 4
+requests = true
+refuse_replies = {refuse}
+[adapters.placeos]
+type = "echo"
+[[routes]]
+name = "exec"
+from = "asker"
+kind = "exec_request"
+to = "placeos"
+expects_reply = true
+reply_map = {{ kind = "command_result", ok = "{{body.ok}}", message = "exec code {{body.code}}" }}
+"""
+
+
+def test_a_dead_lettered_reply_replays_back_to_the_asker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    core_plugin.reset()
+    path = tmp_path / "asking.toml"
+    path.write_text(ASKING.format(state=tmp_path / "state", refuse="true"))
+    rt = start(str(path))
+    try:
+        wait_until(lambda: rt.outbox is not None and peek(rt, Outbox.dead_count) == 4)
+    finally:
+        rt.stop(grace_s=1)
+    box = outbox_of(str(path))
+    rows = box.dead_rows(route="exec", limit=10)
+    box.close()
+    assert {r.target for r in rows} == {"asker"}  # the answers died on their way back
+    assert {r.envelope.correlation_id for r in rows} == {f"req-{i}" for i in range(4)}
+
+    core_plugin.reset()
+    core_plugin.PROGRESS["asker"] = 4  # it asked already; only the answers are owed
+    path.write_text(ASKING.format(state=tmp_path / "state", refuse="false"))
+    assert dlq("replay", str(path), "--route", "exec", "--rate", "1000") == 0
+    assert "replayed 4/4" in capsys.readouterr().out
+    rt = start(str(path))
+    try:
+        wait_until(lambda: len(core_plugin.received("asker")) == 4, what="the answers delivered")
+        answers = {e.correlation_id: e.body for e in core_plugin.received("asker")}
+        assert set(answers) == {f"req-{i}" for i in range(4)}
+        assert all(isinstance(b, CommandResult) and b.ok for b in answers.values())
+        assert core_plugin.received("placeos") == []  # replayed to the asker, not re-asked
+        assert peek(rt, Outbox.dead_count) == 0
+    finally:
+        rt.stop(grace_s=1)
+        core_plugin.reset()

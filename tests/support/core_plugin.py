@@ -142,6 +142,8 @@ class BurstConfig(AdapterConfig, kw_only=True):
     batch: int = 50
     name_prefix: str = "m"
     requests: bool = False
+    #: Refuse (fail) every envelope delivered to it: the answers to its requests die.
+    refuse_replies: bool = False
 
 
 class Burst(Adapter):
@@ -150,6 +152,9 @@ class Burst(Adapter):
     config: BurstConfig
 
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
+        if self.config.refuse_replies:
+            self.fail(route, batch, "this asker refuses its answers")
+            return
         with _lock:
             RECEIVED[self.name].extend(batch)
 
