@@ -21,7 +21,15 @@ from typing import Any
 import msgspec
 import trio
 
-from broker import BODY_TYPES, Adapter, AdapterConfig, Envelope
+from broker import (
+    BODY_TYPES,
+    Adapter,
+    AdapterConfig,
+    AtLeastOne,
+    Envelope,
+    NonNegative,
+    NonNegativeInt,
+)
 
 
 class Walk(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -39,9 +47,9 @@ class GeneratorConfig(AdapterConfig, kw_only=True):
     kind: str
     body: dict[str, object] = {}
     subject: str = ""
-    rate: float = 1.0
-    count: int = 0
-    batch: int = 256
+    rate: NonNegative = 1.0
+    count: NonNegativeInt = 0
+    batch: AtLeastOne = 256
     walk: Walk | None = None
     sequence_field: str = ""
     seed: int | None = None
@@ -49,8 +57,6 @@ class GeneratorConfig(AdapterConfig, kw_only=True):
     def __post_init__(self) -> None:
         if self.kind not in BODY_TYPES:
             raise ValueError(f"unknown kind {self.kind!r}; valid: {', '.join(sorted(BODY_TYPES))}")
-        if self.rate < 0 or self.count < 0 or self.batch < 1:
-            raise ValueError("rate and count must be >= 0, batch >= 1")
         # Fail at load time, not at the first envelope, when the body does not fit the kind.
         msgspec.convert(self._fields(0, 0.0), BODY_TYPES[self.kind])
 
