@@ -169,8 +169,16 @@ class Outbox:
             row = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending"
             ).fetchone()
-        except sqlite3.Error as err:
-            raise OutboxError(f"outbox {path}: {err}") from err
+        except sqlite3.DatabaseError as err:
+            hint = ""
+            if "not a database" in str(err) or "malformed" in str(err):
+                hint = (
+                    "; it is not an outbox Junction can read: move it aside to start with an "
+                    "empty one (its envelopes stay in the moved file), or restore a good copy"
+                )
+            raise OutboxError(f"outbox {path}: {err}{hint}") from err
+        except (sqlite3.Error, OSError) as err:
+            raise OutboxError(f"outbox {path}: {getattr(err, 'strerror', None) or err}") from err
         self.rows, self.bytes = int(row[0]), int(row[1])
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(

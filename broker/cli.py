@@ -77,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except state_lock.StateDirBusy as err:
         print(err, file=sys.stderr)
         return EXIT_CONFIG
+    except JunctionError as err:  # the environment said no (an outbox file that is not one)
+        print(f"junction {args.command}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:

@@ -333,3 +333,29 @@ def test_a_config_that_is_not_utf8_is_one_line_not_a_traceback(
     assert done.returncode == 2, done.stderr
     assert f"{cfg}: not UTF-8 text (at byte 27); save it as UTF-8" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_run_on_a_file_that_is_no_outbox_says_so_in_one_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "outbox.sqlite3").write_bytes(bytes(range(256)) * 16)  # 4 KiB, no SQLite header
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(
+        f'[junction]\nstate_dir = "{state}"\n'
+        '[adapters.gen]\ntype = "generator"\nkind = "metric"\n'
+        'body = { module = "m", name = "n", value = 1.0 }\n'
+        f'[adapters.out]\ntype = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
+        '[[routes]]\nname = "r"\nfrom = "gen"\nto = "out"\noverflow = "persist"\n',
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "run", str(cfg), "--duration", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"junction run: outbox {state / 'outbox.sqlite3'}: file is not a database" in done.stderr
+    assert "move it aside" in done.stderr
+    assert (state / "outbox.sqlite3").read_bytes() == bytes(range(256)) * 16  # untouched
