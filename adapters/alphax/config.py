@@ -74,6 +74,7 @@ HTTP post is one write, however many channels it carries -- the rule the simulat
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -280,6 +281,8 @@ class AlphaXConfig(AdapterConfig, kw_only=True):
             if bad in self.token:
                 raise ValueError(f"token contains {bad!r}, which cannot go in an MQTT topic")
         _check_http_url("read_url", self.read_url)
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise ValueError(f"ca_file {self.ca_file!r} is not a file (a PEM bundle of the CA)")
 
     @property
     def write_limit_per_s(self) -> float | None:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import msgspec
@@ -78,6 +79,8 @@ class PlaceOSConfig(AdapterConfig, kw_only=True):
             )
         if self.api_key and self.bearer_token:
             raise ValueError("set only one of api_key and bearer_token")
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise ValueError(f"ca_file {self.ca_file!r} is not a file (a PEM bundle of the CA)")
         if self.dead_after_s <= self.ping_interval_s:
             raise ValueError(
                 f"dead_after_s ({self.dead_after_s}) must be longer than ping_interval_s "

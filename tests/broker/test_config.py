@@ -359,3 +359,20 @@ def test_run_on_a_file_that_is_no_outbox_says_so_in_one_line(tmp_path: Path) -> 
     assert f"junction run: outbox {state / 'outbox.sqlite3'}: file is not a database" in done.stderr
     assert "move it aside" in done.stderr
     assert (state / "outbox.sqlite3").read_bytes() == bytes(range(256)) * 16  # untouched
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        '[adapters.ax]\ntype = "alphax"\ntoken = "alphax-token-1"\nca_file = "{missing}"\n',
+        '[adapters.p]\ntype = "placeos"\nurl = "wss://h/api/engine/v2/systems/control"\n'
+        'api_key = "placeos-key-1"\nca_file = "{missing}"\n',
+    ],
+)
+def test_a_ca_file_that_is_not_there_is_refused_by_check(
+    table: str, tmp_path: Path, load_config: Callable[[str], Loaded]
+) -> None:
+    """It used to pass check and fail at the first TLS connection, every reconnect."""
+    missing = tmp_path / "nope.pem"
+    (msg,) = problems(load_config, table.format(missing=missing))
+    assert f"ca_file '{missing}' is not a file" in msg
