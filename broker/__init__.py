@@ -45,13 +45,13 @@ from broker._envelope import (
     new_id,
 )
 from broker._errors import (
-    NESTED_TOO_DEEP,
     ConfigError,
     ConfigProblem,
     JunctionError,
     PluginError,
     TransformError,
 )
+from broker._json import NESTED_TOO_DEEP, JsonRefused, decode_json
 from broker._logs import LogGate, redact, register_secret, truncate
 from broker._mapping import Getter, compile_template
 from broker._queue_key import QueueKey
@@ -99,6 +99,7 @@ __all__ = [
     "ExecRequest",
     "ExecResult",
     "Getter",
+    "JsonRefused",
     "JunctionError",
     "Loaded",
     "LogGate",
@@ -122,6 +123,7 @@ __all__ = [
     "backoff_delay",
     "compile_template",
     "decode",
+    "decode_json",
     "encode",
     "hookimpl",
     "load",
