@@ -82,9 +82,10 @@ NOT_UTF8: Final = "not UTF-8 text (it holds a lone surrogate)"
 # msgspec's messages for a number it would not build (with " - at `$...`" after a path)
 _NUMBER_ERRORS = ("Integer value out of range", "Number out of range")
 _ANY: Final = msgspec.json.Decoder()
-# a JSON string (already known to be well formed): quotes, then escapes or anything else
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# for the depth of well-formed JSON: drop escapes, keep only quotes and brackets; quotes
+# then alternate, opening and closing strings
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
@@ -136,7 +137,9 @@ def decode_json(
         raise JsonRefused(nested_too_deep(max_depth or MAX_DEPTH), malformed=True) from None
     except UnicodeEncodeError:
         raise JsonRefused(NOT_UTF8, malformed=True) from None
-    if max_depth is not None and _deeper_than(data, max_depth):
+    # more than ``max_depth`` levels take that many brackets open and closed: a short text
+    # cannot (most frames; the hot path pays one len())
+    if max_depth is not None and len(data) > 2 * max_depth and _deeper_than(data, max_depth):
         raise JsonRefused(nested_too_deep(max_depth), malformed=True)
     return value
 
@@ -160,7 +163,7 @@ def _not_json(data: bytes | str | msgspec.Raw, max_depth: int | None) -> str | N
         return nested_too_deep(max_depth or MAX_DEPTH)
     except UnicodeEncodeError:
         return NOT_UTF8
-    if max_depth is not None and _deeper_than(data, max_depth):
+    if max_depth is not None and len(data) > 2 * max_depth and _deeper_than(data, max_depth):
         return nested_too_deep(max_depth)
     return None
 
@@ -169,7 +172,8 @@ def _deeper_than(data: bytes | str | msgspec.Raw, limit: int) -> bool:
     """Whether well-formed JSON ``data`` nests more than ``limit`` arrays/objects.
 
     Cheap when it cannot: fewer ``[`` and ``{`` in all than the limit (two scans in C).
-    Otherwise strings are cut out and the brackets left are counted.
+    Otherwise escapes and everything but quotes and brackets are cut out (in C), then the
+    strings, and the brackets left outside them are counted.
     """
     if isinstance(data, str):
         if data.count("[") + data.count("{") <= limit:
@@ -179,5 +183,10 @@ def _deeper_than(data: bytes | str | msgspec.Raw, limit: int) -> bool:
         raw = data if isinstance(data, bytes) else bytes(data)
         if raw.count(b"[") + raw.count(b"{") <= limit:
             return False
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    return max(accumulate(_STEP[b] for b in brackets)) > limit
+    if b"\\" in raw:
+        raw = _ESCAPE.sub(b"", raw)
+    structure = raw.translate(None, _NOT_STRUCTURE)
+    # two quotes side by side enclose no bracket, whichever strings they belong to: drop
+    # them (most strings hold no bracket), then keep what is outside the strings
+    brackets = b"".join(structure.replace(b'""', b"").split(b'"')[::2])
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit

@@ -239,6 +239,32 @@ def test_whatever_placeos_accepts_is_stored_and_read_back(value: str) -> None:
     assert decode(encode(env)) == env
 
 
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+_tricky_text = st.text(alphabet='[]{}"\\\n/ux', max_size=8)
+_tricky = st.recursive(
+    st.none() | st.integers() | _tricky_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_tricky_text, inner, max_size=3),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_tricky, st.integers(0, 6))
+def test_the_depth_count_is_exact_whatever_the_strings_hold(value: Any, limit: int) -> None:
+    from broker._json import _deeper_than
+
+    text = msgspec.json.encode(value)
+    assert _deeper_than(text, limit) == (_depth(value) > limit)
+    assert _deeper_than(text.decode(), limit) == (_depth(value) > limit)
+
+
 # --------------------------------------------------------------------------- the choices
 
 
