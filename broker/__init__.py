@@ -46,13 +46,13 @@ from broker._envelope import (
     new_id,
 )
 from broker._errors import (
-    NESTED_TOO_DEEP,
     ConfigError,
     ConfigProblem,
     JunctionError,
     PluginError,
     TransformError,
 )
+from broker._json import NESTED_TOO_DEEP, JsonRefused, decode_json
 from broker._logs import LogGate, redact, register_secret, truncate
 from broker._mapping import Getter, compile_template
 from broker._queue_key import QueueKey
@@ -100,6 +100,7 @@ __all__ = [
     "ExecRequest",
     "ExecResult",
     "Getter",
+    "JsonRefused",
     "JunctionError",
     "Loaded",
     "LogGate",
@@ -123,6 +124,7 @@ __all__ = [
     "backoff_delay",
     "compile_template",
     "decode",
+    "decode_json",
     "encode",
     "hookimpl",
     "load",

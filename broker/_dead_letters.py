@@ -131,7 +131,9 @@ class DeadLetters:
 
     def waiting(self, durable: DurableQueues | None) -> bool:
         """Dead letters gathered and not stored yet (here or buried by the outbox)."""
-        return bool(self.graveyard) or (durable is not None and bool(durable.stale_buried))
+        return bool(self.graveyard) or (
+            durable is not None and bool(durable.stale_buried or durable.unreadable_buried)
+        )
 
     def bury(self, durable: DurableQueues | None) -> None:
         """Write the dead letters gathered while handling one message (one transaction)."""
@@ -140,6 +142,12 @@ class DeadLetters:
             for env, key, why in durable.stale_buried:
                 self.dead_letter(key.route, env, why, store=False)
             durable.stale_buried.clear()
+            for key, n in durable.unreadable_buried:  # stored and logged by the outbox
+                c = self.ledger.counters.get(key.route)
+                if c is not None:
+                    c.failed += n
+                self.ledger.dead_letters += n
+            durable.unreadable_buried.clear()
         if self.outbox is None or not letters:
             return
         try:

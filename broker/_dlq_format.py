@@ -81,7 +81,7 @@ def full(row: DeadRow) -> str:
     """A dead letter's metadata and its envelope (pretty JSON), for ``dlq show``."""
     try:
         body = json.dumps(json.loads(row.body), indent=2, ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or too deep to indent: shown as stored
         body = row.body.decode("utf-8", errors="replace")
     lines = [
         f"dead letter {row.seq}",

@@ -7,6 +7,9 @@ full the queue is *spilled*: new envelopes go to the outbox only, and are loaded
 window, oldest first, as the target acknowledges what it holds. So a target that is down
 for an hour costs disk, not memory, and order per (target, route) is kept.
 
+A row that does not decode when it is loaded is moved to the dead letters by the outbox
+(``Outbox.unreadable``) and the queue goes on with the next one.
+
 A transient failure (the adapter crashed mid-batch) is retried after a back-off up to the
 route's ``redelivery.attempts``; a permanent one, the last attempt, or an envelope past its
 ``stale_after_s`` is buried in the dead-letter store with the reason. A retried envelope
@@ -90,6 +93,9 @@ class DurableQueues:
         self._order = itertools.count()
         #: (envelope, queue, reason) buried while refilling; the router drains it for its ledger
         self.stale_buried: list[tuple[Envelope, QueueKey, str]] = []
+        #: (queue, rows) that did not decode while refilling (the outbox made them dead
+        #: letters and logged why); the router drains it for its ledger, as ``stale_buried``
+        self.unreadable_buried: list[tuple[QueueKey, int]] = []
 
     # --- start-up -----------------------------------------------------------------
 
@@ -264,7 +270,12 @@ class DurableQueues:
         room = capacity - inlet.depth(route)
         if room < max(1, capacity // _REFILL_SHARE):
             return
+        before = self.outbox.rows
         rows = self.outbox.load(target, route, q.loaded_upto, room)
+        unreadable = before - self.outbox.rows  # moved to the dead letters as they were read
+        if unreadable:
+            q.rows -= unreadable
+            self.unreadable_buried.append((key, unreadable))
         live = set(q.seq_of.values()) if q.rewound else set()
         now = time.time()
         fresh: list[Envelope] = []
@@ -295,7 +306,7 @@ class DurableQueues:
         self.stale_buried.extend((d.envelope, key, d.reason) for d in stale)
         if fresh:
             inlet.push(route, fresh)
-        if len(rows) < room:
+        if len(rows) + unreadable < room:
             q.spilled = q.rewound = False
 
     # --- inspection ---------------------------------------------------------------

@@ -51,7 +51,7 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from broker._errors import NESTED_TOO_DEEP
+from broker._json import MAX_DEPTH, JsonRefused, decode_json
 
 
 class Body(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -319,13 +319,25 @@ def encode(envelope: Envelope) -> bytes:
     return _encoder.encode(envelope)
 
 
+#: The most levels of arrays and objects a stored envelope may nest: peer input is bounded
+#: by ``MAX_DEPTH`` (128); the envelope adds its own levels and a transform may wrap values.
+STORED_MAX_DEPTH = 2 * MAX_DEPTH
+
+
 def decode(data: bytes | str) -> Envelope:
-    """Parse JSON into an envelope; raises ``msgspec.ValidationError`` with a path, or
-    ``msgspec.DecodeError`` for anything that is not an envelope (nested too deeply too)."""
+    """Parse JSON into an envelope; total: for any input an envelope or a msgspec error.
+
+    ``msgspec.ValidationError`` (with a path) for JSON that is not an envelope,
+    ``msgspec.DecodeError`` for text that is not JSON or exceeds a bound of
+    :func:`broker.decode_json` (nested more than ``STORED_MAX_DEPTH`` levels, a number too
+    large, not UTF-8). A float field written as NaN or infinite was stored as ``null``
+    (msgspec's encoder) and is refused here ("Expected `float`, got `null`").
+    """
     try:
-        return _decoder.decode(data)
-    except RecursionError:
-        raise msgspec.DecodeError(f"envelope: {NESTED_TOO_DEEP}") from None
+        return decode_json(_decoder, data, max_depth=STORED_MAX_DEPTH)
+    except JsonRefused as err:
+        error = msgspec.DecodeError if err.malformed else msgspec.ValidationError
+        raise error(err.reason) from None
 
 
 def to_builtins(envelope: Envelope) -> dict[str, Any]:

@@ -23,7 +23,9 @@
                                   (broker._ops_http)
 
 Errors of a peer or its wire format are the adapters' own (each codec has a ``CodecError``
-tree); an adapter's reconnect loop retries them and the runtime never sees them.
+tree); an adapter's reconnect loop retries them and the runtime never sees them. The one
+peer-format error of the broker, ``JsonRefused`` (a ValueError of broker._json), is what
+``decode_json`` raises for the codecs to turn into their own.
 """
 
 from __future__ import annotations
@@ -45,12 +47,6 @@ def unwrap(err: BaseException) -> Exception:
             break
         err = inner[0]
     return err if isinstance(err, Exception) else RuntimeError(repr(err))
-
-
-#: Why a decoder refused JSON nested too deeply: msgspec recurses per level and stops with
-#: a RecursionError near Python's recursion limit; every codec turns that into its own
-#: error with this text, so a peer's hostile value is a refused frame, never a crash.
-NESTED_TOO_DEEP = "nested too deeply (more than about 1,000 levels of arrays or objects)"
 
 
 class JunctionError(Exception):

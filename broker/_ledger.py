@@ -177,6 +177,7 @@ class Ledger:
                 "oldest_age_s": max(known) if known else None,
             }
             store["dead_pruned"] = outbox.dead_pruned
+            store["unreadable"] = outbox.unreadable  # rows that did not decode: dead letters
             try:
                 store["dead_letters"] = outbox.dead_count()
                 store["replays_waiting"] = outbox.replay_waiting()

@@ -10,6 +10,11 @@
 ``replay``   dead letters a person asked to replay (``junction dlq replay``); the running
              bridge takes them a few at a time, so a backfill is paced.
 
+Reading is total: a pending or replay row whose body does not decode (a float stored as
+``null`` because it was NaN, a body kind whose plugin is gone, a damaged file) is moved to
+``dead`` as it is read, with its body as stored and the reason ``unreadable stored envelope:
+...``; it never stops its queue or the router (``unreadable`` counts them).
+
 The router is the only writer while the bridge runs (one transaction per batch, never
 one per envelope; ``synchronous=NORMAL`` in WAL mode survives a killed process, only a power
 cut can lose the last commits). The ``junction dlq`` commands open the same file from another
@@ -23,13 +28,23 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from broker import _dead_filter as dead_filter
-from broker._envelope import Envelope, decode, encode
+from broker._envelope import Envelope, encode
 from broker._errors import JunctionError
+from broker._stored import (
+    DeadLetter,
+    DeadRow,
+    PendingRow,
+    ReplayRow,
+    Table,
+    move_to_dead,
+    read_stored,
+)
+
+__all__ = ["DeadLetter", "DeadRow", "Outbox", "OutboxError", "PendingRow", "ReplayRow"]
 
 log = logging.getLogger("broker.outbox")
 
@@ -79,62 +94,6 @@ class OutboxError(JunctionError, RuntimeError):
     """The outbox file cannot be opened or written (the message names the file)."""
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRow:
-    """One envelope waiting in the outbox."""
-
-    seq: int
-    target: str
-    route: str
-    created: float
-    attempts: int
-    envelope: Envelope
-
-
-@dataclass(frozen=True, slots=True)
-class DeadRow:
-    """One dead letter, as stored."""
-
-    seq: int
-    route: str
-    target: str
-    stage: str
-    env_id: str
-    kind: str
-    reason: str
-    failed_at: float
-    attempts: int
-    body: bytes
-
-    @property
-    def envelope(self) -> Envelope:
-        return decode(self.body)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A dead letter to store: ``seq`` is its outbox row when it was pending, else None."""
-
-    route: str
-    target: str
-    stage: str
-    envelope: Envelope
-    reason: str
-    attempts: int = 0
-    seq: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayRow:
-    """A dead letter queued for replay."""
-
-    seq: int
-    route: str
-    target: str
-    stage: str
-    envelope: Envelope
-
-
 class Outbox:
     """The store (see the module docstring). Not thread-safe: one thread at a time uses it."""
 
@@ -153,6 +112,8 @@ class Outbox:
         self.max_dead = max_dead
         #: Dead letters deleted (oldest first) to stay within ``max_dead``, by this opener.
         self.dead_pruned = 0
+        #: Pending and replay rows moved to ``dead`` because they did not decode.
+        self.unreadable = 0
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         try:
@@ -286,7 +247,17 @@ class Outbox:
             "WHERE target = ? AND route = ? AND seq > ? ORDER BY seq LIMIT ?",
             (target, route, after_seq, limit),
         )
-        return [PendingRow(s, target, route, c, a, decode(b)) for s, c, a, b in rows]
+        out: list[PendingRow] = []
+        bad: list[tuple[int, str]] = []
+        for s, c, a, b in rows:
+            env = read_stored(b)
+            if isinstance(env, str):
+                bad.append((s, env))
+            else:
+                out.append(PendingRow(s, target, route, c, a, env))
+        if bad:
+            self._unreadable("pending", bad)
+        return out
 
     def keys(self) -> dict[tuple[str, str], int]:
         """Rows waiting per (target, route)."""
@@ -433,7 +404,17 @@ class Outbox:
         rows = self._rows(
             "SELECT seq, route, target, stage, body FROM replay ORDER BY seq LIMIT ?", (limit,)
         )
-        return [ReplayRow(s, r, t, st, decode(b)) for s, r, t, st, b in rows]
+        out: list[ReplayRow] = []
+        bad: list[tuple[int, str]] = []
+        for s, r, t, st, b in rows:
+            env = read_stored(b)
+            if isinstance(env, str):
+                bad.append((s, env))
+            else:
+                out.append(ReplayRow(s, r, t, st, env))
+        if bad:
+            self._unreadable("replay", bad)
+        return out
 
     def replayed(self, seqs: Sequence[int]) -> None:
         """Remove replays that were handed back to the router."""
@@ -448,6 +429,22 @@ class Outbox:
         return rows
 
     # --- helpers ------------------------------------------------------------------
+
+    def _unreadable(self, table: Table, bad: Sequence[tuple[int, str]]) -> None:
+        """Move rows of ``table`` that do not decode to ``dead`` (one transaction)."""
+        with self._write():
+            moved, size = move_to_dead(self._db, table, bad, time.time())
+        if table == "pending":
+            self.rows -= moved
+            self.bytes -= size
+        self.unreadable += moved
+        log.error(
+            "outbox %s: %d %s row(s) could not be read and became dead letters (%s)",
+            self.path,
+            moved,
+            table,
+            bad[0][1],
+        )
 
     def _write(self) -> _Transaction:
         return _Transaction(self._db, self.path)

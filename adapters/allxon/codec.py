@@ -19,11 +19,20 @@ The method may still carry its ``?authorization=...`` suffix: the base method (t
 first ``?``) selects a per-method params decoder built once at import. Unknown fields are
 ignored everywhere (peers evolve).
 
+Decoding is total (``broker.decode_json``, whose docstring states the bounds and choices):
+for any text a frame or a ``CodecError``. Text nested more than 128 levels, a number beyond
+4,300 digits or +-1.8e308, invalid UTF-8 (or an escaped lone surrogate),
+``NaN`` / ``Infinity`` anywhere, params included: ``MalformedFrameError``; JSON of the wrong
+shape is ``InvalidParamsError``. A key given twice: the last one wins. Strings are bounded by
+the frame, which the connection limits to 64 KiB (``connection.RECEIVE_LIMIT``). See
+docs/protocols/allxon.md, "Decoding limits".
+
 Exceptions (all ``ValueError`` via ``CodecError``, each carries ``excerpt``, the first 120
 characters of the offending frame)::
 
     CodecError
-     +-- MalformedFrameError   not JSON, not an object, a batch, neither method nor error
+     +-- MalformedFrameError   not JSON (or beyond a bound), not an object, a batch, neither
+     |                         method nor error
      +-- UnknownMethodError    a method this codec does not know (``.method``)
      +-- InvalidParamsError    params do not match the method's schema (``.method``, path in text)
      +-- FrameTooLargeError    one item cannot fit in a frame even alone (``pack_items``)
@@ -100,7 +109,7 @@ from adapters.allxon.cards import (
     Value,
 )
 from adapters.allxon.signing import SIGNATURE_OVERHEAD
-from broker import NESTED_TOO_DEEP
+from broker import JsonRefused, decode_json
 
 __all__ = [
     "KNOWN_METHODS",
@@ -261,22 +270,19 @@ def decode_frame(text: str | bytes) -> InboundFrame:
     Raises ``MalformedFrameError``, ``UnknownMethodError`` or ``InvalidParamsError``.
     """
     try:
-        header = _header_decoder.decode(text)
-    except msgspec.ValidationError as err:
-        raise MalformedFrameError(f"not a JSON-RPC object ({err})", text) from None
-    except msgspec.DecodeError as err:
-        raise MalformedFrameError(f"not JSON ({err})", text) from None
-    except RecursionError:
-        raise MalformedFrameError(NESTED_TOO_DEEP, text) from None
+        header = decode_json(_header_decoder, text)
+    except JsonRefused as err:
+        what = "not JSON" if err.malformed else "not a JSON-RPC object"
+        raise MalformedFrameError(f"{what} ({err.reason})", text) from None
     if header.jsonrpc is not None and header.jsonrpc != "2.0":
         raise MalformedFrameError(f"jsonrpc is {header.jsonrpc!r}, expected '2.0'", text)
     if header.method is None:
         if len(header.error) == 0:
             raise MalformedFrameError("neither 'method' nor 'error' present", text)
         try:
-            error = _error_decoder.decode(header.error)
-        except msgspec.DecodeError as err:
-            raise MalformedFrameError(f"invalid error object ({err})", text) from None
+            error = decode_json(_error_decoder, header.error, max_depth=None)
+        except JsonRefused as err:
+            raise MalformedFrameError(f"invalid error object ({err.reason})", text) from None
         frame_id = header.id
         if not isinstance(frame_id, str | int) or isinstance(frame_id, bool):
             frame_id = None
@@ -290,13 +296,13 @@ def decode_frame(text: str | bytes) -> InboundFrame:
     message_type, params_decoder = entry
     if len(header.params) == 0:
         raise InvalidParamsError(method, "'params' missing", text)
-    try:
-        params = params_decoder.decode(header.params)
-    except msgspec.DecodeError as err:
-        detail = str(err).replace("at `$", "at `$.params")
+    try:  # the header only skipped over the params: depth is checked, UTF-8 and numbers not
+        params = decode_json(params_decoder, header.params, max_depth=None)
+    except JsonRefused as err:
+        detail = err.reason.replace("at `$", "at `$.params")
+        if err.malformed:
+            raise MalformedFrameError(f"not JSON in params ({detail})", text) from None
         raise InvalidParamsError(method, detail, text) from None
-    except RecursionError:
-        raise InvalidParamsError(method, NESTED_TOO_DEEP, text) from None
     message: InboundFrame = message_type(params=params)
     return message
 
@@ -407,12 +413,15 @@ class PluginCredential(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+_credential_decoder = msgspec.json.Decoder(PluginCredential)
+
+
 def decode_credential(data: str | bytes) -> PluginCredential:
     """Parse a plugin_credential.json body; raises ``CredentialError`` (never echoing the key)."""
     try:
-        credential = msgspec.json.decode(data, type=PluginCredential)
-    except msgspec.DecodeError as err:
-        raise CredentialError(f"plugin credential file is unusable: {err}") from None
+        credential = decode_json(_credential_decoder, data)
+    except JsonRefused as err:
+        raise CredentialError(f"plugin credential file is unusable: {err.reason}") from None
     if not credential.app_guid or not credential.access_key:
         raise CredentialError("plugin credential file has an empty app_guid or access_key")
     return credential

@@ -12,6 +12,16 @@ DEVICE_CHANNELS = (255, 254, 253, 252)  # voltage, RSSI, message id, error code 
 VOLTAGE_CHANNEL, RSSI_CHANNEL, MESSAGE_ID_CHANNEL, ERROR_CODE_CHANNEL = DEVICE_CHANNELS
 _MAX_DIGITS = 16
 _TS_MIN, _TS_MAX = 10**12, 10**13 - 1  # 13-digit epoch milliseconds
+#: The largest read response or error body decoded (docs/protocols/alphax.md, "Decoding
+#: limits"): 1,000 v6 records with every field come to under 1 MiB.
+MAX_RESPONSE_BYTES = 16 << 20
+#: Digits a number written as a string (v4 timestamp, error code) may have: int64 fits.
+MAX_DIGIT_STRING = 19
+
+
+def is_digit_string(text: str) -> bool:
+    """True for 1..19 ASCII digits (``str.isdigit`` also takes "²", which ``int`` refuses)."""
+    return 0 < len(text) <= MAX_DIGIT_STRING and text.isascii() and text.isdigit()
 
 
 class CodecError(ValueError):
@@ -64,7 +74,8 @@ class TimestampError(CodecError):
 
 
 class MalformedJsonError(CodecError):
-    """The bytes are not JSON."""
+    """The bytes are not JSON, or exceed a decoding bound (``broker.decode_json``: nesting,
+    number size, UTF-8; the response size)."""
 
 
 class JsonShapeError(CodecError):

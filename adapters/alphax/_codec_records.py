@@ -13,14 +13,16 @@ from urllib.parse import quote
 import msgspec
 
 from adapters.alphax._codec_base import (
+    MAX_RESPONSE_BYTES,
     JsonShapeError,
     MalformedJsonError,
     TopicError,
     check_channel,
     check_value,
+    is_digit_string,
     round_value,
 )
-from broker import NESTED_TOO_DEEP
+from broker import JsonRefused, decode_json
 
 # ---------------------------------------------------------------------------------------------
 # Read records
@@ -35,7 +37,7 @@ class V4Record(msgspec.Struct, frozen=True):
     timestamp: str | int
 
     def __post_init__(self) -> None:
-        if isinstance(self.timestamp, str) and not self.timestamp.isdigit():
+        if isinstance(self.timestamp, str) and not is_digit_string(self.timestamp):
             raise ValueError(f"timestamp {self.timestamp!r} is not epoch seconds")
 
     @property
@@ -85,13 +87,11 @@ _R = TypeVar("_R")
 
 def _decode_records(decoder: msgspec.json.Decoder[list[_R] | _R], raw: bytes | str) -> list[_R]:
     try:
-        decoded = decoder.decode(raw)
-    except msgspec.ValidationError as err:
-        raise JsonShapeError(f"read response: {err}") from err
-    except msgspec.DecodeError as err:
-        raise MalformedJsonError(f"read response is not JSON: {err}") from err
-    except RecursionError:
-        raise MalformedJsonError(f"read response: {NESTED_TOO_DEEP}") from None
+        decoded = decode_json(decoder, raw, max_bytes=MAX_RESPONSE_BYTES)
+    except JsonRefused as err:
+        if err.malformed:
+            raise MalformedJsonError(f"read response is not JSON: {err.reason}") from None
+        raise JsonShapeError(f"read response: {err.reason}") from None
     return decoded if isinstance(decoded, list) else [decoded]
 
 
@@ -137,16 +137,14 @@ _ERROR_DECODER = msgspec.json.Decoder(_ErrorWire)
 def decode_error_body(raw: bytes | str) -> ErrorBody:
     """Decode an error/status body whose ``code`` is a number or a string of digits."""
     try:
-        wire = _ERROR_DECODER.decode(raw)
-    except msgspec.ValidationError as err:
-        raise JsonShapeError(f"error body: {err}") from err
-    except msgspec.DecodeError as err:
-        raise MalformedJsonError(f"error body is not JSON: {err}") from err
-    except RecursionError:
-        raise MalformedJsonError(f"error body: {NESTED_TOO_DEEP}") from None
+        wire = decode_json(_ERROR_DECODER, raw, max_bytes=MAX_RESPONSE_BYTES)
+    except JsonRefused as err:
+        if err.malformed:
+            raise MalformedJsonError(f"error body is not JSON: {err.reason}") from None
+        raise JsonShapeError(f"error body: {err.reason}") from None
     code = wire.code
     if isinstance(code, str):
-        if not code.strip().isdigit():
+        if not is_digit_string(code.strip()):
             raise JsonShapeError(f"error code {code!r} is not a number", "$.code")
         code = int(code)
     return ErrorBody(code, wire.error)
@@ -229,8 +227,8 @@ def parse_topic(topic: str) -> Topic:
         raise TopicError(
             "topic is neither {token}/{id}/publish/v4 nor {token}/{id}/{channel}/data", "level 4"
         )
-    if not third.isdigit() or not third.isascii():
-        raise TopicError(f"channel level {third!r} is not a number", "level 3")
+    if not is_digit_string(third):
+        raise TopicError(f"channel level {third[:24]!r} is not a number", "level 3")
     channel = int(third)
     if channel == 0:
         return Topic("bulk", token, network_id)
@@ -238,16 +236,19 @@ def parse_topic(topic: str) -> Topic:
     return Topic("channel", token, network_id, channel)
 
 
+_CHANNEL_DECODER = msgspec.json.Decoder(float)
+
+
 def decode_channel_value(payload: bytes | str) -> float:
     """Decode a single-channel MQTT payload: one plain JSON number (16 digits at most)."""
     try:
-        value = msgspec.json.decode(payload, type=float)
-    except msgspec.ValidationError as err:
-        raise JsonShapeError(f"channel payload is not a plain number: {err}", "payload") from err
-    except msgspec.DecodeError as err:
-        raise MalformedJsonError(f"channel payload is not a number: {err}", "payload") from err
-    except RecursionError:
-        raise MalformedJsonError(f"channel payload: {NESTED_TOO_DEEP}", "payload") from None
+        value = decode_json(_CHANNEL_DECODER, payload)
+    except JsonRefused as err:
+        if err.malformed:
+            what = f"channel payload is not a number: {err.reason}"
+            raise MalformedJsonError(what, "payload") from None
+        what = f"channel payload is not a plain number: {err.reason}"
+        raise JsonShapeError(what, "payload") from None
     return check_value(value, where="payload")
 
 

@@ -13,7 +13,9 @@ in the file starts ``start_lookback_s`` back.
 Status answers: 200 -> records; 304 -> nothing new (the window is read); 429 -> the call is
 retried after the tier's interval (or a back-off); 401/403 -> status ``auth-failed``, retried
 after ``auth_backoff_s``; 5xx, network errors and malformed bodies -> logged, retried with
-back-off. The mark only moves past records that were emitted.
+back-off. The mark only moves past records that were emitted. A body that does not decode
+(the codec's bounds: not JSON, nested past 128 levels, numbers too large, over 16 MiB) is
+counted (``malformed``) and logged at most once a minute, with how many were not.
 """
 
 from __future__ import annotations
@@ -44,20 +46,26 @@ from adapters.alphax._walker import (
     records_from_v6,
 )
 from adapters.alphax.config import AlphaXConfig, PollConfig
-from broker import AdapterStatus, ChannelReading, Envelope, backoff_delay, truncate
+from broker import AdapterStatus, ChannelReading, Envelope, LogGate, backoff_delay, truncate
 
 STATE_VERSION = 1
 #: States a successful read replaces (a write transport's own states are left alone).
 _READ_OK_AFTER = frozenset({"running", "auth-failed"})
 
 
-class ReadFailed(Exception):
-    """A read call did not give records; ``retry_in`` says when to try again."""
+#: At most one line about malformed read responses this often (each is counted).
+_MALFORMED_LOG_S = 60.0
 
-    def __init__(self, reason: str, retry_in: float) -> None:
+
+class ReadFailed(Exception):
+    """A read call did not give records; ``retry_in`` says when to try again; ``malformed``
+    when the response body did not decode."""
+
+    def __init__(self, reason: str, retry_in: float, *, malformed: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_in = retry_in
+        self.malformed = malformed
 
 
 @dataclass
@@ -145,6 +153,8 @@ class Poller:
         self.not_modified = 0
         self.skipped_empty = 0
         self.failures = 0
+        self.malformed = 0
+        self._gate = LogGate(every_s=_MALFORMED_LOG_S)
         self._reported_unreadable = 0
 
     async def run(self) -> None:
@@ -169,12 +179,27 @@ class Poller:
                 failures += 1
                 self.failures += 1
                 delay = max(err.retry_in, backoff_delay(failures, 1.0, self.cfg.backoff_max_s))
-                self.log.warning("reading: %s; next try in %.1f s", err.reason, delay)
+                self._log_failure(err, delay)
                 self.pacer.push_back(delay)
                 await trio.sleep(delay)
                 continue
             failures = 0
             await trio.sleep_until(began + self.cfg.poll_interval_s)
+
+    def _log_failure(self, err: ReadFailed, delay: float) -> None:
+        if not err.malformed:
+            self.log.warning("reading: %s; next try in %.1f s", err.reason, delay)
+            return
+        self.malformed += 1
+        allowed, held = self._gate.allow("malformed")
+        if allowed:
+            self.log.warning(
+                "reading: %s; next try in %.1f s (%d malformed responses so far%s)",
+                err.reason,
+                delay,
+                self.malformed,
+                f", {held} not logged" if held else "",
+            )
 
     async def _catch_up(self, stream: Stream) -> None:
         until = int(time.time() - self.poll.settle_s)
@@ -235,7 +260,9 @@ class Poller:
             return records_from_v4(codec.decode_v4_records(response.content))
         except (codec.CodecError, ValueError) as err:
             reason = codec.redact(f"conduit{self.poll.api}: bad response: {err}", self.cfg.token)
-            raise ReadFailed(truncate(reason, 300), self.cfg.backoff_initial_s) from None
+            raise ReadFailed(
+                truncate(reason, 300), self.cfg.backoff_initial_s, malformed=True
+            ) from None
 
     async def _emit(self, records: list[Record]) -> None:
         envelopes = []
@@ -268,6 +295,7 @@ class Poller:
             "emitted": self.emitted,
             "not_modified": self.not_modified,
             "failures": self.failures,
+            "malformed": self.malformed,
             "marks": {s.key: s.walker.state.hw for s in self.streams},
             "splits": sum(s.walker.splits for s in self.streams),
         }

@@ -19,6 +19,14 @@ Choices made here (the vendor docs are silent or ambiguous; docs/protocols/alpha
 - A v2 body must have at least one value and no channel twice.
 - Read responses may be a JSON array of records or one bare record (the vendor docs show only
   bare records and never say how several come back; reading an array is our choice).
+- Decoding is total (``broker.decode_json`` states the bounds): for any bytes a value or a
+  :class:`CodecError`. Not JSON, nested more than 128 levels, a number beyond 4,300 digits or
+  +-1.8e308, invalid UTF-8, ``NaN`` / ``Infinity``, a read response or error body over
+  16 MiB (``MAX_RESPONSE_BYTES``): :class:`MalformedJsonError`, even where msgspec met a
+  wrong type before the syntax error; JSON of the wrong shape: :class:`JsonShapeError`. A
+  key given twice: the last one wins. Numbers written as strings (v4 ``timestamp``, an error
+  ``code``, a topic's channel level) are 1..19 ASCII digits. docs/protocols/alphax.md,
+  "Decoding limits".
 
 Exception tree (all carry ``.where``: the field, byte offset or topic level at fault)::
 
@@ -34,7 +42,7 @@ Exception tree (all carry ``.where``: the field, byte offset or topic level at f
           +-- PrecisionLossError    more than 3 decimals with strict_precision=True
           +-- ValueDigitsError      more than 16 significant digits
           +-- TimestampError        not a 13-digit epoch-milliseconds integer
-          +-- MalformedJsonError    not JSON at all
+          +-- MalformedJsonError    not JSON at all, or beyond a decoding bound
           +-- JsonShapeError        JSON of the wrong shape or types
           +-- TopicError            an MQTT topic that is none of the three forms
 
@@ -101,7 +109,7 @@ from adapters.alphax._codec_records import (
     redact,
     redact_topic,
 )
-from broker import NESTED_TOO_DEEP
+from broker import JsonRefused, decode_json
 
 _DEVICE_PART = 8  # bytes
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -302,13 +310,11 @@ def v1_payload_from_channels(values: Mapping[int, float]) -> V1Payload:
 
 def _decode_wire(raw: bytes | str) -> _UplinkWire:
     try:
-        wire = _UPLINK_DECODER.decode(raw)
-    except msgspec.ValidationError as err:
-        raise JsonShapeError(f"uplink body: {err}") from err
-    except msgspec.DecodeError as err:
-        raise MalformedJsonError(f"uplink body is not JSON: {err}") from err
-    except RecursionError:
-        raise MalformedJsonError(f"uplink body: {NESTED_TOO_DEEP}") from None
+        wire = decode_json(_UPLINK_DECODER, raw)
+    except JsonRefused as err:  # msgspec may see a wrong type before a syntax error
+        if err.malformed:
+            raise MalformedJsonError(f"uplink body is not JSON: {err.reason}") from None
+        raise JsonShapeError(f"uplink body: {err.reason}") from None
     if not wire.network_id:
         raise JsonShapeError("networkId is empty", "$.networkId")
     if not wire.token:

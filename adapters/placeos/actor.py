@@ -10,11 +10,17 @@ Inbound (to the router):
                        in lower case, e.g. ``request_failed``), ``error_code``, ``message``;
                        ``timeout`` when no reply came by the deadline (the server says
                        nothing about a frame it cannot parse), ``connection_lost`` when the
-                       connection died first (the command may or may not have run)
+                       connection died first (the command may or may not have run),
+                       ``malformed_reply`` when the success carried a value that does not
+                       decode (the call ran)
     ``log``            debug lines of the modules listed under ``debug``
 
 Outbound (from routes): ``exec_request``, ``bind`` (bind or unbind at run time) and
 ``debug`` (attach to or detach from a module's log lines at run time).
+
+A frame that does not decode (not JSON, a value beyond the codec's bounds: see
+``codec``) is dropped and counted (``malformed``, in the status detail); the connection
+stays, and one log line per 10 s says how many.
 
 Bindings are a desired set (the config's plus run-time ``bind`` requests).  On every
 connection each is bound once, with a fresh id; a repeat bind is never sent twice on
@@ -54,6 +60,7 @@ from broker import (
     Envelope,
     ExecRequest,
     ExecResult,
+    LogGate,
     LogLine,
     Retry,
     StatusChange,
@@ -65,6 +72,8 @@ from broker import (
 BindKey = tuple[str, str, int, str]
 DebugKey = tuple[str, str, int]
 STABLE_AFTER_S = 30.0
+#: At most one log line about malformed frames this often (each is counted).
+_MALFORMED_LOG_S = 10.0
 
 
 @dataclass
@@ -102,6 +111,7 @@ class PlaceOSAdapter(Adapter):
         self.quiet = False
         self.ignored_while_stopping = 0
         self.malformed = 0
+        self._gate = LogGate(every_s=_MALFORMED_LOG_S)
         self.late_replies = 0
         self.bind_errors = 0
 
@@ -199,29 +209,37 @@ class PlaceOSAdapter(Adapter):
             self._flush()  # what this read brought: one batch for the router
 
     def _dispatch(self, message: str | bytes) -> None:
-        try:
+        try:  # decoding the frame, and its value when one is used: MalformedFrameError
             frame = codec.decode_server_frame(message)
-        except codec.MalformedFrameError:
-            self.malformed += 1
-            text = message if isinstance(message, str) else message.decode(errors="replace")
+            match frame:
+                case codec.NotifyFrame():
+                    self._notify(frame)
+                case codec.SuccessFrame():
+                    self._success(frame)
+                case codec.ErrorFrame():
+                    self._error(frame)
+                case codec.DebugFrame():
+                    self._debug(frame)
+                case _:  # the PING / PONG heartbeat frames: nothing to do here
+                    pass
+        except codec.MalformedFrameError as err:
+            self._malformed(err)
+
+    def _malformed(self, err: codec.MalformedFrameError) -> None:
+        """A frame that does not decode is dropped and counted (the status detail shows the
+        count); one line per ``_MALFORMED_LOG_S`` says so, with how many were not logged."""
+        self.malformed += 1
+        if self._session is not None:
+            self._set_connected()
+        allowed, held = self._gate.allow("malformed")
+        if allowed:
             self.log.warning(
-                "malformed frame from %s ignored (%d so far): %s",
+                "malformed frame from %s ignored (%d so far%s): %s",
                 self.where,
                 self.malformed,
-                truncate(redact(text), 160),
+                f", {held} not logged" if held else "",
+                truncate(redact(str(err)), 300),
             )
-            return
-        match frame:
-            case codec.NotifyFrame():
-                self._notify(frame)
-            case codec.SuccessFrame():
-                self._success(frame)
-            case codec.ErrorFrame():
-                self._error(frame)
-            case codec.DebugFrame():
-                self._debug(frame)
-            case _:  # the PING / PONG heartbeat frames: nothing to do here
-                pass
 
     def _notify(self, frame: codec.NotifyFrame) -> None:
         if self.quiet:
@@ -260,7 +278,16 @@ class PlaceOSAdapter(Adapter):
     def _success(self, frame: codec.SuccessFrame) -> None:
         item = self._pending.pop(frame.id, None)
         if item is not None:
-            value = None if frame.value is msgspec.UNSET else codec.decode_value(frame.value)
+            try:
+                value = None if frame.value is msgspec.UNSET else codec.decode_value(frame.value)
+            except codec.MalformedFrameError as err:  # the call ran; its value is unreadable
+                self._answer(
+                    item,
+                    ExecResult(
+                        ok=False, error="malformed_reply", message=err.reason, code=frame.code
+                    ),
+                )
+                raise
             self._answer(item, ExecResult(ok=True, value=value, code=frame.code))
         elif frame.id in self._late:
             self.late_replies += 1

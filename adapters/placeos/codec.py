@@ -26,13 +26,23 @@ with the server's field order and with null fields omitted.
 On the wire ``index`` is omitted when it is 1 (the server's default) and ``args`` when it is
 ``None``: requests are encoded with ``omit_defaults``.
 
+Decoding is total (``broker.decode_json``, whose docstring states the bounds and choices):
+for any text a frame or a ``CodecError``. A frame nested more than 128 levels (the frame's
+own object included), a number beyond 4,300 digits or +-1.8e308, invalid UTF-8 (or an
+escaped lone surrogate), ``NaN`` / ``Infinity``: all ``MalformedFrameError``.
+A frame skips over its ``value`` (a ``Raw``): syntax and depth are checked with the frame,
+UTF-8 and numbers only by ``decode_value``, which raises ``MalformedFrameError`` as well.
+A key given twice: the last one wins (a second, different ``type`` is refused). Strings are
+bounded by the frame, whose size the WebSocket limits (``max_message_bytes``, 4 MiB).
+See docs/protocols/placeos.md, "Decoding limits".
+
 Exceptions (all ``ValueError`` via ``CodecError``; each has ``excerpt``, the first 120
 characters of the offending frame, and ``reason``, msgspec's message with its JSON path)::
 
     CodecError
      +-- MalformedFrameError    a server frame the client cannot decode
      +-- RequestParseError      a request the server would not parse (no reply is due)
-          +-- RequestJSONError     not JSON at all
+          +-- RequestJSONError     not JSON at all, or beyond a decoding bound
           +-- RequestSchemaError   JSON, but not a valid request (``request_id`` if readable)
 """
 
@@ -44,7 +54,7 @@ from typing import Annotated, Any, Final, Literal, TypeAlias
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from broker import NESTED_TOO_DEEP
+from broker import JsonRefused, decode_json
 
 __all__ = [
     "PING",
@@ -111,7 +121,8 @@ class CodecError(ValueError):
 
 
 class MalformedFrameError(CodecError):
-    """A frame from the server that is not JSON, not an object or not a known frame type."""
+    """A frame from the server that is not JSON (or beyond a decoding bound), not an object
+    or not a known frame type."""
 
     def __init__(self, reason: str, data: str | bytes) -> None:
         super().__init__("malformed PlaceOS server frame", reason, data)
@@ -126,7 +137,7 @@ class RequestParseError(CodecError):
 
 
 class RequestJSONError(RequestParseError):
-    """The request frame is not JSON."""
+    """The request frame is not JSON (or beyond a decoding bound)."""
 
 
 class RequestSchemaError(RequestParseError):
@@ -295,16 +306,21 @@ def decode_server_frame(data: str | bytes) -> ServerFrame:
         if data == PING or data == b"ping":
             return PING_FRAME
     try:
-        return _frame_decoder.decode(data)
-    except msgspec.DecodeError as err:  # ValidationError is a subclass
-        raise MalformedFrameError(str(err), data) from err
-    except RecursionError:
-        raise MalformedFrameError(NESTED_TOO_DEEP, data) from None
+        return decode_json(_frame_decoder, data)
+    except JsonRefused as err:
+        raise MalformedFrameError(err.reason, data) from None
 
 
 def decode_value(raw: msgspec.Raw) -> Any:
-    """Parse a raw ``value`` (already validated as JSON by the frame decoder)."""
-    return _value_decoder.decode(raw)
+    """Parse a raw ``value`` of a decoded frame; raises ``MalformedFrameError``.
+
+    The frame decoder checked its syntax and depth but only skipped over it: invalid UTF-8
+    in its strings and numbers too large are found here.
+    """
+    try:
+        return decode_json(_value_decoder, raw, max_depth=None)
+    except JsonRefused as err:
+        raise MalformedFrameError(f"value: {err.reason}", bytes(raw)) from None
 
 
 # --------------------------------------------------------------------------- server side
@@ -338,8 +354,8 @@ _id_decoder = msgspec.json.Decoder(_IdOnly)
 
 def _salvage_id(data: str | bytes) -> int | None:
     try:
-        return _id_decoder.decode(data).id
-    except msgspec.DecodeError:
+        return decode_json(_id_decoder, data).id
+    except JsonRefused:
         return None
 
 
@@ -351,11 +367,11 @@ def parse_request(data: str | bytes) -> Request:
     ``args`` sent with a command other than ``exec`` is accepted and dropped, as the server does.
     """
     try:
-        raw = _strict_decoder.decode(data)
-    except msgspec.ValidationError as err:
-        raise RequestSchemaError(str(err), data, _salvage_id(data)) from err
-    except msgspec.DecodeError as err:
-        raise RequestJSONError(str(err), data) from err
+        raw = decode_json(_strict_decoder, data)
+    except JsonRefused as err:
+        if err.malformed:
+            raise RequestJSONError(err.reason, data) from None
+        raise RequestSchemaError(err.reason, data, _salvage_id(data)) from None
     index = 1 if raw.index is None else raw.index
     cmd = raw.cmd
     if cmd == "bind":

@@ -286,8 +286,9 @@ class AllxonSimulator:
         )
         await self._send_signed(self._target(), PluginConfigUpdate(params=params))
 
-    async def send_raw(self, text: str) -> None:
-        """Send ``text`` as is (unsigned, tampered...) to the plugin, for fault tests."""
+    async def send_raw(self, text: str | bytes) -> None:
+        """Send ``text`` as is (unsigned, tampered...; bytes as a binary frame) to the
+        plugin, for fault tests."""
         await self._target().ws.send_message(text)
 
     async def send_error(self, kind: AgentError, message: str) -> None:

@@ -83,6 +83,8 @@ class Fault:
     status: int
     error: str
     endpoints: frozenset[str] | None = None
+    #: Sent as the response body instead of the JSON error body (hostile-peer tests).
+    body: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -203,13 +205,14 @@ class AlphaXSimulator:
         *,
         error: str | None = None,
         endpoints: Iterable[str] | None = None,
+        body: bytes | None = None,
     ) -> None:
         """Answer the next ``count`` HTTP requests (to ``endpoints``, default all) with
-        ``status`` and a JSON error body, storing nothing."""
+        ``status`` and a JSON error body (or ``body`` as it is), storing nothing."""
         chosen = frozenset(endpoints) if endpoints is not None else None
         if chosen is not None and not chosen <= set(ENDPOINTS):
             raise ValueError(f"unknown endpoints {sorted(chosen - set(ENDPOINTS))}")
-        fault = Fault(status, error or f"simulated failure {status}", chosen)
+        fault = Fault(status, error or f"simulated failure {status}", chosen, body)
         self._faults.extend([fault] * count)
 
     def faults_pending(self) -> int:

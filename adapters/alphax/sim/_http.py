@@ -119,9 +119,11 @@ class _Handler:
                 raise _HttpError(404, f"no resource at {request.path}")
             method = self._method(request)
             fault = self.sim.take_fault(endpoint)
-            if fault is not None:
+            if fault is not None and fault.body is None:
                 raise _HttpError(fault.status, fault.error)
-            if endpoint.startswith("post/"):
+            if fault is not None:
+                status, body = fault.status, fault.body
+            elif endpoint.startswith("post/"):
                 status, body = await self._post(request, endpoint, method)
             else:
                 status, body = self._read(request, endpoint, method)

@@ -92,14 +92,15 @@ class SimSession:
         self.close_code: int | None = 1000
         self.cancel_scope = trio.CancelScope()
         self._max_outbox = max_outbox
-        self._outbox: deque[str] = deque()
+        self._outbox: deque[str | bytes] = deque()
         self._wake = trio.Event()
 
     def __repr__(self) -> str:
         return f"<SimSession #{self.number} {self.ws.remote}>"
 
-    def push(self, frame: str) -> None:
-        """Queue one text frame (dropped and counted when the session is closed or full)."""
+    def push(self, frame: str | bytes) -> None:
+        """Queue one text frame, or a binary one for bytes (dropped and counted when the
+        session is closed or full)."""
         if self.closed:
             return
         if len(self._outbox) >= self._max_outbox:

@@ -613,6 +613,60 @@ async def test_a_frame_failing_verification_is_dropped_and_counted(setup: Any) -
             )
 
 
+async def test_hostile_frames_are_dropped_counted_and_logged_once(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17, item 1: whatever the agent sends, the frame is dropped and counted, the
+    connection stays, later frames flow, and one line covers the burst. A signed command
+    whose argument nests past the 128-level bound is refused before anything acts on it."""
+
+    def command(command_id: str, value: Any) -> str:
+        return encode_message(
+            PluginCommand(
+                params=CommandParams(
+                    app_guid=sim.credential.app_guid,
+                    epoch=epoch_str(1700000000),
+                    command_id=command_id,
+                    module_name=MODULE,
+                    commands=[
+                        CommandInvocation(name="reboot", params=[NamedValue(name="d", value=value)])
+                    ],
+                )
+            )
+        )
+
+    with trio.fail_after(30):
+        async with open_allxon_simulator() as sim, setup(sim) as rt:
+            await connected(rt, sim)
+            deep: Any = "x"
+            for _ in range(140):
+                deep = [deep]
+            signed_deep = await trio.to_thread.run_sync(
+                sign_frame, command("deep-1", deep), sim.credential.access_key
+            )
+            plain = command("plain-1", "SPOT")
+            hostile: list[str | bytes] = [
+                signed_deep,
+                plain.replace('"SPOT"', "[" * 30_000 + "]" * 30_000),  # under the 64 KiB limit
+                plain.replace('"SPOT"', "1" + "0" * 5000),
+                plain.replace('"SPOT"', "NaN"),
+                plain.replace('"SPOT"', '"\\ud800"'),
+                plain.encode().replace(b"SPOT", b"\xff\xfe"),  # binary, invalid UTF-8
+                '{"jsonrpc":2 not json',
+            ]
+            for frame in hostile:
+                await sim.send_raw(frame)
+            allxon = adapter("allxon")
+            await wait_for(lambda: allxon.stats.malformed == len(hostile), what="all counted")
+            command_id = await sim.send_command(MODULE, "reboot", {"delay": "2"})
+            assert (await final_ack(sim, command_id)).states == ["ACCEPTED", "ACKED"]
+            assert "deep-1" not in sim.commands and allxon.stats.bad_signatures == 0
+            assert sim.store.connections_total == 1 and rt.statuses["allxon"].restarts == 0
+    lines = [r.getMessage() for r in caplog.records if "ignored a frame" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "more than 128 levels" in lines[0]
+
+
 async def test_device_offline_keeps_data_and_announces_again_later(setup: Any) -> None:
     with trio.fail_after(30):
         async with open_allxon_simulator() as sim, setup(sim) as rt:

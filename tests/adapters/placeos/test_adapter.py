@@ -366,8 +366,9 @@ async def test_malformed_frames_are_counted_not_fatal(
                 await wait_for(lambda: values_of("temperature")[-1] == 30.0, what="still reading")
                 adapter_status = rt.statuses["placeos"]
                 assert adapter_status.state == "connected" and adapter_status.restarts == 0
+                assert "3 malformed frames" in adapter_status.detail
     malformed = [r for r in caplog.records if "malformed frame" in r.getMessage()]
-    assert len(malformed) == 3
+    assert len(malformed) == 1  # one line per 10 s for a burst (each frame is counted)
     assert all(len(r.getMessage()) < 400 for r in malformed)  # truncated
     assert KEY not in caplog.text
 
