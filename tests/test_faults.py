@@ -306,7 +306,9 @@ tier = "enterprise"
 read_url = "{url}"
 backoff_initial_s = 0.05
 backoff_max_s = 0.5
-write = {{ transport = "http", base_url = "{url}", writes_per_s = 300 }}
+# paced well below the feed's 1000/s, so a backlog forms even when a loaded machine slows
+# the feed down (at 300/s a slowed feed was once drained as fast as it came: no backlog)
+write = {{ transport = "http", base_url = "{url}", writes_per_s = 150 }}
 [[routes]]
 name = "feed-to-alphax"
 from = "feed"
