@@ -28,7 +28,8 @@ adapter share one loop (thread ``junction-loop``); an adapter whose config says
   with one :class:`~broker._backoff.Backoff`) and the router's tick are trio tasks.  The
   threads a bridge runs are the loops above, the main thread (signals, start and stop),
   the outbox's checkpointer, trio's worker threads for blocking calls (Allxon signatures,
-  file writes, MQTT connects) and the operations endpoint's server.
+  file writes, MQTT connects) and the operations endpoint's loop (``ops-http``, with at most
+  two worker threads taking snapshots).
 
 Start-up order: plugins -> config -> routing table -> inlets -> the shared loop -> router
 (served on that loop) -> the router's tick -> adapters.  Shutdown reverses it and drains
@@ -203,11 +204,16 @@ class Runtime:
         if settings.http.listen:
             # Last, so /readyz and /metrics never see a half-built runtime. A bind failure
             # raises ConfigError; the caller's stop() cleans up what already started.
+            http = settings.http
             self.ops = OpsServer(
                 self.snapshot,
-                settings.http.listen,
-                settings.http.ready_max_pending_age_s,
+                http.listen,
+                http.ready_max_pending_age_s,
                 origin=str(cfg.path),
+                token=http.token,
+                max_connections=http.max_connections,
+                request_timeout_s=http.request_timeout_s,
+                idle_timeout_s=http.idle_timeout_s,
             )
             self.ops.start()
             log.info("operations endpoint on %s (/metrics /healthz /readyz /status)", self.ops.url)
