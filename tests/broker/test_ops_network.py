@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 
 from broker import cli
+from broker._errors import ConfigError
 from broker._ops_http import OpsServer
+from broker._runtime import Loaded, Runtime
+from tests.support import core_plugin
 
 TOKEN = "ops-token-0123456789"
 
@@ -345,3 +348,68 @@ def test_status_names_the_token_variable_this_shell_lacks_and_dlq_does_not_need_
     assert "junction.http.token: environment variable JUNCTION_TEST_OPS_TOKEN is not set" in err
     assert cli.main(["dlq", "list", cfg]) == 1  # no outbox yet; the token is not its business
     assert "no outbox at" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- run
+
+
+def test_a_taken_port_stops_start_up_before_any_adapter_is_built(
+    load_config: Callable[[str], Loaded],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        loaded = load_config(
+            f"""
+[junction.http]
+listen = "127.0.0.1:{port}"
+[adapters.sink]
+type = "collector"
+[adapters.src]
+type = "burst"
+count = 5
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+"""
+        )
+        core_plugin.reset()
+        rt = Runtime(loaded)
+        try:
+            with pytest.raises(ConfigError) as err:
+                rt.start()
+        finally:
+            rt.stop(grace_s=0)
+    assert "[junction.http] listen: cannot listen on it: " in str(err.value)
+    assert core_plugin.BUILT["sink"] == 0 and not rt.adapters
+    assert core_plugin.received("sink") == []
+
+
+def test_run_on_a_taken_port_exits_2_and_its_peer_never_sees_a_connection(
+    write_config: Callable[[str], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken, socket.socket() as peer:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        peer.bind(("127.0.0.1", 0))
+        peer.listen()
+        cfg = write_config(
+            f"""
+[junction.http]
+listen = "127.0.0.1:{taken.getsockname()[1]}"
+[adapters.pos]
+type = "placeos"
+url = "ws://127.0.0.1:{peer.getsockname()[1]}/api/engine/v2/systems/control"
+api_key = "placeos-key-0123456789"
+"""
+        )
+        assert cli.main(["run", cfg]) == 2
+        err = capsys.readouterr().err
+        peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            peer.accept()  # the adapter never connected
+    problems = [line for line in err.splitlines() if "junction.http" in line]
+    assert len(problems) == 1 and "cannot listen on it" in problems[0]
+    assert "Traceback" not in err
