@@ -266,8 +266,8 @@ class OpsServer:
                 await stream.send_eof()
                 while await stream.receive_some(RECEIVE_BYTES):
                     pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+        except Exception as err:  # whatever it was, this connection is being closed anyway
+            log.debug("operations endpoint: refusing a connection: %s", describe(err))
         finally:
             self._refusing -= 1
             await trio.aclose_forcefully(stream)

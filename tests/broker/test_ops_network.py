@@ -413,3 +413,25 @@ api_key = "placeos-key-0123456789"
     problems = [line for line in err.splitlines() if "junction.http" in line]
     assert len(problems) == 1 and "cannot listen on it" in problems[0]
     assert "Traceback" not in err
+
+
+def test_a_reload_that_changes_the_token_says_so_without_showing_it(
+    load_config: Callable[[str], Loaded],
+    runtime_of: Callable[[Loaded], Runtime],
+    write_config: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    text = f"""
+[junction.http]
+listen = "127.0.0.1:0"
+token = "first-token-0123456"
+[adapters.out]
+type = "file"
+path = "{tmp_path / "out.jsonl"}"
+"""
+    rt = runtime_of(load_config(text))
+    write_config(text.replace("first-token-0123456", "second-token-0123456"))
+    report = rt.reload()
+    shown = str(report)
+    assert "http.token" in shown and "needs a restart" in shown
+    assert "first-token" not in shown and "second-token" not in shown
