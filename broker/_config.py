@@ -32,6 +32,7 @@ from broker._config_problems import _choices, _problem, _suggest
 from broker._config_secrets import Secret as Secret  # the mark lives there; re-exported
 from broker._config_secrets import clear_text_warnings, marked_secrets, short_secret_problems
 from broker._errors import ConfigError, ConfigProblem
+from broker._ops_listen import listen_problem, public_problem
 
 T = TypeVar("T")
 
@@ -79,12 +80,30 @@ class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The operations endpoint (``[junction.http]``): /metrics, /healthz, /readyz, /status."""
+    """The operations endpoint (``[junction.http]``): /metrics, /healthz, /readyz, /status.
+
+    See broker._ops_http for what each limit does; a ``listen`` other machines can reach
+    needs ``token`` (or ``allow_public_without_token``), checked at load.
+    """
 
     #: ``host:port`` to listen on; empty: no endpoint. Keep it on loopback.
     listen: str = ""
     #: /readyz fails while any route's oldest pending envelope is older than this.
     ready_max_pending_age_s: Positive = 60.0
+    #: When set, every path but /healthz needs ``Authorization: Bearer <token>``.
+    token: Secret = ""
+    #: Listen on a non-loopback address with no token (a network that is the site's alone).
+    allow_public_without_token: bool = False
+    #: Connections served at once; one more displaces the longest idle one (else 503).
+    max_connections: AtLeastOne = 64
+    #: A request head must be complete this long after the connection (or its first byte).
+    request_timeout_s: Positive = 10.0
+    #: A keep-alive connection with no request for this long is closed.
+    idle_timeout_s: Positive = 15.0
+
+    def secrets(self) -> Iterator[str]:
+        """The token, when set (for redaction and the length check)."""
+        yield from marked_secrets(self)
 
 
 class JunctionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -259,6 +278,7 @@ def loads(
         raise ConfigError(problems)
     settings = _convert(raw.junction, JunctionSettings, "junction", file, problems)
     if settings is not None:
+        problems += http_problems(settings.http, file)
         why = writable_dir_problem(settings.state_dir)
         if why:
             hint = "name a directory the bridge may create and write (e.g. /var/lib/junction)"
@@ -331,6 +351,20 @@ def loads(
         declared_adapters=list(raw.adapters),
         warnings=warnings,
     )
+
+
+def http_problems(http: HttpSettings, file: str) -> list[ConfigProblem]:
+    """``[junction.http]``'s problems: a bad ``listen``, a short token, a public ``listen``
+    with no token and no ``allow_public_without_token``. Registers the token for redaction."""
+    for secret in http.secrets():
+        logs.register_secret(secret)
+    problems = short_secret_problems(http, "junction.http", file)
+    if http.listen:
+        found = listen_problem(http.listen, file, "junction.http.listen") or public_problem(
+            http.listen, http.token, http.allow_public_without_token, file
+        )
+        problems += [found] if found is not None else []
+    return problems
 
 
 def _is_name(name: str) -> bool:

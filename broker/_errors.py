@@ -20,7 +20,7 @@
     ├── StateDirBusy              ``junction run``: another bridge holds the state
     │                             directory (exit 2; broker._state_lock)
     └── EndpointError             ``junction status``: no snapshot from the running bridge
-                                  (broker._ops_http)
+                                  (broker._ops_client)
 
 Errors of a peer or its wire format are the adapters' own (each codec has a ``CodecError``
 tree); an adapter's reconnect loop retries them and the runtime never sees them. The one

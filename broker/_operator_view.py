@@ -32,6 +32,9 @@ class OperatorView:
     junction: JunctionSettings
     #: The ``name`` of each ``[[routes]]`` entry (for ``dlq --route`` suggestions).
     route_names: frozenset[str]
+    #: Why ``[junction.http] token`` did not resolve in this shell (its variable unset):
+    #: only ``junction status`` needs the token, so only it refuses the file for this.
+    token_problems: tuple[ConfigProblem, ...] = ()
 
 
 def read(path: str | os.PathLike[str]) -> OperatorView:
@@ -52,10 +55,17 @@ def read(path: str | os.PathLike[str]) -> OperatorView:
     config_mod._expand({k: v for k, v in data.items() if k != "junction"}, "", file, expanded)
     problems: list[ConfigProblem] = []
     table = config_mod._expand(table, "junction", file, problems)
+    token_problems = tuple(p for p in problems if p.path == "junction.http.token")
+    problems = [p for p in problems if p not in token_problems]
     settings = config_mod._convert(table, JunctionSettings, "junction", file, problems)
     if settings is None or problems:
         raise ConfigError(problems)
-    return OperatorView(path=file, junction=settings, route_names=_route_names(data))
+    return OperatorView(
+        path=file,
+        junction=settings,
+        route_names=_route_names(data),
+        token_problems=token_problems,
+    )
 
 
 def _route_names(data: dict[str, Any]) -> frozenset[str]:

@@ -1,70 +1,90 @@
-"""The operations endpoint: ``/metrics``, ``/healthz``, ``/readyz`` and ``/status`` over HTTP.
+"""The operations endpoint's server: ``/metrics``, ``/healthz``, ``/readyz``, ``/status``.
 
-Served by the stdlib :class:`http.server.ThreadingHTTPServer` on a daemon thread, so it
-needs no event loop of its own and shares nothing with the adapters' trio loops. Every
-request that needs numbers takes one fresh snapshot (``Runtime.snapshot``) and answers
-from it alone, so a scrape is self-consistent. A snapshot that raises is answered with
-500 and logged; the server keeps serving.
+HTTP/1.1 with h11 on a trio loop of its own thread (``ops-http``, a
+:class:`~broker._loop.SharedLoop`): a slow snapshot never stalls the adapters' loop, and
+busy adapters never stall a scrape. Every connection is a task on that loop, never a
+thread; the snapshots (``Runtime.snapshot`` asks the router and may wait up to 5 s) run in
+at most ``SNAPSHOT_THREADS`` worker threads, and a request waits at most
+``answer_timeout_s`` for one (then 503). Every request that needs numbers takes one fresh
+snapshot and answers from it alone, so a scrape is self-consistent; a snapshot that raises
+is answered with 500 and logged, and the server keeps serving.
 
-``/metrics`` is built by a :class:`SnapshotCollector` on a private
-:class:`~prometheus_client.CollectorRegistry` (never the global one: several runtimes
-may live in one process, as in the tests). ``/readyz`` is 200 only while every required
-adapter is connected and no route's oldest pending envelope is older than
-``[junction.http] ready_max_pending_age_s``.
+Fit for a network (issue 17, item 6):
 
-The client half (:func:`base_url`, :func:`fetch_status`) serves ``junction status``.
+- **Timeouts.** A request head must be complete ``request_timeout_s`` after the connection
+  opened (408, then closed); between keep-alive requests a connection may be idle
+  ``idle_timeout_s``, and the next head then has ``request_timeout_s`` from its first
+  byte. A head over ``max_head_bytes`` is 431 and closed. A response the client does not
+  read within ``request_timeout_s`` is abandoned and the connection closed.
+- **A bound on connections.** At most ``max_connections`` are served at once. One more
+  displaces the connection that has waited longest for a request head (an idle or
+  half-sent one), so idle connections cannot lock a scrape out; when every connection is
+  busy being answered, the new one gets a 503 at once and is closed (past ``REFUSING``
+  such refusals at once, closed without a word). The listen backlog is ``BACKLOG``.
+- **A bearer token.** With ``token`` set, every path but ``/healthz`` needs
+  ``Authorization: Bearer <token>`` (401 with ``WWW-Authenticate: Bearer`` otherwise,
+  compared in constant time). ``junction check`` refuses a public ``listen`` without one
+  (:func:`broker._ops_listen.public_problem`).
+
+:meth:`OpsServer.bind` and :meth:`OpsServer.serve` are apart so that ``run`` binds first
+(a taken port is a one-line error before any adapter connects, issue 17, item 4) and
+serves once the runtime is built. What the answers say lives in :mod:`broker._ops_metrics`;
+``junction status``'s client in :mod:`broker._ops_client`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import json
 import logging
 import socket
-import threading
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+import h11
+import trio
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import CollectorRegistry
 
-from broker._errors import ConfigError, ConfigProblem, JunctionError
 from broker._logs import redact
+from broker._loop import SharedLoop
 from broker._messages import describe
+from broker._ops_listen import LISTEN_KEY as LISTEN_KEY
+from broker._ops_listen import listen_error, parse_listen
+from broker._ops_metrics import Snapshot, SnapshotCollector, readiness
 
 log = logging.getLogger("broker.ops_http")
 
-#: Adapter states that count as connected: "running" (a pure in-process adapter),
-#: "finished" (a one-shot source that did its job), "ready" (a request/response peer
-#: with nothing to send yet), "sending" (a best-effort datagram transport).
-CONNECTED_STATES = frozenset({"connected", "running", "finished", "ready", "sending"})
-LISTEN_KEY = "[junction.http] listen"
 ENDPOINTS = ("/metrics", "/healthz", "/readyz", "/status")
+#: The paths answered from a snapshot (in a worker thread); the others are answered inline.
+SNAPSHOT_PATHS = frozenset({"/metrics", "/readyz", "/status"})
+#: Pending connections the kernel holds for the accept loop (the stdlib server's was 5).
+BACKLOG = 128
+#: Connections being refused (503) at once, past the bound; more are closed at once.
+REFUSING = 16
+#: Worker threads taking snapshots at once; a request past them waits (``answer_timeout_s``).
+SNAPSHOT_THREADS = 2
+RECEIVE_BYTES = 16 * 1024
+TEXT = "text/plain; charset=utf-8"
 
-Snapshot = Callable[[], dict[str, Any]]
 
+@dataclass(eq=False)
+class _Connection:
+    """One served connection: its cancel scope, and whether it waits for a request head."""
 
-class EndpointError(JunctionError):
-    """``junction status`` could not get a snapshot from a running bridge."""
-
-
-# --------------------------------------------------------------------------- server
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    waiting: bool = True
 
 
 class OpsServer:
     """The HTTP operations endpoint of one runtime.
 
     ``listen`` is ``host:port`` (``[::1]:9464`` for IPv6; port 0 picks a free port, read
-    it from :attr:`port` once started). ``origin`` names the config file in errors.
+    it from :attr:`port` once bound). ``origin`` names the config file in errors; the rest
+    are the ``[junction.http]`` settings of the same names.
     """
 
     def __init__(
@@ -74,59 +94,90 @@ class OpsServer:
         ready_max_pending_age_s: float,
         *,
         origin: str = "",
+        token: str = "",
+        max_connections: int = 64,
+        request_timeout_s: float = 10.0,
+        idle_timeout_s: float = 15.0,
+        max_head_bytes: int = 16 * 1024,
+        answer_timeout_s: float = 10.0,
     ) -> None:
         self.snapshot = snapshot
         self.listen = listen
         self.ready_max_pending_age_s = ready_max_pending_age_s
         self.origin = origin
+        self.max_connections = max_connections
+        self.request_timeout_s = request_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_head_bytes = max_head_bytes
+        self.answer_timeout_s = answer_timeout_s
+        self._expected = f"Bearer {token}".encode() if token else b""
         self.host, self._port = parse_listen(listen, origin)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(snapshot))
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._bound_port = 0
+        self._loop: SharedLoop | None = None
+        #: The connections being served, oldest first (a dict keeps insertion order).
+        self._connections: dict[_Connection, None] = {}
+        self._refusing = 0
+        self._refusal_logged = -1e9
+
+    # --- on the caller's thread ----------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind and listen (nothing is answered before :meth:`serve`; the kernel holds the
+        connections meanwhile); raises ConfigError naming the listen value."""
+        if self._sock is not None:
+            return
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self.host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as err:
+            raise self._bind_error(err) from err
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+        except OSError as err:
+            sock.close()
+            raise self._bind_error(err) from err
+        self._sock = sock
+        self._bound_port = int(sock.getsockname()[1])
+
+    def serve(self) -> None:
+        """Answer requests on the bound socket, on a loop of its own thread."""
+        if self._loop is not None:
+            raise RuntimeError("the operations endpoint is already started")
+        if self._sock is None:
+            raise RuntimeError("the operations endpoint is not bound")
+        self._loop = SharedLoop("ops-http")
+        self._loop.start()
+        self._loop.spawn(self._serve, "ops-http-accept")
 
     def start(self) -> None:
-        """Bind and serve on a daemon thread; raises ConfigError naming the listen value."""
-        if self._server is not None:
+        """:meth:`bind`, then :meth:`serve`; raises ConfigError naming the listen value."""
+        if self._loop is not None:
             raise RuntimeError("the operations endpoint is already started")
-        server_cls = _Server6 if ":" in self.host else _Server
-        try:
-            server = server_cls((self.host, self._port), _Handler)
-        except OSError as err:
-            reason = err.strerror or str(err)
-            raise listen_error(
-                self.listen,
-                f"cannot listen on it: {reason}",
-                self.origin,
-                "is the port taken, or the host not an address of this machine? (port 0: any)",
-            ) from err
-        server.ops = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.25},
-            name="ops-http",
-            daemon=True,
-        )
-        self._thread.start()
+        self.bind()
+        self.serve()
 
     def stop(self) -> None:
-        """Stop serving and close the socket; a no-op when not started (or stopped)."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        """Stop serving and close the socket; a no-op when not bound (or stopped)."""
+        loop, sock = self._loop, self._sock
+        self._loop = self._sock = None
+        if loop is not None:
+            loop.close(timeout=5)
+        if sock is not None:
+            sock.close()
 
     @property
     def port(self) -> int:
         """The bound port (the real one when ``listen`` asked for port 0)."""
-        if self._server is None:
+        if self._sock is None:
             raise RuntimeError("the operations endpoint is not started")
-        return int(self._server.server_address[1])
+        return self._bound_port
 
     @property
     def url(self) -> str:
@@ -134,12 +185,22 @@ class OpsServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    # Answers, one per endpoint: (status, content type, body). Called per request thread.
+    def _bind_error(self, err: OSError) -> Exception:
+        reason = err.strerror or str(err)
+        return listen_error(
+            self.listen,
+            f"cannot listen on it: {reason}",
+            self.origin,
+            "is the port taken, or the host not an address of this machine? (port 0: any)",
+        )
+
+    # Answers, one per endpoint: (status, content type, body). Snapshot paths are called
+    # in a worker thread.
 
     def answer(self, path: str, accept: str) -> tuple[int, str, bytes]:
-        """The response to ``GET path``; a snapshot that raises propagates to the handler."""
+        """The response to ``GET path``; a snapshot that raises propagates to the caller."""
         if path == "/healthz":
-            return 200, "text/plain; charset=utf-8", b"ok\n"
+            return 200, TEXT, b"ok\n"
         if path == "/metrics":
             encoder, content_type = choose_encoder(accept)
             return 200, content_type, encoder(self.registry)
@@ -150,264 +211,229 @@ class OpsServer:
         if path == "/status":
             return 200, "application/json", _json(self.snapshot())
         text = f"no such endpoint {path!r}; try {' '.join(ENDPOINTS)}\n"
-        return 404, "text/plain; charset=utf-8", text.encode()
+        return 404, TEXT, text.encode()
 
+    # --- on the ops-http loop --------------------------------------------------------
 
-class _Server(ThreadingHTTPServer):
-    """The stdlib threading server, holding the OpsServer its handlers answer for."""
+    async def _serve(self) -> None:
+        assert self._sock is not None
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self._sock))
+        limiter = trio.CapacityLimiter(SNAPSHOT_THREADS)
+        async with listener, trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as err:  # out of file descriptors: let some close first
+                    log.warning("operations endpoint: cannot accept: %s", err)
+                    await trio.sleep(0.1)
+                    continue
+                if self._make_room():
+                    conn = _Connection()
+                    self._connections[conn] = None
+                    nursery.start_soon(self._connection, stream, conn, limiter)
+                elif self._refusing < REFUSING:
+                    self._refusing += 1
+                    nursery.start_soon(self._refuse, stream)
+                else:
+                    await trio.aclose_forcefully(stream)
 
-    daemon_threads = True
-    ops: OpsServer
+    def _make_room(self) -> bool:
+        """True when one more connection may be served, after displacing the one that has
+        waited longest for a request head if the bound is reached."""
+        if len(self._connections) < self.max_connections:
+            return True
+        oldest = next((c for c in self._connections if c.waiting), None)
+        if oldest is None:
+            return False
+        del self._connections[oldest]
+        oldest.scope.cancel()
+        log.debug("operations endpoint: full; closed the connection idle the longest")
+        return True
 
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "junction-ops"
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path.rstrip("/") or "/"
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        """503, then read what the client sent until it closes (so closing does not reset
+        the connection under the answer), for one second at most."""
+        now = trio.current_time()
+        if now - self._refusal_logged >= 10:
+            self._refusal_logged = now
+            log.warning(
+                "operations endpoint: all %d connections busy; refusing more with 503",
+                self.max_connections,
+            )
         try:
-            status, content_type, body = self.server.ops.answer(path, self.headers["Accept"] or "")
+            with trio.move_on_after(1):
+                await _send_raw(stream, 503, "too many connections; try again\n", retry=True)
+                await stream.send_eof()
+                while await stream.receive_some(RECEIVE_BYTES):
+                    pass
+        except Exception as err:  # whatever it was, this connection is being closed anyway
+            log.debug("operations endpoint: refusing a connection: %s", describe(err))
+        finally:
+            self._refusing -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _connection(
+        self, stream: trio.SocketStream, conn: _Connection, limiter: trio.CapacityLimiter
+    ) -> None:
+        try:
+            with conn.scope:
+                await self._converse(stream, conn, limiter)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+            log.debug("operations endpoint: client went away: %s", err)
+        except Exception:  # one connection's failure must not end the server
+            log.exception("operations endpoint: a connection failed")
+        finally:
+            self._connections.pop(conn, None)
+            await trio.aclose_forcefully(stream)
+
+    async def _converse(
+        self, stream: trio.SocketStream, conn: _Connection, limiter: trio.CapacityLimiter
+    ) -> None:
+        """Requests and answers on one connection until it closes, errs or times out."""
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
+        first = True
+        while True:
+            conn.waiting = True
+            request = await self._read_head(http, stream, first)
+            conn.waiting = False
+            if request is None:
+                return
+            first = False
+            close = not self._read_rest(http)
+            status, ctype, body, extra = await self._respond(request, limiter)
+            headers = [
+                ("Content-Type", ctype),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+                ("Server", "junction-ops"),
+                *extra,
+            ]
+            if close:  # the request's body is not read: the next one could not be found
+                headers.append(("Connection", "close"))
+            data = http.send(
+                h11.Response(status_code=status, headers=headers, reason=_reason(status))
+            )
+            if request.method != b"HEAD":
+                data = (data or b"") + (http.send(h11.Data(data=body)) or b"")
+            data = (data or b"") + (http.send(h11.EndOfMessage()) or b"")
+            with trio.move_on_after(self.request_timeout_s) as sending:
+                await stream.send_all(data)
+            if sending.cancelled_caught:
+                log.debug("operations endpoint: client did not read its answer; closed")
+                return
+            if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+                return  # Connection: close (theirs or ours), HTTP/1.0
+            http.start_next_cycle()
+
+    async def _read_head(
+        self, http: h11.Connection, stream: trio.SocketStream, first: bool
+    ) -> h11.Request | None:
+        """The next request's head, or None: closed, a bad or too big head (answered), or
+        not complete in time (408 when some of it came)."""
+        begun = first  # a new connection's first head is timed from the accept
+        heard = False
+        with trio.move_on_after(self.request_timeout_s if first else self.idle_timeout_s) as wait:
+            while True:
+                try:
+                    event = http.next_event()
+                except h11.RemoteProtocolError as err:
+                    status = err.error_status_hint
+                    text = "request head too big" if status == 431 else f"bad request: {err}"
+                    with trio.move_on_after(1):
+                        await _send_raw(stream, status, text + "\n")
+                    return None
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                    if data and not begun:  # the next head has its own time from its first byte
+                        wait.deadline = trio.current_time() + self.request_timeout_s
+                    begun = begun or bool(data)
+                    heard = heard or bool(data)
+                    http.receive_data(data)
+                    continue
+                if not isinstance(event, h11.Request):
+                    return None  # the client closed
+                if _head_size(event) > self.max_head_bytes:  # h11 bounds only incomplete ones
+                    with trio.move_on_after(1):
+                        await _send_raw(stream, 431, "request head too big\n")
+                    return None
+                return event
+        if heard:
+            log.debug("operations endpoint: no complete request head in time; closed")
+            with trio.move_on_after(1):
+                await _send_raw(stream, 408, "no complete request head in time\n")
+        return None
+
+    def _read_rest(self, http: h11.Connection) -> bool:
+        """Read the request's body as far as it already came; True when it ended."""
+        while True:
+            try:
+                event = http.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if isinstance(event, h11.EndOfMessage):
+                return True
+            if not isinstance(event, h11.Data):
+                return False  # NEED_DATA: a body still coming, which nothing here reads
+
+    async def _respond(
+        self, request: h11.Request, limiter: trio.CapacityLimiter
+    ) -> tuple[int, str, bytes, list[tuple[str, str]]]:
+        """(status, content type, body, extra headers) for one request."""
+        path = urlsplit(request.target.decode("latin-1")).path.rstrip("/") or "/"
+        headers = {name: value for name, value in request.headers}
+        if request.method not in (b"GET", b"HEAD"):
+            return 405, TEXT, b"only GET and HEAD\n", [("Allow", "GET, HEAD")]
+        if self._expected and path != "/healthz":
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                text = f"{path} needs Authorization: Bearer <[junction.http] token>\n"
+                return 401, TEXT, text.encode(), [("WWW-Authenticate", 'Bearer realm="junction"')]
+        accept = headers.get(b"accept", b"").decode("latin-1")
+        if path not in SNAPSHOT_PATHS:
+            return (*self.answer(path, accept), [])
+        try:
+            with trio.move_on_after(self.answer_timeout_s):
+                answered = await trio.to_thread.run_sync(
+                    self.answer, path, accept, limiter=limiter, abandon_on_cancel=True
+                )
+                return (*answered, [])
         except Exception as err:  # a failing snapshot must not stop the endpoint
             log.exception("operations endpoint: GET %s failed", path)
-            status, content_type = 500, "text/plain; charset=utf-8"
-            body = redact(f"snapshot failed: {describe(err)}\n").encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            log.debug("operations endpoint: client went away during GET %s", path)
+            return 500, TEXT, redact(f"snapshot failed: {describe(err)}\n").encode(), []
+        log.warning(
+            "operations endpoint: GET %s: no snapshot within %g s", path, self.answer_timeout_s
+        )
+        text = f"no snapshot within {self.answer_timeout_s:g} s; try again\n"
+        return 503, TEXT, text.encode(), [("Retry-After", "1")]
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("operations endpoint: %s %s", self.address_string(), format % args)
+
+async def _send_raw(stream: trio.SocketStream, status: int, text: str, retry: bool = False) -> None:
+    """An error answer outside h11's cycle (a head that never came or broke it), then the
+    connection is closed: ``Connection: close``."""
+    body = text.encode()
+    head = (
+        f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: {TEXT}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+        + ("Retry-After: 1\r\n" if retry else "")
+        + "\r\n"
+    )
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(head.encode() + body)
+
+
+def _head_size(request: h11.Request) -> int:
+    """The bytes of a request head as sent (to within its whitespace)."""
+    line = len(request.method) + len(request.target) + len(request.http_version) + 9
+    return line + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _json(value: Any) -> bytes:
     """JSON for a response; secrets in adapter details are redacted like in the logs."""
     return redact(json.dumps(value, default=str, indent=1)).encode()
-
-
-# --------------------------------------------------------------------------- listen
-
-
-def parse_listen(listen: str, origin: str = "") -> tuple[str, int]:
-    """``host:port`` (or ``[v6]:port``) -> (host, port); raises ConfigError naming the key."""
-    text = listen.strip()
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise listen_error(
-            listen, "not host:port", origin, 'e.g. "127.0.0.1:9464" (port 0: any free port)'
-        )
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise listen_error(listen, "an IPv6 host needs brackets", origin, 'e.g. "[::1]:9464"')
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise listen_error(listen, "the port must be a number 0..65535", origin)
-    return host, port
-
-
-def listen_error(listen: str, message: str, origin: str = "", hint: str = "") -> ConfigError:
-    """A ConfigError about ``[junction.http] listen`` (in ``origin`` when known)."""
-    file, path = (origin, LISTEN_KEY) if origin else (LISTEN_KEY, "")
-    return ConfigError([ConfigProblem(file, path, message, listen, True, hint)])
-
-
-# --------------------------------------------------------------------------- readiness
-
-
-def readiness(snapshot: Mapping[str, Any], max_pending_age_s: float) -> tuple[bool, list[str]]:
-    """Whether the bridge is ready, and why not: required adapters down, old backlog."""
-    reasons: list[str] = []
-    if snapshot.get("router_error"):  # no counters: delivery cannot be vouched for
-        reasons.append(str(snapshot["router_error"]))
-    for name, a in (snapshot.get("adapters") or {}).items():
-        if not a.get("required", False):
-            continue
-        state = str(a.get("state", "unknown"))
-        if state not in CONNECTED_STATES:
-            why = a.get("detail") or a.get("last_error") or ""
-            reasons.append(f"adapter {name} is {state}" + (f": {why}" if why else ""))
-    for name, r in (snapshot.get("routes") or {}).items():
-        age = (r.get("outbox") or {}).get("oldest_age_s")
-        if age is not None and age > max_pending_age_s:
-            reasons.append(f"route {name}: oldest pending {age:.1f} s > {max_pending_age_s:g} s")
-    return not reasons, reasons
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-class SnapshotCollector(Collector):
-    """Prometheus families built from one snapshot per scrape."""
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-
-    def collect(self) -> Iterator[Metric]:
-        yield from families(self.snapshot())
-
-
-def families(snap: Mapping[str, Any]) -> list[Metric]:
-    """Every metric family of one snapshot; missing keys count as zero (or are left out)."""
-    connected = GaugeMetricFamily(
-        "junction_adapter_connected",
-        "1 while the adapter is connected (state connected or running), else 0",
-        labels=["adapter"],
-    )
-    reconnects = CounterMetricFamily(
-        "junction_adapter_reconnects", "Reconnects to the adapter's peer", labels=["adapter"]
-    )
-    restarts = CounterMetricFamily(
-        "junction_adapter_restarts",
-        "Restarts of the adapter's instance after a crash",
-        labels=["adapter"],
-    )
-    for name, a in (snap.get("adapters") or {}).items():
-        connected.add_metric([name], 1.0 if a.get("state") in CONNECTED_STATES else 0.0)
-        reconnects.add_metric([name], _num(a, "reconnects"))
-        restarts.add_metric([name], _num(a, "restarts"))
-
-    route = ["route"]
-    received = CounterMetricFamily(
-        "junction_route_received", "Envelopes the route took in", labels=route
-    )
-    delivered = CounterMetricFamily(
-        "junction_route_delivered", "Envelopes the route's targets sent on", labels=route
-    )
-    dead = CounterMetricFamily(
-        "junction_route_dead_lettered", "Envelopes of the route dead-lettered", labels=route
-    )
-    dropped = CounterMetricFamily(
-        "junction_route_dropped",
-        "Envelopes of the route lost, by reason (overflow, ...); filtered ones are apart",
-        labels=["route", "reason"],
-    )
-    filtered = CounterMetricFamily(
-        "junction_route_filtered",
-        "Envelopes a transform of the route chose to drop (a decision, not a loss)",
-        labels=route,
-    )
-    pending = GaugeMetricFamily(
-        "junction_route_pending", "Envelopes of the route not yet delivered", labels=route
-    )
-    balanced = GaugeMetricFamily(
-        "junction_route_ledger_balanced",
-        "1 while received = delivered + dead-lettered + dropped + pending on the route",
-        labels=route,
-    )
-    oldest = GaugeMetricFamily(
-        "junction_route_oldest_pending_age_seconds",
-        "Age of the route's oldest envelope in the outbox (0: none pending)",
-        labels=route,
-    )
-    latency = HistogramMetricFamily(
-        "junction_route_delivery_latency_seconds",
-        "Time from an envelope's arrival to its delivery, per route",
-        labels=route,
-    )
-    for name, r in (snap.get("routes") or {}).items():
-        ledger = r.get("ledger") or {}
-        # Until a runtime reports a ledger, the route's own counters stand in for it.
-        received.add_metric([name], _num(ledger, "received", _num(r, "matched")))
-        delivered.add_metric([name], _num(ledger, "delivered", _num(r, "delivered")))
-        dead.add_metric([name], _num(ledger, "dead_lettered"))
-        for reason, n in sorted((r.get("dropped") or {}).items()):
-            if reason != "filtered":
-                dropped.add_metric([name, str(reason)], float(n))
-        filtered.add_metric([name], _num(r, "filtered"))
-        pending.add_metric([name], _num(ledger, "pending"))
-        if "balanced" in ledger:
-            balanced.add_metric([name], 1.0 if ledger["balanced"] else 0.0)
-        oldest.add_metric([name], _num(r.get("outbox") or {}, "oldest_age_s"))
-        buckets = _buckets(r.get("latency") or {})
-        if buckets:
-            latency.add_metric([name], buckets, _num(r["latency"], "sum"))
-
-    outbox = snap.get("outbox") or {}
-    rows = GaugeMetricFamily("junction_outbox_rows", "Envelopes held in the durable outbox")
-    rows.add_metric([], _num(outbox, "rows"))
-    size = GaugeMetricFamily("junction_outbox_bytes", "Bytes held in the durable outbox")
-    size.add_metric([], _num(outbox, "bytes"))
-    age = GaugeMetricFamily(
-        "junction_outbox_oldest_age_seconds",
-        "Age of the oldest envelope in the outbox (0: empty)",
-    )
-    age.add_metric([], _num(outbox, "oldest_age_s"))
-    return [
-        *(connected, reconnects, restarts),
-        *(received, delivered, dead, dropped, filtered, pending, balanced, oldest, latency),
-        *(rows, size, age),
-    ]
-
-
-def _num(d: Mapping[str, Any], key: str, default: float = 0.0) -> float:
-    """``d[key]`` as a float; missing, None or not a number: ``default``."""
-    value = d.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return default
-    return float(value)
-
-
-def _buckets(h: Mapping[str, Any]) -> list[tuple[str, float]]:
-    """Cumulative ``(le, count)`` pairs ending in +Inf from per-bucket counts; [] if unusable."""
-    bounds, counts = h.get("le") or [], h.get("counts") or []
-    if not bounds or len(counts) != len(bounds) + 1:
-        return []
-    out: list[tuple[str, float]] = []
-    total = 0.0
-    for bound, n in zip([*bounds, float("inf")], counts, strict=True):
-        total += float(n)
-        out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
-    return out
-
-
-# --------------------------------------------------------------------------- client
-
-
-def base_url(listen: str, origin: str = "") -> str:
-    """The URL ``junction status`` asks for a ``listen`` value (any-address -> loopback)."""
-    host, port = parse_listen(listen, origin)
-    if port == 0:
-        raise listen_error(
-            listen,
-            "port 0 means any free port, so the bound port cannot be known from the config",
-            origin,
-            "pass --url http://HOST:PORT (the bridge logs it at start)",
-        )
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def fetch_status(url: str, timeout: float = 5.0) -> dict[str, Any]:
-    """GET ``url``/status and decode it; raises EndpointError saying what went wrong."""
-    base = url.rstrip("/")
-    target = base if base.endswith("/status") else f"{base}/status"
-    try:
-        with urllib.request.urlopen(target, timeout=timeout) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as err:
-        text = err.read().decode("utf-8", "replace").strip()
-        raise EndpointError(f"the bridge at {url} answered {err.code}: {text}") from err
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise EndpointError(f"no bridge answering at {url}: {reason}") from err
-    try:
-        snap = json.loads(raw)
-    except ValueError as err:
-        raise EndpointError(f"{target} did not answer with JSON: {err}") from err
-    if not isinstance(snap, dict):
-        raise EndpointError(f"{target} answered {type(snap).__name__}, not a snapshot object")
-    return snap

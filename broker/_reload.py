@@ -47,6 +47,7 @@ from broker._adapter import AdapterStatus
 from broker._config import JunctionSettings
 from broker._errors import ConfigError, JunctionError, PluginError
 from broker._inlet import Inlet
+from broker._logs import redact
 from broker._messages import describe
 from broker._router import Swap
 from broker._routing import CompiledRoute
@@ -180,7 +181,8 @@ def plan(running: Loaded, new: Loaded) -> tuple[ReloadReport, Loaded]:
 
     old_s, new_s = running.config.junction, new.config.junction
     for path, before, after in _setting_changes(old_s, new_s):
-        text = f"{path} {_show(before)} -> {_show(after)}"
+        # redacted: a changed [junction.http] token is reported, never shown
+        text = redact(f"{path} {_show(before)} -> {_show(after)}")
         if path.split(".", 1)[0] in LIVE_SETTINGS:
             report.settings_applied.append(text)
         else:

@@ -28,13 +28,15 @@ adapter share one loop (thread ``junction-loop``); an adapter whose config says
   with one :class:`~broker._backoff.Backoff`) and the router's tick are trio tasks.  The
   threads a bridge runs are the loops above, the main thread (signals, start and stop),
   the outbox's checkpointer, trio's worker threads for blocking calls (Allxon signatures,
-  file writes, MQTT connects) and the operations endpoint's server.
+  file writes, MQTT connects) and the operations endpoint's loop (``ops-http``, with at most
+  two worker threads taking snapshots).
 
-Start-up order: plugins -> config -> routing table -> inlets -> the shared loop -> router
-(served on that loop) -> the router's tick -> adapters.  Shutdown reverses it and drains
-first: sources stop producing, the router finishes what it holds, targets empty their
-queues, all within the grace period; whatever is still queued after that is logged by
-route and counted; the loop closes last.
+Start-up order: plugins -> config -> routing table -> the operations endpoint's socket
+(bound, not yet served: a taken port stops here) -> inlets -> the shared loop -> router
+(served on that loop) -> the router's tick -> adapters -> the endpoint served.  Shutdown
+reverses it and drains first: sources stop producing, the router finishes what it holds,
+targets empty their queues, all within the grace period; whatever is still queued after
+that is logged by route and counted; the loop closes last.
 """
 
 from __future__ import annotations
@@ -163,6 +165,23 @@ class Runtime:
             ) from None
         for warning in cfg.warnings:
             log.warning("%s", warning)
+        http = settings.http
+        if http.listen:
+            # Bound first, so a taken port stops start-up before any adapter connects (a
+            # unit restarting on failure would otherwise connect, send and exit each time);
+            # served last (below), so /readyz and /metrics never see a half-built runtime.
+            # A bind failure raises ConfigError; the caller's stop() cleans up.
+            self.ops = OpsServer(
+                self.snapshot,
+                http.listen,
+                http.ready_max_pending_age_s,
+                origin=str(cfg.path),
+                token=http.token,
+                max_connections=http.max_connections,
+                request_timeout_s=http.request_timeout_s,
+                idle_timeout_s=http.idle_timeout_s,
+            )
+            self.ops.bind()
         if settings.switch_interval_ms > 0:
             sys.setswitchinterval(settings.switch_interval_ms / 1000)
         for name, acfg in cfg.adapters.items():
@@ -200,16 +219,8 @@ class Runtime:
             len(self.loaded.table.routes),
             cfg.path,
         )
-        if settings.http.listen:
-            # Last, so /readyz and /metrics never see a half-built runtime. A bind failure
-            # raises ConfigError; the caller's stop() cleans up what already started.
-            self.ops = OpsServer(
-                self.snapshot,
-                settings.http.listen,
-                settings.http.ready_max_pending_age_s,
-                origin=str(cfg.path),
-            )
-            self.ops.start()
+        if self.ops is not None:
+            self.ops.serve()
             log.info("operations endpoint on %s (/metrics /healthz /readyz /status)", self.ops.url)
 
     def start_adapter(self, name: str) -> None:

@@ -262,15 +262,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from broker import _ops_http as ops_http
+    from broker import _ops_client as ops_http
+    from broker._ops_listen import LISTEN_KEY
 
+    view = operator_view.read(args.config)  # [junction] only: no adapter secrets needed
+    if view.token_problems:  # the endpoint's token is ${VAR} and VAR is not set here
+        raise ConfigError(list(view.token_problems))
     url = args.url
     if url is None:
-        view = operator_view.read(args.config)  # [junction] only: no adapter secrets needed
         listen = view.junction.http.listen
         if not listen:
             print(
-                f"{args.config}: {ops_http.LISTEN_KEY} is not set, so this bridge has no "
+                f"{args.config}: {LISTEN_KEY} is not set, so this bridge has no "
                 'operations endpoint to ask; set it (e.g. listen = "127.0.0.1:9464") and '
                 "restart the bridge, or pass --url",
                 file=sys.stderr,
@@ -278,7 +281,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         url = ops_http.base_url(listen, origin=args.config)
     try:
-        snap = ops_http.fetch_status(url)
+        snap = ops_http.fetch_status(url, token=view.junction.http.token)
     except ops_http.EndpointError as err:
         print(err, file=sys.stderr)
         return EXIT_FAIL

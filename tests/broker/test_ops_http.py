@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker import cli
 from broker._errors import ConfigError
-from broker._ops_http import OpsServer, readiness
+from broker._ops_http import OpsServer
+from broker._ops_metrics import readiness
 from broker._runtime import Loaded, Runtime
 from tests.conftest import wait_until
 
