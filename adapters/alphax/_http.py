@@ -9,8 +9,12 @@ verification, or ``ca_file``). Outcome of a post, by status:
 - 2xx: stored.
 - 429, 408, 5xx and network errors: retried with capped, jittered exponential back-off, the
   data kept (deliveries wait meanwhile), up to ``max_attempts`` (0 = until it works).
-- any other 4xx (400, 401, 403, 404, 405, 413): failed at once with the status and the server's
-  error body (``code`` a number or a string) -- retrying would not change the answer.
+- 401, 403: the token is refused -- the site's problem, not the data's: status
+  ``auth-failed``, the values held (deliveries wait, so the outbox keeps what follows) and
+  posted again after a back-off growing to ``auth_backoff_s``, however long it takes; never
+  dead-lettered, never counted toward ``max_attempts``.
+- any other 4xx (400, 404, 405, 413): failed at once with the status and the server's error
+  body (``code`` a number or a string) -- retrying would not change the answer.
 
 httpx logs every request URL at INFO, and read URLs carry ``?token=``: its logger is set to
 WARNING (unless configured), and a filter on the httpx and httpcore loggers rewrites each
@@ -40,6 +44,8 @@ from adapters.alphax.config import AlphaXConfig, HttpWrite
 from broker import AdapterStatus, Envelope, LogGate, backoff_delay, redact, truncate
 
 _RETRY_STATUSES = frozenset({408, 429})
+#: The token refused: held and retried, never dead-lettered (see HttpWriter._wait_for_auth).
+_AUTH_STATUSES = frozenset({401, 403})
 #: Connections of the read client (the poller reads one call at a time).
 _READ_CONNECTIONS = 6
 _FILTERED_LOGGERS = (
@@ -165,6 +171,9 @@ class HttpWriter:
         self.gzipped = 0
         self.retries = 0
         self.rejected = 0
+        #: Posts answered 401/403 (the values were held and posted again later).
+        self.auth_refusals = 0
+        self._auth_attempts = 0  # refusals in a row: the back-off grows with them
         self.statuses: dict[int, int] = {}
         self._gate = LogGate(every_s=30.0)
 
@@ -204,6 +213,7 @@ class HttpWriter:
             "gzipped": self.gzipped,
             "retries": self.retries,
             "rejected": self.rejected,
+            "auth_refusals": self.auth_refusals,
             "statuses": dict(self.statuses),
             "paced_waits": self.pacer.waits,
         }
@@ -224,14 +234,16 @@ class HttpWriter:
                 finally:
                     self.pacer.release()
             if outcome.ok:
+                self._auth_attempts = 0
                 if attempt > 1:
                     self.log.info("post/%s stored after %d attempts", doc.form, attempt)
                 self.status.set("connected", f"posting to {self.host}")
                 return
+            if outcome.status in _AUTH_STATUSES:  # the site's token, not the data's fault
+                await self._wait_for_auth(doc, outcome)
+                continue
             if not outcome.retry:
                 self.rejected += 1
-                if outcome.status in (401, 403):
-                    self.status.set("auth-failed", outcome.reason)
                 text = f"post/{doc.form} rejected, not retried: {outcome.reason}"
                 self._log_once(logging.ERROR, text)
                 reason = f"AlphaX post/{doc.form} rejected: {outcome.reason}"
@@ -251,6 +263,31 @@ class HttpWriter:
                 "(the values are kept)",
             )
             await trio.sleep(delay)
+
+    async def _wait_for_auth(self, doc: Doc, outcome: _Outcome) -> None:
+        """AlphaX refused the token (401/403): hold the values and ask again later.
+
+        A refused token is for the operator to fix, not a fault of the data: the values are
+        kept (this delivery waits, so the route's queue or outbox holds what comes behind
+        it), the adapter reports ``auth-failed``, and the post is tried again after a
+        back-off that grows to ``auth_backoff_s``. It does not count toward
+        ``max_attempts``: dead-lettering a site's whole stream for a token would lose it.
+        """
+        self.auth_refusals += 1
+        self._auth_attempts += 1
+        delay = backoff_delay(
+            self._auth_attempts, self.cfg.backoff_initial_s, self.cfg.auth_backoff_s
+        )
+        self.status.set(
+            "auth-failed", f"{outcome.reason}; values held, asking again in {delay:.0f} s"
+        )
+        self._log_once(
+            logging.ERROR,
+            f"post/{doc.form} to {self.host}: the token was refused ({outcome.reason}); the "
+            f"values are held and the post retried until it is accepted: check [adapters."
+            f"{self.status.name}] token",
+        )
+        await trio.sleep(delay)
 
     async def _post(self, doc: Doc) -> _Outcome:
         body = doc.body

@@ -6,8 +6,10 @@ configured transport (see :mod:`adapters.alphax.connection`). An envelope counts
 delivered once AlphaX has the data: HTTP 2xx; MQTT PUBACK (published batches are deferred and
 acked as their PUBACKs arrive, so the next batch need not wait); UDP/TCP: sent, best effort.
 What can never be sent is dead-lettered with the reason: a value the codec cannot encode, an
-envelope of another kind, or an HTTP 400/401/403/404/405/413 with the status and the server's
-error body. 429, 5xx and network trouble are retried, the data kept.
+envelope of another kind, or an HTTP 400/404/405/413 with the status and the server's error
+body. 429, 5xx and network trouble are retried, the data kept; a refused token (401/403) is
+the site's to fix: the data is held, the status says ``auth-failed``, and posts are retried
+with back-off until it is accepted.
 
 Inbound (to the router), with ``[poll]`` configured: ``channel_reading`` envelopes, subject
 ``<network_id>/<channel>``, each record read exactly once across polls and restarts (marks

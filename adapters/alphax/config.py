@@ -17,8 +17,10 @@ subscription tier::
     # gzip_over_bytes = 1024   concurrency = 4   writes_per_s = 100 (default: the tier's)
 
 HTTP outcomes: 2xx stored; 429, 408, 5xx and network errors retried with back-off, the data
-kept (``max_attempts`` = 0: until it works); other 4xx (400, 401, 403, 404, 405, 413)
-dead-lettered at once with the status and the server's error body.
+kept (``max_attempts`` = 0: until it works); 401/403 (the token refused) held and retried
+with a back-off growing to ``auth_backoff_s``, status ``auth-failed``, until the token is
+accepted; other 4xx (400, 404, 405, 413) dead-lettered at once with the status and the
+server's error body.
 
 Writing over MQTT (QoS 1; username = token, password from the environment or a file)::
 
@@ -54,7 +56,7 @@ named with its new place (``mqtt_url`` is now ``url``).
 Keys of ``[adapters.<name>]`` that every transport shares: ``connect_timeout_s`` and
 ``timeout_s`` (HTTP posts and reads, MQTT and TCP connects), ``max_attempts``,
 ``backoff_initial_s`` and ``backoff_max_s`` (HTTP and TCP writes, reads), ``auth_backoff_s``
-(reads refused with 401/403).
+(the longest wait between tries of writes and reads refused with 401/403).
 
 Reading back (HTTP, whatever the write transport), as ``channel_reading`` envelopes::
 
