@@ -21,9 +21,9 @@ Our own record (``_pending``: mid -> message and its batch) holds every message 
 and not acknowledged, so a message without PUBACK is never forgotten silently: ``wait_acked``
 waits for its batch's PUBACKs. While the broker is unreachable it waits (the route's queue and
 overflow policy then apply upstream); once connected, acks taking longer than
-``ack_timeout_s`` of connected time fail the envelopes with a reason (dead-lettered). paho
-still holds such a message and may deliver it late: counted as ``late_acks``, a possible
-duplicate at AlphaX, never a loss.
+``ack_timeout_s`` of connected time fail the envelopes with a reason (dead-lettered), and the
+message is taken out of paho's resend queue (:meth:`MqttWriter._forget`), so no reconnect
+sends it again. A PUBACK already on its way for it is counted as a stray ack.
 
 Topics hold the token: they are logged only through ``redact_topic``.
 """
@@ -73,7 +73,7 @@ class Acks:
 @dataclass
 class _Pending:
     message: Message
-    batch: Acks | None  # None once the batch gave up on it (ack timeout)
+    batch: Acks
     published_at: float
 
 
@@ -111,7 +111,6 @@ class MqttWriter(MqttLink):
         self.unencodable = 0
         self.published = 0
         self.acked = 0
-        self.late_acks = 0
         self.stray_acks = 0
         self.inflight_full = 0
         self.queue_full = 0
@@ -142,7 +141,6 @@ class MqttWriter(MqttLink):
             "unencodable": self.unencodable,
             "published": self.published,
             "acked": self.acked,
-            "late_acks": self.late_acks,
             "outstanding": self.outstanding(),
             "inflight_full": self.inflight_full,
             "queue_full": self.queue_full,
@@ -153,7 +151,7 @@ class MqttWriter(MqttLink):
         }
 
     def outstanding(self) -> int:
-        """Messages handed to paho and not acknowledged (including given-up ones)."""
+        """Messages handed to paho and neither acknowledged nor given up on."""
         return len(self._pending)
 
     async def publish(self, messages: Sequence[Message]) -> tuple[Acks, list[Failure]]:
@@ -261,17 +259,36 @@ class MqttWriter(MqttLink):
         return []
 
     def _give_up(self, batch: Acks) -> list[Failure]:
-        lost = [p for p in self._pending.values() if p.batch is batch]
-        for pending in lost:
-            pending.batch = None
+        lost = [(mid, p) for mid, p in self._pending.items() if p.batch is batch]
+        for mid, _ in lost:
+            del self._pending[mid]
+            self._forget(mid)
         batch.remaining = 0
         self.ack_timeouts += len(lost)
         reason = (
             f"no PUBACK from {self.where} within {self.mqtt.ack_timeout_s:g} s of connected time; "
-            "the MQTT client still holds the message and may deliver it late (a duplicate)"
+            "given up (an ack still on its way means AlphaX has it: a duplicate if replayed)"
         )
         self.log.error("%d MQTT messages: %s", len(lost), reason)
-        return [(env, reason) for p in lost for env in p.message.envelopes]
+        return [(env, reason) for _, p in lost for env in p.message.envelopes]
+
+    def _forget(self, mid: int) -> None:
+        """Take a given-up message out of paho's resend queue (``_out_messages``).
+
+        Left there, paho would send it again (DUP) after every reconnect: a broker that
+        drops the connection on that message would get it in a loop, and the message holds
+        a place under ``max_queued`` for good. paho has no API for this; its own PUBACK
+        path does the same under ``_out_message_mutex`` (paho 2.2: pop the message; if it
+        was in flight, free its in-flight slot and let the next queued one go).
+        """
+        client = self.client
+        with client._out_message_mutex:
+            message = client._out_messages.pop(mid, None)
+            if message is None or message.state != mqtt.mqtt_ms_wait_for_puback:
+                return
+            client._inflight_messages -= 1
+            if self.connected and client._max_inflight_messages > 0:
+                client._update_inflight()
 
     def _wake(self) -> None:
         super()._wake()
@@ -300,11 +317,7 @@ class MqttWriter(MqttLink):
                 self.stray_acks += 1
                 return
             self.acked += 1
-            batch = pending.batch
-            if batch is None:
-                self.late_acks += 1
-            else:
-                self._settle(batch)
+            self._settle(pending.batch)
             if self._waiting_for_room:
                 self._room.set()
         except Exception:  # paho would re-raise it out of loop_read

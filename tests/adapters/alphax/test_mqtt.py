@@ -206,10 +206,51 @@ async def test_missing_pubacks_are_dead_lettered_after_the_timeout(
                 await wait_for(lambda: len(received("dlq")) == 6, what="6 dead letters")
                 assert rt.snapshot()["routes"]["w"]["failed"] == 6
                 s = stats("ax")
-                assert s["ack_timeouts"] == 3 and s["outstanding"] == 3  # paho still holds them
+                assert s["ack_timeouts"] == 3 and s["outstanding"] == 0  # given up for good
             reason = received("dlq")[0].headers["x-dead-letter-reason"]
             assert "no PUBACK" in reason and "0.5 s" in reason and TOKEN not in reason
             assert seen[CONNECT]
+
+
+async def test_a_given_up_message_is_not_sent_again_after_a_reconnect(
+    load_alphax: Callable[[str], Loaded], start_runtime: Any
+) -> None:
+    """paho kept a given-up message and re-sent it (DUP) after every reconnect: a broker that
+    drops the connection on it got it in a loop (issue 17, item 10)."""
+    per_connection: list[Counter[int]] = []
+    streams: list[trio.SocketStream] = []
+
+    async def handle(stream: trio.SocketStream) -> None:
+        seen: Counter[int] = Counter()
+        per_connection.append(seen)
+        streams.append(stream)
+        rest = b""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await stream.receive_some(65536):
+                kinds, rest = _packet_kinds(rest + data)
+                for kind in kinds:
+                    seen[kind] += 1
+                    if kind == CONNECT:
+                        await stream.send_all(b"\x20\x02\x00\x00")  # CONNACK, accepted
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            url = f"mqtt://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+            nursery.start_soon(trio.serve_listeners, handle, listeners)
+            src = {"devices": ["dev-g"], "channels": [1], "ticks": 3}
+            cfg = config(url, src, ack_timeout_s=0.5, reconnect_min_s=1, reconnect_max_s=1)
+            async with start_runtime(load_alphax(cfg)):
+                await wait_for(lambda: len(received("dlq")) == 3, what="3 given up")
+                assert per_connection[0][PUBLISH] == 3
+                for stream in list(streams):
+                    await stream.aclose()  # the broker drops the connection
+                await wait_for(lambda: len(per_connection) >= 2, what="a reconnect")
+                await wait_for(lambda: per_connection[1][CONNECT] == 1, what="reconnected")
+                await trio.sleep(1.0)  # paho re-sends what it holds right after CONNACK
+                assert per_connection[1][PUBLISH] == 0
+                assert stats("ax")["outstanding"] == 0  # nothing held for them any more
+            nursery.cancel_scope.cancel()
 
 
 async def test_the_next_batch_is_published_while_the_last_one_waits_for_pubacks(
