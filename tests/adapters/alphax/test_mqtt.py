@@ -556,3 +556,25 @@ async def test_aclose_while_the_tcp_connect_hangs() -> None:
             assert status.state != "connected"
             await writer.aclose()
     await wait_for(lambda: not _busy_threads(before), timeout=5, what="no busy thread left")
+
+
+async def test_a_dead_connection_driver_fails_the_waiting_publish_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The driver task dying (a bug of ours or paho's) must surface: the delivery waiting for
+    the link raises, so the adapter crashes and its actor builds a new one with a new client,
+    rather than every publish waiting forever (issue 17, item 10: the driver-death path)."""
+    with trio.fail_after(20):
+        async with open_silent_broker() as (url, _seen):
+            writer, status = _bare_writer(url)
+
+            async def broken_connect() -> bool:
+                raise RuntimeError("injected: paho state no one expected")
+
+            monkeypatch.setattr(writer, "_connect_once", broken_connect)  # fault injection
+            message = Message(codec.channel_topic(TOKEN, "dev-x", 1), b"1", ())
+            with pytest.raises(RuntimeError, match="the MQTT connection driver failed"):
+                await writer.publish([message])
+            assert status.state == "crashed"
+            assert "the connection driver failed" in status.detail
+            await writer.aclose()  # and closing after it is quiet
