@@ -398,6 +398,16 @@ def _resolve(ref: str, path: str, file: str, problems: list[ConfigProblem]) -> s
                 )
             )
             return ""
+        except UnicodeDecodeError as err:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    path,
+                    f"secret file {secret_path!r} is not UTF-8 text (at byte {err.start})",
+                    hint="write the secret as text (a binary key: base64 it)",
+                )
+            )
+            return ""
     else:
         ref, has_default, default = ref.partition(":-")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ref):

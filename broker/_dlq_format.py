@@ -18,11 +18,17 @@ REASON_WIDTH = 160
 
 
 def out(text: str) -> None:
-    print(logs.redact(text), flush=True)
+    """Print ``text`` redacted, a reason's or body's control characters shown escaped."""
+    print(_safe(text), flush=True)
 
 
 def err(text: str) -> None:
-    print(logs.redact(text), file=sys.stderr, flush=True)
+    print(_safe(text), file=sys.stderr, flush=True)
+
+
+def _safe(text: str) -> str:
+    """Redacted, and escaped line by line: what a peer wrote cannot drive the terminal."""
+    return "\n".join(logs.escape_controls(line) for line in logs.redact(text).split("\n"))
 
 
 def when(ts: float) -> str:

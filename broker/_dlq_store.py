@@ -50,7 +50,12 @@ def locate(config_path: str) -> Located:
 
 def open_store(where: Located) -> Outbox | None:
     """The outbox, or None (said on stderr) when there is none: never creates one."""
-    if not where.path.is_file():
+    try:
+        exists = where.path.is_file()
+    except PermissionError:
+        err(f"cannot look into {where.state_dir}: permission denied (run as the bridge's user)")
+        return None
+    if not exists:
         note = ""
         if not where.state_dir.is_absolute():
             note = f"; state_dir {str(where.state_dir)!r} is relative to the working directory"

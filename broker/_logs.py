@@ -24,54 +24,53 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-_secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 #: Shorter secrets are refused by the config (and ignored here): see register_secret.
 MIN_SECRET_LEN = 8
 
 
-_pattern: re.Pattern[str] | None = None
+#: The registered secrets and one pattern matching any of them, swapped in as one tuple so
+#: a thread logging while another registers a secret sees either the old pair or the new.
+_registry: tuple[frozenset[str], re.Pattern[str] | None] = (frozenset(), None)
 
 
 def register_secret(secret: str) -> None:
     """Redact ``secret`` from every log line from now on.
 
     Strings shorter than :data:`MIN_SECRET_LEN` are ignored: a config refuses such a
-    secret (see ``broker._config``), and a value that short read from the environment
-    (a port, a flag) is no credential but would match all over the log.
+    secret (see ``broker._config_secrets``), and a value that short read from the
+    environment (a port, a flag) is no credential but would match all over the log.
     """
-    global _pattern
-    if len(secret) >= MIN_SECRET_LEN:
-        with _secrets_lock:
-            if secret not in _secrets:
-                _secrets.add(secret)
-                _pattern = None
+    global _registry
+    if len(secret) < MIN_SECRET_LEN:
+        return
+    with _secrets_lock:
+        known = _registry[0]
+        if secret not in known:
+            secrets = known | {secret}
+            _registry = (secrets, _compile(secrets))
 
 
 def redact(text: str) -> str:
     """``text`` with every whole occurrence of a registered secret replaced by ``***``.
 
     Whole: where a secret begins (ends) with a letter or digit, the character before
-    (after) it must not be one, so the secret is not part of a longer word.
+    (after) it must not be one, so the secret is not part of a longer word. Formatters
+    redact the raw text before escaping it (an escape such as ``\\n`` ends in a letter).
     """
-    if not _secrets:
-        return text
-    pattern = _pattern or _compile()
-    if not any(secret in text for secret in _secrets):
+    pattern = _registry[1]
+    if pattern is None:
         return text
     return pattern.sub("***", text)
 
 
-def _compile() -> re.Pattern[str]:
-    global _pattern
-    with _secrets_lock:
-        alternatives = []
-        for secret in sorted(_secrets, key=len, reverse=True):
-            before = r"(?<![0-9A-Za-z])" if secret[0].isalnum() else ""
-            after = r"(?![0-9A-Za-z])" if secret[-1].isalnum() else ""
-            alternatives.append(before + re.escape(secret) + after)
-        _pattern = re.compile("|".join(alternatives))
-        return _pattern
+def _compile(secrets: frozenset[str]) -> re.Pattern[str]:
+    alternatives = []
+    for secret in sorted(secrets, key=len, reverse=True):
+        before = r"(?<![0-9A-Za-z])" if secret[0].isalnum() else ""
+        after = r"(?![0-9A-Za-z])" if secret[-1].isalnum() else ""
+        alternatives.append(before + re.escape(secret) + after)
+    return re.compile("|".join(alternatives))
 
 
 #: Characters a log line must not carry raw: C0 controls (newline, ESC, NUL...), DEL,
@@ -124,7 +123,7 @@ class HumanFormatter(logging.Formatter):
         )
 
     def format(self, record: logging.LogRecord) -> str:
-        record.message = escape_controls(record.getMessage())
+        record.message = escape_controls(redact(record.getMessage()))
         record.asctime = self.formatTime(record, self.datefmt)
         text = self.formatMessage(record)
         extra = []
@@ -135,9 +134,9 @@ class HumanFormatter(logging.Formatter):
         if record.stack_info:
             extra.append(self.formatStack(record.stack_info))
         if extra:
-            block = _escape_block("\n".join(extra)).rstrip("\n")
+            block = _escape_block(redact("\n".join(extra))).rstrip("\n")
             text += "\n" + "\n".join(CONTINUATION + line for line in block.split("\n"))
-        return redact(text)
+        return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -148,15 +147,18 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": escape_controls(record.getMessage()),
+            "msg": escape_controls(redact(record.getMessage())),
             "thread": record.threadName,
         }
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            out.update(fields)
+        if isinstance(fields, dict):  # redacted before encoding: JSON escapes would hide them
+            out.update(
+                (k, escape_controls(redact(v)) if isinstance(v, str) else v)
+                for k, v in fields.items()
+            )
         if record.exc_info:
-            out["exc"] = _escape_block(self.formatException(record.exc_info))
-        return redact(json.dumps(out, default=str))
+            out["exc"] = _escape_block(redact(self.formatException(record.exc_info)))
+        return redact(json.dumps(out, default=str))  # what str() made of other values
 
 
 def setup(level: str = "info", fmt: str = "human", stream: Any = None) -> None:

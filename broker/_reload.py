@@ -270,6 +270,9 @@ def reload_logged(runtime: Runtime) -> ReloadReport | None:
             file,
             err,
         )
+    except Exception as err:  # a bug must not end a bridge that was running fine
+        problems = [f"reload failed: {describe(err)}"]
+        log.exception("reload of %s failed; still running the previous configuration", file)
     else:
         _write_outcome(
             state_dir,
@@ -279,6 +282,7 @@ def reload_logged(runtime: Runtime) -> ReloadReport | None:
                 applied=True,
                 summary=str(report),
                 needs_restart=list(report.needs_restart),
+                failed=dict(report.failed),
             ),
         )
         return report
@@ -398,7 +402,10 @@ def _remove(
 
 def request_reload(state_dir: str | os.PathLike[str]) -> int:
     """Send SIGHUP to the bridge holding ``state_dir``; returns its pid."""
-    pid = state_lock.holder(state_dir)
+    try:
+        pid = state_lock.holder(state_dir)
+    except JunctionError as err:
+        raise BridgeUnreachable(str(err)) from None
     if pid is None:
         where = state_lock.pid_path(state_dir).resolve()
         raise BridgeUnreachable(
@@ -430,6 +437,8 @@ class ReloadOutcome(msgspec.Struct, kw_only=True):
     summary: str
     problems: list[str] = []
     needs_restart: list[str] = []
+    #: Adapters that could not be (re)started, with the reason: the reload was partial.
+    failed: dict[str, str] = {}
 
 
 def outcome_path(state_dir: str | os.PathLike[str]) -> Path:

@@ -113,7 +113,8 @@ def _disabled_plugins(path: str) -> list[str]:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return []  # config.load reports it properly
-    value = data.get("junction", {}).get("disabled_plugins", [])
+    table = data.get("junction", {})
+    value = table.get("disabled_plugins", []) if isinstance(table, dict) else []
     return [str(v) for v in value] if isinstance(value, list) else []
 
 

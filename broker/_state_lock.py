@@ -83,11 +83,7 @@ def acquire(state_dir: str | os.PathLike[str]) -> StateLock:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = _read_pid(fd)
-        os.close(fd)
-        raise StateDirBusy(Path(state_dir), pid) from None
+        _lock_or_busy(fd, Path(state_dir))
     except BaseException:
         os.close(fd)
         raise
@@ -96,38 +92,59 @@ def acquire(state_dir: str | os.PathLike[str]) -> StateLock:
     return StateLock(path, fd)
 
 
+def _lock_or_busy(fd: int, state_dir: Path) -> None:
+    """Take the exclusive lock, or raise StateDirBusy naming the holder.
+
+    A busy lock with no pid in the file is an operator command's probe (:func:`holder`
+    holds a shared lock for an instant) or an owner about to write its pid: try again for
+    half a second before calling the directory taken.
+    """
+    deadline = time.monotonic() + 0.5
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pid = _read_pid(fd)
+            if pid is not None or time.monotonic() >= deadline:
+                raise StateDirBusy(state_dir, pid) from None
+            time.sleep(0.01)
+
+
 def holder(state_dir: str | os.PathLike[str]) -> int | None:
     """The pid of the process holding ``state_dir``, or None when nobody does.
 
     Probes with a shared non-blocking lock that is dropped at once, so asking never
     takes the directory over (and works with read permission alone).
     """
+    path = pid_path(state_dir)
     try:
-        fd = os.open(pid_path(state_dir), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as err:
+        raise JunctionError(
+            f"cannot read {path}: {err.strerror or err} (run this as the user running the bridge)"
+        ) from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _holder_pid(fd, Path(state_dir))
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        # The owner writes its pid just after locking, so a held lock with an empty file
+        # is waited on a little; an owner that lets go meanwhile means nobody holds it.
+        for _ in range(40):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _read_pid(fd)
+                if pid is not None:
+                    return pid
+                time.sleep(0.025)
+                continue
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        raise JunctionError(
+            f"state_dir {str(state_dir)!r} is held by a process that wrote no pid into {path}"
+        )
     finally:
         os.close(fd)
-
-
-def _holder_pid(fd: int, state_dir: Path) -> int:
-    """The pid in a held lock file; the owner writes it just after locking, so wait a little."""
-    for _ in range(40):
-        pid = _read_pid(fd)
-        if pid is not None:
-            return pid
-        time.sleep(0.025)
-    raise JunctionError(
-        f"state_dir {str(state_dir)!r} is held by a process that wrote no pid into "
-        f"{pid_path(state_dir)}"
-    )
 
 
 def _read_pid(fd: int) -> int | None:

@@ -123,7 +123,7 @@ def _parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentPars
     rel.add_argument("config", help="the TOML configuration the bridge was started with")
     rel.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="S",
         help="seconds to wait for the bridge to say what it made of the file (default 30)",
@@ -318,7 +318,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"junction (pid {pid}) reloaded {outcome.summary}")
-    return EXIT_OK
+    return EXIT_FAIL if outcome.failed else EXIT_OK
 
 
 def run_until_stopped(
@@ -344,16 +344,22 @@ def run_until_stopped(
             received.append(signal.Signals(signum).name)
         stop.set()
 
-    lock = own_state_dir(loaded)  # before anything else touches the state directory
     handled = (signal.SIGINT, signal.SIGTERM, *([sighup] if sighup is not None else []))
     old = {s: signal.signal(s, on_signal) for s in handled}
-    recent: logs.RecentLines | None = None
-    if live:
-        state = Path(loaded.config.junction.state_dir)
-        recent = logs.RecentLines()
-        logs.divert_to_file(str(state / "junction.log"), recent)
-    runtime = Runtime(loaded)
     try:
+        lock = own_state_dir(loaded)  # before anything else touches the state directory
+    except BaseException:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        raise
+    recent: logs.RecentLines | None = None
+    runtime: Runtime | None = None
+    try:
+        if live:
+            state = Path(loaded.config.junction.state_dir)
+            recent = logs.RecentLines()
+            logs.divert_to_file(str(state / "junction.log"), recent)
+        runtime = Runtime(loaded)
         runtime.start()
         began = time.monotonic()
         every = status_every or 0.5
@@ -376,10 +382,11 @@ def run_until_stopped(
                 runtime.loaded.config.junction.shutdown_grace_s,
             )
     finally:
-        report = runtime.stop()
+        report = runtime.stop() if runtime is not None else None
         lock.release()
         for s, handler in old.items():
             signal.signal(s, handler)
+    assert report is not None  # Runtime() raising leaves by the finally above
     if live:
         left = sum(report.left.values())
         sys.stdout.write("\x1b[H\x1b[2J" + status.render(report.snapshot) + "\n\n")
@@ -389,6 +396,14 @@ def run_until_stopped(
             else "stopped cleanly: every queued envelope was delivered\n"
         )
     return EXIT_OK if not report.left else EXIT_FAIL
+
+
+def _seconds(text: str) -> float:
+    """A ``--wait`` value: a finite number of seconds, 0 or more."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def own_state_dir(loaded: Loaded) -> state_lock.StateLock:

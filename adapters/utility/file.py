@@ -50,7 +50,7 @@ class FileConfig(AdapterConfig, kw_only=True):
         if self.path == "-":
             return
         target = Path(self.path)
-        if self.read and not target.is_file():
+        if self.read and not (target.is_file() or target.is_fifo()):
             raise ValueError(f"path {self.path!r} is not a file to read (read = true)")
         if not self.write:
             return

@@ -195,7 +195,7 @@ def test_show_prints_each_dead_letter_with_its_envelope_redacted(
     row = box.dead_rows(route="persisted", limit=1)[0]
     box.close()
     # forget what this process learnt: `dlq` must register the config's secrets itself
-    monkeypatch.setattr(logs, "_secrets", set())
+    monkeypatch.setattr(logs, "_registry", (frozenset(), None))
     assert dlq("show", dead, str(row.seq)) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"dead letter {row.seq}\n")
@@ -551,3 +551,17 @@ def test_a_dead_lettered_reply_replays_back_to_the_asker(
     finally:
         rt.stop(grace_s=1)
         core_plugin.reset()
+
+
+def test_dlq_output_shows_a_peers_control_characters_escaped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from broker._dlq_format import err, out
+
+    out("reason  conduit said: 400 \x1b[31mbad\x1b[0m\x1b]0;TITLE\x07\x9b\n  next line")
+    err("failed: \x1b[2J")
+    captured = capsys.readouterr()
+    assert "\x1b" not in captured.out + captured.err and "\x07" not in captured.out
+    assert "\\x1b[31mbad\\x1b[0m\\x1b]0;TITLE\\x07\\x9b" in captured.out
+    assert captured.out.count("\n") == 2  # the text's own line break kept
+    assert "\\x1b[2J" in captured.err

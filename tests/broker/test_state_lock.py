@@ -140,3 +140,27 @@ def test_acquire_refuses_while_held_even_in_the_same_process(tmp_path: Path) -> 
 
 def test_holder_of_a_directory_never_run_is_none(tmp_path: Path) -> None:
     assert state_lock.holder(tmp_path / "never") is None
+
+
+def test_an_operator_probing_does_not_make_a_starting_bridge_refuse(tmp_path: Path) -> None:
+    """``holder`` takes a shared lock for an instant; an ``acquire`` racing it used to say
+    the directory was in use by another junction, though none ran."""
+    import threading
+
+    state_lock.acquire(tmp_path / "s").release()  # the file exists, nobody holds it
+    stop = threading.Event()
+    seen: list[int | None] = []
+
+    def probe() -> None:
+        while not stop.is_set():
+            seen.append(state_lock.holder(tmp_path / "s"))
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        for _ in range(3000):
+            state_lock.acquire(tmp_path / "s").release()
+    finally:
+        stop.set()
+        prober.join()
+    assert seen and set(seen) <= {None, os.getpid()}
