@@ -36,6 +36,7 @@ import httpx
 import trio
 
 from adapters.alphax import codec
+from adapters.alphax._codec_base import MAX_RESPONSE_BYTES
 from adapters.alphax._http11 import Http11Error, Http11Pool, Http11Response
 from adapters.alphax._pacing import WritePacer
 from adapters.alphax._uplinks import Doc, Failure, encode_docs
@@ -316,9 +317,38 @@ class HttpWriter:
             self.log.log(level, "%s%s", codec.redact(text, self.token), more)
 
 
+class ResponseTooLarge(httpx.TransportError):
+    """A read response past ``MAX_RESPONSE_BYTES`` once decompressed: not read further."""
+
+
 async def get_records(
     client: httpx.AsyncClient, cfg: AlphaXConfig, api: str, params: Mapping[str, str | int]
 ) -> httpx.Response:
-    """``GET {read_url}/conduit{api}?token=...&...``; transport errors propagate (httpx)."""
+    """``GET {read_url}/conduit{api}?token=...&...``; transport errors propagate (httpx).
+
+    The body is streamed and given up on past ``MAX_RESPONSE_BYTES`` (counted after gzip
+    is undone), so a hostile or broken server cannot make the poller hold more than that.
+    The response returned holds the decoded body (its encoding headers dropped).
+    """
     url = f"{cfg.read_url.rstrip('/')}/conduit{api}"
-    return await client.get(url, params={"token": cfg.token, **params})
+    async with client.stream("GET", url, params={"token": cfg.token, **params}) as response:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise ResponseTooLarge(
+                    f"response body over {MAX_RESPONSE_BYTES:,} bytes (decompressed); not read"
+                )
+            chunks.append(chunk)
+        headers = [
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=b"".join(chunks),
+            request=response.request,
+        )

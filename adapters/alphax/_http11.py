@@ -24,7 +24,6 @@ Reads (the poller's GETs) stay on httpx: they are rare and need its query handli
 
 from __future__ import annotations
 
-import gzip
 import ssl
 import zlib
 from collections.abc import Mapping
@@ -33,6 +32,8 @@ from urllib.parse import urlsplit
 
 import h11
 import trio
+
+from adapters.alphax._codec_base import MAX_RESPONSE_BYTES
 
 __all__ = ["Http11Error", "Http11Pool", "Http11Response"]
 
@@ -316,8 +317,11 @@ def _decoded(response: Http11Response, what: str) -> Http11Response:
     encoding = response.headers.get("content-encoding", "").strip().lower()
     if encoding not in _GZIP or not response.content:
         return response
-    try:
-        content = gzip.decompress(response.content)
-    except (OSError, EOFError, zlib.error) as err:
+    try:  # bounded: a small gzip body can inflate to gigabytes
+        inflater = zlib.decompressobj(wbits=31)
+        content = inflater.decompress(response.content, MAX_RESPONSE_BYTES + 1)
+    except zlib.error as err:
         raise Http11Error(f"{what}: undecodable gzip body: {err}") from err
+    if len(content) > MAX_RESPONSE_BYTES:
+        raise Http11Error(f"{what}: gzip body over {MAX_RESPONSE_BYTES:,} bytes decompressed")
     return Http11Response(response.status_code, response.reason, content, response.headers)

@@ -7,6 +7,7 @@ the poller keeps reading, the readings behind it arrive, and one log line covers
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,3 +72,39 @@ async def test_malformed_read_responses_are_counted_and_reading_goes_on(
     lines = [r.getMessage() for r in caplog.records if "malformed responses" in r.getMessage()]
     assert len(lines) == 1, lines
     assert "more than 128 levels" in lines[0] and TOKEN not in caplog.text
+
+
+async def test_a_gzip_bomb_read_response_is_given_up_on_not_held() -> None:
+    """A small gzip body inflating past MAX_RESPONSE_BYTES is refused while it streams, so a
+    hostile read server cannot make the poller hold gigabytes (review of issue 17)."""
+    import gzip
+
+    import httpx
+
+    from adapters.alphax._codec_base import MAX_RESPONSE_BYTES
+    from adapters.alphax._http import ResponseTooLarge, get_records
+    from adapters.alphax.config import AlphaXConfig
+
+    bomb = gzip.compress(b"[" + b" " * (MAX_RESPONSE_BYTES * 2) + b"]", compresslevel=9)
+
+    async def serve(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)  # the request head
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            f"Content-Length: {len(bomb)}\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(head.encode() + bomb)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(trio.serve_listeners, serve, listeners)
+            cfg = AlphaXConfig(
+                type="alphax", token="alphax-token-1", read_url=f"http://127.0.0.1:{port}"
+            )
+            async with httpx.AsyncClient() as client:
+                with pytest.raises(ResponseTooLarge, match="over 16,777,216 bytes"):
+                    await get_records(client, cfg, "v6", {"limit": 1})
+            nursery.cancel_scope.cancel()
