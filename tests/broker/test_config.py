@@ -299,23 +299,29 @@ def test_check_refuses_a_file_sink_whose_directory_cannot_be_made(tmp_path: Path
     assert "Traceback" not in done.stderr
 
 
-def test_a_file_sink_creates_its_directory(tmp_path: Path) -> None:
-    cfg = tmp_path / "site.toml"
-    out = tmp_path / "new" / "deeper" / "out.jsonl"
-    cfg.write_text(
-        f'[junction]\nstate_dir = "{tmp_path / "state"}"\n'
+def junction_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``junction ARGS`` in a fresh interpreter, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def gen_to_file(state: Path, out: Path, extra: str = "") -> str:
+    """A config: a generator of metrics routed to a file sink (``extra``: route keys)."""
+    return (
+        f'[junction]\nstate_dir = "{state}"\n'
         '[adapters.gen]\ntype = "generator"\nkind = "metric"\n'
         'body = { module = "m", name = "n", value = 1.0 }\nrate = 50\ncount = 5\n'
         f'[adapters.out]\ntype = "file"\npath = "{out}"\n'
-        '[[routes]]\nname = "r"\nfrom = "gen"\nto = "out"\n',
-        encoding="utf-8",
+        f'[[routes]]\nname = "r"\nfrom = "gen"\nto = "out"\n{extra}'
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "broker.cli", "run", str(cfg), "--duration", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+
+def test_a_file_sink_creates_its_directory(tmp_path: Path) -> None:
+    cfg = tmp_path / "site.toml"
+    out = tmp_path / "new" / "deeper" / "out.jsonl"
+    cfg.write_text(gen_to_file(tmp_path / "state", out), encoding="utf-8")
+    done = junction_cli("run", str(cfg), "--duration", "2")
     assert done.returncode == 0, done.stderr
     assert out.read_text().count("\n") == 5
 
@@ -327,9 +333,7 @@ def test_a_config_that_is_not_utf8_is_one_line_not_a_traceback(
     cfg = tmp_path / "latin1.toml"
     cfg.write_bytes(b'[junction]\nstate_dir = "caf\xe9"\n')
     args = [command, "list", str(cfg)] if command == "dlq" else [command, str(cfg)]
-    done = subprocess.run(
-        [sys.executable, "-m", "broker.cli", *args], capture_output=True, text=True, timeout=60
-    )
+    done = junction_cli(*args)
     assert done.returncode == 2, done.stderr
     assert f"{cfg}: not UTF-8 text (at byte 27); save it as UTF-8" in done.stderr
     assert "Traceback" not in done.stderr
@@ -341,19 +345,9 @@ def test_run_on_a_file_that_is_no_outbox_says_so_in_one_line(tmp_path: Path) -> 
     (state / "outbox.sqlite3").write_bytes(bytes(range(256)) * 16)  # 4 KiB, no SQLite header
     cfg = tmp_path / "site.toml"
     cfg.write_text(
-        f'[junction]\nstate_dir = "{state}"\n'
-        '[adapters.gen]\ntype = "generator"\nkind = "metric"\n'
-        'body = { module = "m", name = "n", value = 1.0 }\n'
-        f'[adapters.out]\ntype = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
-        '[[routes]]\nname = "r"\nfrom = "gen"\nto = "out"\noverflow = "persist"\n',
-        encoding="utf-8",
+        gen_to_file(state, tmp_path / "out.jsonl", 'overflow = "persist"\n'), encoding="utf-8"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "broker.cli", "run", str(cfg), "--duration", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = junction_cli("run", str(cfg), "--duration", "2")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert f"junction run: outbox {state / 'outbox.sqlite3'}: file is not a database" in done.stderr

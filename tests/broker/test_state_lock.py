@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from broker import _state_lock as state_lock
+from tests.broker.test_reload import junction
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,17 +39,6 @@ from = "gen"
 to = "out"
 overflow = "persist"
 """
-
-
-def junction(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
 
 
 def start(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
