@@ -578,3 +578,80 @@ async def test_a_dead_connection_driver_fails_the_waiting_publish_instead_of_han
             assert status.state == "crashed"
             assert "the connection driver failed" in status.detail
             await writer.aclose()  # and closing after it is quiet
+
+
+def _packets(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Whole MQTT packets in ``buf`` as (type, body), and the bytes left over."""
+    found: list[tuple[int, bytes]] = []
+    while True:
+        size, shift, i = 0, 0, 1
+        while i < len(buf):
+            size |= (buf[i] & 0x7F) << shift
+            if not buf[i] & 0x80:
+                break
+            shift, i = shift + 7, i + 1
+        else:
+            return found, buf
+        end = i + 1 + size
+        if len(buf) < end:
+            return found, buf
+        found.append((buf[0] >> 4, buf[i + 1 : end]))
+        buf = buf[end:]
+
+
+async def test_a_connection_reset_under_publishing_loses_nothing(
+    load_alphax: Callable[[str], Loaded], start_runtime: Any
+) -> None:
+    """The CONN_LOST path: the broker resets the connection (RST) at the first PUBLISH, so
+    the publishes behind it meet a dead socket (paho's ``MQTT_ERR_CONN_LOST``, or its reader
+    noticing first). The messages stay with the client and go out again after the reconnect:
+    all delivered, none dead-lettered (issue 17, item 10)."""
+    import struct
+
+    connections: list[Counter[int]] = []
+    acked: set[bytes] = set()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        seen: Counter[int] = Counter()
+        connections.append(seen)
+        first = len(connections) == 1
+        rest = b""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await stream.receive_some(65536):
+                packets, rest = _packets(rest + data)
+                for kind, body in packets:
+                    seen[kind] += 1
+                    if kind == CONNECT:
+                        await stream.send_all(b"\x20\x02\x00\x00")
+                    elif kind == PUBLISH and first:  # reset, do not close politely
+                        stream.socket.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                        await stream.aclose()
+                        return
+                    elif kind == PUBLISH:
+                        (topic_len,) = struct.unpack(">H", body[:2])
+                        mid = body[2 + topic_len : 4 + topic_len]
+                        acked.add(body[4 + topic_len :])
+                        await stream.send_all(b"\x40\x02" + mid)  # PUBACK
+                    elif kind == 12:  # PINGREQ
+                        await stream.send_all(b"\xd0\x00")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            url = f"mqtt://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+            nursery.start_soon(trio.serve_listeners, handle, listeners)
+            src = {"devices": ["dev-l"], "channels": [1], "ticks": 20}
+            cfg = config(url, src, topic_form="channel", reconnect_min_s=1, reconnect_max_s=1)
+            async with start_runtime(load_alphax(cfg)) as rt:
+                await wait_for(
+                    lambda: rt.snapshot()["routes"]["w"]["delivered"] == 20,
+                    timeout=20,
+                    what="all 20 acknowledged after the reset",
+                )
+                assert len(connections) >= 2 and connections[0][PUBLISH] >= 1
+                assert received("dlq") == [] and rt.snapshot()["routes"]["w"]["failed"] == 0
+                assert stats("ax")["outstanding"] == 0
+            assert len(acked) == 20  # every value reached the broker that acknowledged
+            nursery.cancel_scope.cancel()
