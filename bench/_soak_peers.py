@@ -124,13 +124,17 @@ class KillableBroker(MosquittoBroker):
 
 
 def proc_sample(pid: int) -> dict[str, float]:
-    """Resident set (MB), open descriptors, threads and CPU seconds of process ``pid``."""
+    """Resident set (MB: all, anonymous, file-backed), open descriptors, threads and CPU
+    seconds of process ``pid``."""
     fields = dict(
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return {
         "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
+        # of which the heap and other private memory, and mapped files (e.g. SQLite's -shm)
+        "anon_mb": int(fields["RssAnon"].split()[0]) / 1024,
+        "file_mb": (int(fields["RssFile"].split()[0]) + int(fields["RssShmem"].split()[0])) / 1024,
         "fds": len(os.listdir(f"/proc/{pid}/fd")),
         "threads": int(fields["Threads"]),
         "cpu_s": (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"),

@@ -38,6 +38,10 @@ bridge drains (every route's ``pending`` 0 and nothing new arriving), and then:
   not there), ``duplicated_*`` = ids stored more than once (a redelivery after an
   acknowledgement the kill took with it), ``only_http`` / ``only_mqtt`` = ids one leg's sink
   has and the other's lacks (the bridge received them, so one leg did not bring them);
+- ``dead_lettered`` may be above 0 without anything wrong: ``junction sim allxon`` sends the
+  agent's empty alarm settings and no Portal enables ``building/too_hot`` (the demo's own
+  Portal does), so when a room's drifting temperature crosses the threshold the Allxon
+  adapter dead-letters that route's alert, with the reason;
 - ``rss_growth_pct``: from the sample at the end of minute 1 (or half-way, for a soak under
   two minutes) to the last sample; ``fds_start`` is that sample's count, ``fds_end`` the last.
 
@@ -87,6 +91,8 @@ PEOPLE = [
 HTTP_DEVICE, MQTT_DEVICE = "4107", "4108"  # people-to-alphax's device (demo.toml); the MQTT leg's
 #: AlphaX carries a value as a signed 32-bit count of thousandths: the ids must stay below this
 MAX_ID = 2_000_000
+#: the ops endpoint is on loopback: never through an http_proxy of the environment
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def extra_config(mqtt_url: str, ops_port: int) -> str:
@@ -240,7 +246,7 @@ class Soak:
         """The bridge's /status snapshot, or None when it cannot be read now."""
         try:
             url = f"http://127.0.0.1:{self.ops_port}/status"
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with NO_PROXY.open(url, timeout=5) as response:
                 snap: dict[str, Any] = json.load(response)
                 return snap
         except (OSError, ValueError):
@@ -306,7 +312,8 @@ class Soak:
             else "status unreadable"
         )
         print(
-            f"[{t:6.1f} s] rss {row['rss_mb']:6.1f} MB  fds {row['fds']:>3.0f}  "
+            f"[{t:6.1f} s] rss {row['rss_mb']:6.1f} MB (anon {row['anon_mb']:5.1f})  "
+            f"fds {row['fds']:>3.0f}  "
             f"threads {row['threads']:>2.0f}  {ledger}  restarts {self.restarts_done}/{planned}",
             file=sys.stderr,
         )
@@ -423,6 +430,10 @@ class Soak:
             "rss_start_mb": round(base["rss_mb"], 1),
             "rss_end_mb": round(end["rss_mb"], 1),
             "rss_max_mb": round(max(s["rss_mb"] for s in after), 1),
+            "anon_start_mb": round(base["anon_mb"], 1),
+            "anon_end_mb": round(end["anon_mb"], 1),
+            "file_start_mb": round(base["file_mb"], 1),
+            "file_end_mb": round(end["file_mb"], 1),
             "fds_start": int(base["fds"]),
             "fds_end": int(end["fds"]),
             "fds_min": int(min(s["fds"] for s in after)),
