@@ -7,7 +7,8 @@ Use it from tests::
         sim.set_status("sys-A", "Display", 1, "power", True)   # notifies bound sessions
         await sim.wait_until(lambda: sim.bind_count() == 1000)
 
-or from a shell: ``junction sim placeos --port 8080 --model rooms.toml`` (``main(argv)``).
+or from a shell: ``junction sim placeos --port 8080 --model rooms.toml`` (``main(argv)``);
+``--rate HZ --rate-status SYS/MODULE_INDEX/NAME`` sets statuses at a steady rate (``_rate``).
 
 What it does, following ``docs/protocols/placeos.md`` and the server's source
 (PlaceOS/rest-api ``websocket/session.cr``, PlaceOS/driver ``proxy/remote_driver.cr``):
@@ -53,6 +54,7 @@ from typing import Any, Final
 import trio
 
 from adapters.placeos.sim._model import ModelError, SimModel, load_model
+from adapters.placeos.sim._rate import RateKey, drive, parse_rate_status, without_drift
 from adapters.placeos.sim._server import (
     AUTHORITY_PATH,
     CONTROL_PATH,
@@ -130,6 +132,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pong-interval", type=float, default=80.0, help="seconds (0: off)")
     parser.add_argument("--seed", type=int, help="seed for the drifting values")
     parser.add_argument(
+        "--rate", type=float, default=0.0, metavar="HZ", help="changes a second (0: off)"
+    )
+    parser.add_argument(
+        "--rate-status",
+        action="append",
+        default=[],
+        metavar="SYS/MODULE_INDEX/NAME",
+        help="a status --rate sets, in turn with the others, to 1, 2, 3... (repeatable)",
+    )
+    parser.add_argument("--rate-start", type=int, default=1, help="the first value --rate sets")
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
     )
     return parser
@@ -148,9 +161,11 @@ async def serve_cli(argv: list[str]) -> int:
     key = args.api_key or os.environ.get("PLACEOS_API_KEY")
     try:
         model = load_model(args.model)
+        rate_keys = _rate_keys(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    model = without_drift(model, rate_keys)
     try:
         async with open_placeos_simulator(
             model,
@@ -165,11 +180,20 @@ async def serve_cli(argv: list[str]) -> int:
             print(f"  authority: {sim.http_url}{AUTHORITY_PATH}; X-API-Key: {shown}", flush=True)
             systems = ", ".join(s.id for s in model.systems) or "none"
             print(f"  systems: {systems}  (Ctrl-C to stop)", flush=True)
+            if rate_keys:
+                await drive(sim, rate_keys, args.rate, args.rate_start)
             await trio.sleep(math.inf)
     except OSError as err:  # raised before serving (in the body it would arrive grouped)
         print(f"error: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _rate_keys(args: argparse.Namespace) -> list[RateKey]:
+    """The statuses ``--rate`` drives (none when it is off); ValueError for a bad pair."""
+    if args.rate < 0 or (args.rate > 0) != bool(args.rate_status):
+        raise ValueError("--rate HZ (above 0) and --rate-status go together")
+    return [parse_rate_status(text) for text in args.rate_status]
 
 
 def main(argv: list[str] | None = None) -> int:
