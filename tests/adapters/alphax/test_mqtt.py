@@ -147,21 +147,8 @@ async def test_inflight_and_queue_limits_are_counted_and_logged(
 
 def _packet_kinds(buf: bytes) -> tuple[list[int], bytes]:
     """The types of the complete MQTT packets at the start of ``buf``, and the rest."""
-    kinds: list[int] = []
-    while True:
-        size, shift, i = 0, 0, 1  # the remaining length: 7 bits per byte, high bit = more
-        while i < len(buf):
-            size |= (buf[i] & 0x7F) << shift
-            if not buf[i] & 0x80:
-                break
-            shift, i = shift + 7, i + 1
-        else:
-            return kinds, buf
-        end = i + 1 + size
-        if len(buf) < end:
-            return kinds, buf
-        kinds.append(buf[0] >> 4)
-        buf = buf[end:]
+    packets, rest = _packets(buf)
+    return [kind for kind, _ in packets], rest
 
 
 CONNECT, PUBLISH = 1, 3
