@@ -51,8 +51,8 @@ def read(path: str | os.PathLike[str]) -> OperatorView:
         raise ConfigError([ConfigProblem(file, "junction", "must be a table", table, True)])
     # The whole file is expanded so that every secret this shell can resolve is registered
     # for redaction (``dlq show`` prints envelopes); only [junction]'s problems count.
-    expanded: list[ConfigProblem] = []
-    config_mod._expand({k: v for k, v in data.items() if k != "junction"}, "", file, expanded)
+    elsewhere: list[ConfigProblem] = []  # not this command's business: dropped
+    config_mod._expand({k: v for k, v in data.items() if k != "junction"}, "", file, elsewhere)
     problems: list[ConfigProblem] = []
     table = config_mod._expand(table, "junction", file, problems)
     token_problems = tuple(p for p in problems if p.path == "junction.http.token")

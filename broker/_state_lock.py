@@ -61,12 +61,6 @@ class StateLock:
             os.ftruncate(fd, 0)
         os.close(fd)  # closing the last descriptor releases the flock
 
-    def __enter__(self) -> StateLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
 
 def pid_path(state_dir: str | os.PathLike[str]) -> Path:
     """Where the owner of ``state_dir`` keeps its lock and process id."""
@@ -95,9 +89,9 @@ def acquire(state_dir: str | os.PathLike[str]) -> StateLock:
 def _lock_or_busy(fd: int, state_dir: Path) -> None:
     """Take the exclusive lock, or raise StateDirBusy naming the holder.
 
-    A busy lock with no pid in the file is an operator command's probe (:func:`holder`
-    holds a shared lock for an instant) or an owner about to write its pid: try again for
-    half a second before calling the directory taken.
+    A lock busy for an instant is an operator command's probe (:func:`holder` holds a
+    shared lock that long), whatever pid the file names (a SIGKILLed owner leaves its own
+    behind): only a lock still busy after half a second means another bridge owns it.
     """
     deadline = time.monotonic() + 0.5
     while True:
@@ -105,9 +99,8 @@ def _lock_or_busy(fd: int, state_dir: Path) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            pid = _read_pid(fd)
-            if pid is not None or time.monotonic() >= deadline:
-                raise StateDirBusy(state_dir, pid) from None
+            if time.monotonic() >= deadline:
+                raise StateDirBusy(state_dir, _read_pid(fd)) from None
             time.sleep(0.01)
 
 
