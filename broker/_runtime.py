@@ -63,6 +63,7 @@ from broker._backoff import Backoff
 from broker._config import Config
 from broker._envelope import Envelope
 from broker._errors import ConfigError, ConfigProblem
+from broker._heap import TRIM_EVERY_S, release_free_heap, use_one_arena
 from broker._inlet import Inlet
 from broker._loop import SharedLoop
 from broker._messages import Backlog, Leftovers, Quiesce, Snapshot, Tick
@@ -156,6 +157,7 @@ class Runtime:
     def start(self) -> None:
         cfg = self.loaded.config
         settings = cfg.junction
+        use_one_arena()  # before the loops' threads exist: see broker._heap
         state_dir = Path(settings.state_dir)
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -306,11 +308,17 @@ class Runtime:
 
     async def _tick(self) -> None:
         """The router's clock, as a task on its loop: a Tick into its mailbox, until
-        shutdown ends it (:meth:`_stop_ticking`)."""
+        shutdown ends it (:meth:`_stop_ticking`).  Every ``TRIM_EVERY_S`` it also hands the
+        heap's free pages back to the system (:mod:`broker._heap`: after a backlog is
+        delivered, the resident set comes down again)."""
+        next_trim = trio.current_time() + TRIM_EVERY_S
         try:
             with trio.CancelScope() as self._tick_scope:
                 while True:
                     await trio.sleep(TICK_S)
+                    if trio.current_time() >= next_trim:
+                        release_free_heap()
+                        next_trim = trio.current_time() + TRIM_EVERY_S
                     router = self.router
                     if router is None:
                         return
