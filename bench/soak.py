@@ -43,7 +43,9 @@ bridge drains (every route's ``pending`` 0 and nothing new arriving), and then:
   Portal does), so when a room's drifting temperature crosses the threshold the Allxon
   adapter dead-letters that route's alert, with the reason;
 - ``rss_growth_pct``: from the sample at the end of minute 1 (or half-way, for a soak under
-  two minutes) to the last sample; ``fds_start`` is that sample's count, ``fds_end`` the last.
+  two minutes) to the last sample; ``fds_start`` is that sample's count, ``fds_end`` the last;
+- ``offered_pct``: the ids end to end as a share of ``--rate`` over the soak; under 50% the
+  figures describe no soak at that rate, and the soak exits 1 after its JSON line.
 
 The bridge, the simulators and mosquitto share the machine's cores. Last line on stdout:
 one JSON object with these figures.
@@ -88,12 +90,14 @@ from bench._soak_plan import (
     ledger_totals,
     schedule,
 )
-from tests.support.mosquitto import find_mosquitto, free_port
+from tests.support.mosquitto import distinct_free_ports, find_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ROOT / "routes"
 #: the ops endpoint is on loopback: never through an http_proxy of the environment
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+#: The least share of ``--rate`` (ids end to end) a soak must carry for its figures to count.
+MIN_OFFERED_PCT = 50
 
 
 class Soak:
@@ -109,19 +113,24 @@ class Soak:
         binary = find_mosquitto()
         if binary is None:
             raise SystemExit("mosquitto is not installed (apt-get install mosquitto)")
+        # the peers bind their ports only when started: chosen together, no two are the same
+        placeos_port, allxon_port, alphax_port, broker_port, self.ops_port = distinct_free_ports(5)
         self.broker = KillableBroker(
-            binary, work / "mosquitto", persistence=True, extra_config=["autosave_interval 1"]
+            binary,
+            work / "mosquitto",
+            port=broker_port,
+            persistence=True,
+            extra_config=["autosave_interval 1"],
         )
         self.placeos_key = f"soak-{secrets.token_hex(8)}"
         self.token = f"soak-{secrets.token_hex(8)}"
         self.journal = work / "alphax-journal.txt"
         self.next_id = 1  # the first id the next PlaceOS process sets
         self.peers = {
-            "placeos": Peer("placeos", free_port(), self._placeos_argv, work / "placeos.log"),
-            "allxon": Peer("allxon", free_port(), self._allxon_argv, work / "allxon.log"),
-            "alphax": Peer("alphax", free_port(), self._alphax_argv, work / "alphax.log"),
+            "placeos": Peer("placeos", placeos_port, self._placeos_argv, work / "placeos.log"),
+            "allxon": Peer("allxon", allxon_port, self._allxon_argv, work / "allxon.log"),
+            "alphax": Peer("alphax", alphax_port, self._alphax_argv, work / "alphax.log"),
         }
-        self.ops_port = free_port()
         self.bridge: subprocess.Popen[bytes] | None = None
         self.sink: MqttSink | None = None
         self.samples: list[dict[str, float]] = []
@@ -400,6 +409,11 @@ class Soak:
             "drained": drained,
             # ids the bridge got from PlaceOS (on either leg): what the source managed to offer
             "ids_seen": len(ids["http"].keys() | ids["mqtt"].keys()),
+            # ... as a share of --rate over the soak (peers down for a while each minute)
+            "offered_pct": round(
+                100 * len(ids["http"].keys() | ids["mqtt"].keys()) / (self.args.rate * duration),
+                1,
+            ),
             # CPU of the bridge from the minute-1 sample to the last (one core = 100)
             "bridge_cpu_pct": round(
                 100 * (end["cpu_s"] - base["cpu_s"]) / max(1e-9, end["t"] - base["t"]), 1
@@ -443,6 +457,12 @@ def main() -> None:
     else:
         print(f"logs, journal and state in {work}", file=sys.stderr)
     print(json.dumps(result))
+    if result["offered_pct"] < MIN_OFFERED_PCT:
+        sys.exit(
+            f"soak failed: the flow reached only {result['offered_pct']}% of --rate "
+            f"(at least {MIN_OFFERED_PCT}% wanted): these figures are not a soak at that rate "
+            f"(a peer that never came up? the logs are kept in {work} with --workdir)"
+        )
 
 
 if __name__ == "__main__":

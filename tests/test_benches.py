@@ -96,3 +96,4 @@ def test_the_soak_restarts_every_peer_and_accounts_for_every_envelope() -> None:
     assert result["unaccounted"] == 0, result
     assert result["delivered_http"] > 0 and result["lost_http"] == 0, result
     assert result["only_mqtt"] == 0, result
+    assert result["offered_pct"] >= 50, result  # the flow really ran at about --rate

@@ -45,6 +45,20 @@ def free_port() -> int:
         return port
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` loopback TCP ports free a moment ago and different from each other: all are
+    held at once while chosen (one :func:`free_port` after another may hand out the same
+    port twice when nothing binds the first one in between)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 class BrokerError(RuntimeError):
     """The broker did not start (or stop) as expected; the message carries its log tail."""
 
