@@ -18,6 +18,7 @@ their own.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -126,6 +127,10 @@ class JunctionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     #: a worker thread signing), Python's 5 ms default stretches every hop of an envelope
     #: (measured: a 1 ms trio sleep took 6.5 ms at p50, 2.2 ms at 1 ms).
     switch_interval_ms: NonNegative = 1.0
+    #: Accept secrets shorter than 8 characters (benchmarks and test peers with fixed
+    #: one-letter tokens): each gets a warning, and is NOT redacted from the logs (it would
+    #: blank ordinary words).  Never for a site.
+    allow_short_secrets: bool = False
     redelivery: RedeliveryPolicy = msgspec.field(default_factory=RedeliveryPolicy)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
@@ -277,7 +282,13 @@ def loads(
     if raw is None:
         raise ConfigError(problems)
     settings = _convert(raw.junction, JunctionSettings, "junction", file, problems)
+    warnings: list[ConfigProblem] = []
+    # short secrets: refused, or (allow_short_secrets) accepted with a warning each
+    allow_short = settings is not None and settings.allow_short_secrets
     if settings is not None:
+        problems += short_secrets(
+            short_secret_problems(settings.http, "junction.http", file), allow_short, warnings
+        )
         problems += http_problems(settings.http, file)
         why = writable_dir_problem(settings.state_dir)
         if why:
@@ -286,7 +297,6 @@ def loads(
                 ConfigProblem(file, "junction.state_dir", why, settings.state_dir, True, hint)
             )
     adapters: dict[str, AdapterConfig] = {}
-    warnings: list[ConfigProblem] = []
     for name, table in raw.adapters.items():
         where = f"adapters.{name}"
         if not _is_name(name):
@@ -331,7 +341,9 @@ def loads(
             continue
         converted = _convert(table, cls, where, file, problems)
         if converted is not None:
-            problems += short_secret_problems(converted, where, file)
+            problems += short_secrets(
+                short_secret_problems(converted, where, file), allow_short, warnings
+            )
             warnings += clear_text_warnings(converted, where, file)
             for secret in converted.secrets():
                 logs.register_secret(secret)
@@ -354,17 +366,36 @@ def loads(
 
 
 def http_problems(http: HttpSettings, file: str) -> list[ConfigProblem]:
-    """``[junction.http]``'s problems: a bad ``listen``, a short token, a public ``listen``
-    with no token and no ``allow_public_without_token``. Registers the token for redaction."""
+    """``[junction.http]``'s problems: a bad ``listen``, a public ``listen`` with no token
+    and no ``allow_public_without_token``. Registers the token for redaction."""
     for secret in http.secrets():
         logs.register_secret(secret)
-    problems = short_secret_problems(http, "junction.http", file)
+    problems: list[ConfigProblem] = []
     if http.listen:
         found = listen_problem(http.listen, file, "junction.http.listen") or public_problem(
             http.listen, http.token, http.allow_public_without_token, file
         )
         problems += [found] if found is not None else []
     return problems
+
+
+def short_secrets(
+    found: list[ConfigProblem], allow: bool, warnings: list[ConfigProblem]
+) -> list[ConfigProblem]:
+    """The short-secret problems ``found``: returned (refused), or with ``allow`` (the
+    ``[junction] allow_short_secrets`` setting) moved to ``warnings``, saying what it costs."""
+    if not allow:
+        return found
+    warnings += [
+        dataclasses.replace(
+            problem,
+            message=f"{problem.message}; accepted (allow_short_secrets = true) and NOT redacted "
+            "from the logs",
+            hint="set allow_short_secrets only for a benchmark or a test peer",
+        )
+        for problem in found
+    ]
+    return []
 
 
 def _is_name(name: str) -> bool:

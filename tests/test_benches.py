@@ -97,3 +97,18 @@ def test_the_soak_restarts_every_peer_and_accounts_for_every_envelope() -> None:
     assert result["delivered_http"] > 0 and result["lost_http"] == 0, result
     assert result["only_mqtt"] == 0, result
     assert result["offered_pct"] >= 50, result  # the flow really ran at about --rate
+
+
+def test_the_node_red_comparison_config_passes_check(tmp_path: Path) -> None:
+    # ../shared/peers/node-red/run.sh runs the bridge on this file: a config rule that
+    # refuses it (a one-letter token, say) would stop the comparison at its first run
+    junction = Path(sys.executable).with_name("junction")
+    done = subprocess.run(
+        [str(junction), "check", str(ROOT / "bench" / "nodered_flow.toml")],
+        env={"PATH": "/usr/bin:/bin", "JX_STATE_DIR": str(tmp_path / "state")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "nodered_flow.toml: OK" in done.stdout

@@ -130,6 +130,21 @@ def test_a_secret_shorter_than_eight_characters_is_refused_naming_its_key(
     assert "k3y-5" not in str(problem) and "abc1234" not in str(problem)  # value not echoed
 
 
+def test_allow_short_secrets_accepts_them_with_a_warning_and_does_not_redact_them() -> None:
+    # the Node-RED comparison's fixed one-letter token (bench/nodered_flow.toml)
+    cfg = loads(
+        '[junction]\nallow_short_secrets = true\n[junction.http]\nlisten = "127.0.0.1:0"\n'
+        'token = "tok"\n[adapters.ax]\ntype = "alphax"\ntoken = "T"\n'
+        '[adapters.ax.write]\ntransport = "http"\n',
+        "junction.toml",
+        TYPES,
+    )
+    paths = [w.path for w in cfg.warnings if "allow_short_secrets = true" in w.message]
+    assert sorted(paths) == ["adapters.ax.token", "junction.http.token"]
+    assert "NOT redacted" in str(cfg.warnings[0])
+    assert logs.redact("Token T and tok") == "Token T and tok"
+
+
 def test_a_short_key_in_an_allxon_credentials_file_is_refused(tmp_path: Path) -> None:
     cred = tmp_path / "cred.json"
     cred.write_bytes(encode_credential(PluginCredential(app_guid=fresh("g"), access_key="k1")))
