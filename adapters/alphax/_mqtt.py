@@ -14,8 +14,14 @@ Facts this module relies on (read in the paho 2.2 source and measured with it):
 - Callbacks run on the trio thread inside ``loop_read``/``loop_write``/``loop_misc``, and
   ``publish()`` returns before any read: a PUBACK cannot overtake ``publish()``; an ack for
   a mid we never recorded is only counted (``stray_acks``).
+- paho's in-flight window is off (``max_inflight_messages_set(0)``): with a window, paho
+  re-walks its whole outgoing queue on each PUBACK once the window is full (``_update_inflight``),
+  the largest cost of a flood. The writer keeps the window: it publishes while fewer than
+  ``max_inflight`` messages await their PUBACK and waits for room otherwise (counted:
+  ``inflight_full``), so paho writes every message at once and holds no queue of its own.
 - Past ``max_queued_messages_set(n)`` paho refuses with ``MQTT_ERR_QUEUE_SIZE`` (the message
-  would be lost); so the writer waits for room itself and counts each time it has to.
+  would be lost); ``max_queued >= max_inflight`` (the config checks), so that happens only if
+  given-up messages stayed in paho; the writer then waits and counts it (``queue_full``).
 
 Our own record (``_pending``: mid -> message and its batch) holds every message handed to paho
 and not acknowledged, so a message without PUBACK is never forgotten silently: ``wait_acked``
@@ -113,6 +119,7 @@ class MqttWriter(MqttLink):
         self.acked = 0
         self.stray_acks = 0
         self.inflight_full = 0
+        self.max_outstanding = 0  # the most messages awaiting a PUBACK at once
         self.queue_full = 0
         self.ack_timeouts = 0
 
@@ -142,6 +149,7 @@ class MqttWriter(MqttLink):
             "published": self.published,
             "acked": self.acked,
             "outstanding": self.outstanding(),
+            "max_outstanding": self.max_outstanding,
             "inflight_full": self.inflight_full,
             "queue_full": self.queue_full,
             "ack_timeouts": self.ack_timeouts,
@@ -184,14 +192,6 @@ class MqttWriter(MqttLink):
             await self._wait_for_room()
             if not self._link_up.is_set():
                 continue
-            if len(self._pending) >= self.mqtt.max_inflight:
-                self.inflight_full += 1
-                self._log_every(
-                    logging.INFO,
-                    "inflight",
-                    f"in-flight window of {self.mqtt.max_inflight} full: messages queue in the "
-                    f"client ({self.inflight_full} times so far)",
-                )
             try:
                 info = self.client.publish(message.topic, message.payload, qos=1)
             except ValueError as err:  # payload too large, bad topic: not retryable
@@ -209,7 +209,10 @@ class MqttWriter(MqttLink):
                 return False
             self.published += 1
             # publish() never reads: its PUBACK cannot have been handled yet
-            self._pending[info.mid] = _Pending(message, batch, time.monotonic())
+            pending = self._pending
+            pending[info.mid] = _Pending(message, batch, time.monotonic())
+            if len(pending) > self.max_outstanding:
+                self.max_outstanding = len(pending)
             return True
 
     @staticmethod
@@ -219,10 +222,18 @@ class MqttWriter(MqttLink):
             batch.done.set()
 
     async def _wait_for_room(self) -> None:
-        if len(self._pending) < self.mqtt.max_queued:
+        """Wait while ``max_inflight`` messages await their PUBACK (the writer's window)."""
+        window = self.mqtt.max_inflight
+        if len(self._pending) < window:
             return
-        self._note_queue_full()
-        while len(self._pending) >= self.mqtt.max_queued:
+        self.inflight_full += 1
+        self._log_every(
+            logging.INFO,
+            "inflight",
+            f"in-flight window of {window} full: waiting for PUBACKs before publishing more "
+            f"({self.inflight_full} times so far)",
+        )
+        while len(self._pending) >= window:
             self._check_driver()
             self._room = trio.Event()
             self._waiting_for_room = True

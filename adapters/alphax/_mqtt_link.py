@@ -10,8 +10,9 @@ owns the connection:
 - connect: ``client.reconnect()`` runs in ``trio.to_thread`` (DNS, TCP connect and the TLS
   handshake block; nothing else touches the client meanwhile: publishing waits for CONNACK);
   failures back off from ``reconnect_min_s`` doubling to ``reconnect_max_s``, reset by a CONNACK;
-- read: ``trio.lowlevel.wait_readable(sock)`` then ``client.loop_read()`` (and again while a
-  TLS socket has decrypted bytes ``pending``): PUBACKs call ``on_publish`` right here;
+- read: ``trio.lowlevel.wait_readable(sock)`` then ``client.loop_read()`` (and again while the
+  client's read-ahead or a TLS socket holds bytes, see :mod:`._mqtt_client`): PUBACKs call
+  ``on_publish`` right here;
 - write: ``publish()`` writes its packet at once (paho calls ``loop_write`` itself when no
   network thread and no ``on_socket_register_write`` are set); whatever paho could not write
   (``want_write()``: a full socket buffer, or packets queued inside paho's callbacks such as
@@ -48,6 +49,7 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from adapters.alphax._mqtt_client import ReadAheadClient
 from adapters.alphax.config import AlphaXConfig, MqttWrite
 from broker import AdapterStatus, LogGate, backoff_delay
 
@@ -75,7 +77,7 @@ class MqttLink:
         self.host = url.hostname or ""
         self.port = url.port or (8883 if self.tls else 1883)
         self.where = f"{self.host}:{self.port}"
-        self.client = mqtt.Client(
+        self.client = ReadAheadClient(
             CallbackAPIVersion.VERSION2,
             client_id=f"junction-{name}-{secrets.token_hex(4)}",
             clean_session=True,
@@ -84,7 +86,11 @@ class MqttLink:
         self.client.username_pw_set(cfg.token, mqtt_cfg.password or None)
         if self.tls:
             self.client.tls_set_context(ssl.create_default_context(cafile=cfg.ca_file))
-        self.client.max_inflight_messages_set(mqtt_cfg.max_inflight)
+        # paho's own window is off (0): with one, paho walks its whole outgoing queue on every
+        # PUBACK once the window is full (``_update_inflight``); the writer keeps the window
+        # itself (``max_inflight``, see MqttWriter._wait_for_room), so paho sends each message
+        # at once and its queue never holds more than the window
+        self.client.max_inflight_messages_set(0)
         self.client.max_queued_messages_set(mqtt_cfg.max_queued)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -238,7 +244,11 @@ class MqttLink:
             acks = self._acks_seen
             while self._mine(sock):
                 client.loop_read()
-                if pending is None or not self._mine(sock) or not pending():
+                if not self._mine(sock):
+                    break
+                # read but not handled yet: in the read-ahead (paho stops after as many
+                # packets as it has in flight), or decrypted by TLS; epoll sees neither
+                if not client.read_ahead_pending() and (pending is None or not pending()):
                     break
             if self._acks_seen != acks and self._mine(sock):
                 self._quick_ack(sock)

@@ -31,8 +31,9 @@ Writing over MQTT (QoS 1; username = token, password from the environment or a f
     password = "${ALPHAX_PASSWORD}"
     topic_form = "bulk"                  # bulk ({id}/0/data, v2 JSON, keeps timestamps) |
                                          # v4 ({id}/publish/v4, v1 hex) | channel ({id}/{ch}/data)
-    max_inflight = 100                   # un-acknowledged messages on the wire
-    max_queued = 1000                    # messages handed to the client and not yet acknowledged
+    max_inflight = 100                   # un-acknowledged messages on the wire: publishing
+                                         # waits for PUBACKs above it
+    max_queued = 1000                    # the MQTT client's own cap (>= max_inflight)
     ack_timeout_s = 30                   # PUBACK wait, counted while connected; then dead-letter
 
 A delivery returns once every PUBACK of its batch arrived. While the broker is unreachable (or

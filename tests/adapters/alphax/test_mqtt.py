@@ -125,7 +125,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
                 assert duplicates <= s["resent"] + 20
 
 
-async def test_inflight_and_queue_limits_are_counted_and_logged(
+async def test_the_writer_keeps_the_inflight_window_itself(
     mosquitto: MosquittoBroker,
     load_alphax: Callable[[str], Loaded],
     start_runtime: Any,
@@ -140,9 +140,11 @@ async def test_inflight_and_queue_limits_are_counted_and_logged(
                 await wait_for(lambda: rt.snapshot()["routes"]["w"]["delivered"] == 200)
                 s = stats("ax")
             await sim.wait_for(lambda: sim.store.count() == 200)
-    assert s["queue_full"] > 0 and s["inflight_full"] > 0
-    assert "max_queued = 10 un-acknowledged messages reached" in caplog.text
-    assert "in-flight window of 5 full" in caplog.text
+    # the window is the writer's: paho (its own window off) never holds more than 5, so its
+    # queue limit of 10 is never reached
+    assert s["inflight_full"] > 0 and s["queue_full"] == 0
+    assert s["max_outstanding"] == 5
+    assert "in-flight window of 5 full: waiting for PUBACKs" in caplog.text
 
 
 def _packet_kinds(buf: bytes) -> tuple[list[int], bytes]:

@@ -1,0 +1,98 @@
+"""adapters.alphax._mqtt_client: paho's small reads served from one large read, per socket."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from adapters.alphax._mqtt_client import READ_AHEAD, ReadAheadClient
+
+
+class CountingSocket:
+    """A real socket (one end of a pair) that counts its ``recv`` calls."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recvs = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        self.recvs += 1
+        return self.sock.recv(bufsize)
+
+    def close(self) -> None:  # paho closes its socket when the client goes away
+        self.sock.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[CountingSocket, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    yield CountingSocket(ours), theirs
+    ours.close()
+    theirs.close()
+
+
+def client_on(sock: object) -> ReadAheadClient:
+    client = ReadAheadClient(CallbackAPIVersion.VERSION2, client_id="t")
+    client._sock = sock  # type: ignore[assignment]
+    return client
+
+
+PUBACK = bytes([0x40, 0x02, 0x00, 0x01])
+
+
+def test_many_pubacks_take_one_socket_read(pair: tuple[CountingSocket, socket.socket]) -> None:
+    ours, theirs = pair
+    theirs.sendall(PUBACK * 1000)
+    client = client_on(ours)
+    got = b""
+    for _ in range(1000):  # paho's pattern: the command byte, one length byte, the rest
+        got += client._sock_recv(1) + client._sock_recv(1) + client._sock_recv(2)
+    assert got == PUBACK * 1000
+    assert ours.recvs == 1
+    assert not client.read_ahead_pending()
+    with pytest.raises(BlockingIOError):  # nothing more: what paho takes as "again later"
+        client._sock_recv(1)
+
+
+def test_a_read_larger_than_what_is_left_gets_the_rest(
+    pair: tuple[CountingSocket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    theirs.sendall(b"abcdef")
+    client = client_on(ours)
+    assert client._sock_recv(4) == b"abcd"
+    assert client.read_ahead_pending()
+    assert client._sock_recv(100) == b"ef"
+    assert not client.read_ahead_pending()
+
+
+def test_bytes_of_an_old_socket_are_never_served_on_a_new_one(
+    pair: tuple[CountingSocket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    theirs.sendall(b"old-bytes")
+    client = client_on(ours)
+    assert client._sock_recv(3) == b"old"
+    new_ours, new_theirs = socket.socketpair()
+    try:
+        new_ours.setblocking(False)
+        new_theirs.sendall(b"new")
+        client._sock = new_ours  # type: ignore[assignment]  # what a reconnect does
+        assert not client.read_ahead_pending()
+        assert client._sock_recv(100) == b"new"
+    finally:
+        new_ours.close()
+        new_theirs.close()
+
+
+def test_the_peer_closing_is_an_empty_read(pair: tuple[CountingSocket, socket.socket]) -> None:
+    ours, theirs = pair
+    theirs.sendall(b"xy")
+    theirs.shutdown(socket.SHUT_WR)
+    client = client_on(ours)
+    assert client._sock_recv(READ_AHEAD * 2) == b"xy"
+    assert client._sock_recv(1) == b""
