@@ -172,11 +172,22 @@ class MqttWriter(MqttLink):
         self.start()
         acks = Acks(remaining=len(messages))
         failures: list[Failure] = []
-        for message in messages:
-            if not await self._publish(message, acks):
-                reason = "the MQTT client refused the message (see the log)"
-                failures += [(env, reason) for env in message.envelopes]
+        try:
+            for message in messages:
+                if not await self._publish(message, acks):
+                    reason = "the MQTT client refused the message (see the log)"
+                    failures += [(env, reason) for env in message.envelopes]
+        finally:
+            self._uncork()  # the batch's packets in as few writes as the socket takes
         return acks, failures
+
+    def _uncork(self) -> None:
+        """Write what the batch published so far (before any wait: a corked message is not
+        on the wire, so its PUBACK cannot come)."""
+        client = self.client
+        if client._corked:
+            client.uncork()
+            self._kick()
 
     async def _publish(self, message: Message, batch: Acks) -> bool:
         while True:
@@ -187,11 +198,13 @@ class MqttWriter(MqttLink):
             # No checkpoint on the fast path: a batch goes out without a scheduler round per
             # message (the acks are read once the batch waits for them, or for room).
             if not self._link_up.is_set():
+                self._uncork()
                 await self._link_up.wait()
                 self._check_driver()
             await self._wait_for_room()
             if not self._link_up.is_set():
                 continue
+            self.client.cork()
             try:
                 info = self.client.publish(message.topic, message.payload, qos=1)
             except ValueError as err:  # payload too large, bad topic: not retryable
@@ -201,6 +214,7 @@ class MqttWriter(MqttLink):
             self._kick()
             if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                 self._note_queue_full()  # paho still holds given-up messages: wait for room
+                self._uncork()
                 await trio.sleep(0.05)
                 continue
             if info.rc not in _ACCEPTED:
@@ -226,6 +240,7 @@ class MqttWriter(MqttLink):
         window = self.mqtt.max_inflight
         if len(self._pending) < window:
             return
+        self._uncork()
         self.inflight_full += 1
         self._log_every(
             logging.INFO,

@@ -13,8 +13,11 @@ owns the connection:
 - read: ``trio.lowlevel.wait_readable(sock)`` then ``client.loop_read()`` (and again while the
   client's read-ahead or a TLS socket holds bytes, see :mod:`._mqtt_client`): PUBACKs call
   ``on_publish`` right here;
-- write: ``publish()`` writes its packet at once (paho calls ``loop_write`` itself when no
-  network thread and no ``on_socket_register_write`` are set); whatever paho could not write
+- write: a batch is published corked (``BatchingClient.cork``: the packets are collected and
+  written together when the batch is done or before the writer waits for anything, see
+  ``MqttWriter.publish``); outside a batch ``publish()`` writes its packet at once (paho calls
+  ``loop_write`` itself when no network thread and no ``on_socket_register_write`` are set);
+  whatever could not be written
   (``want_write()``: a full socket buffer, or packets queued inside paho's callbacks such as
   the re-sends after CONNACK) is written by a writer task on ``wait_writable``;
 - ``client.loop_misc()`` every second: keepalive PINGREQ, a missing PINGRESP, and a CONNACK
@@ -49,7 +52,7 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from adapters.alphax._mqtt_client import ReadAheadClient
+from adapters.alphax._mqtt_client import BatchingClient
 from adapters.alphax.config import AlphaXConfig, MqttWrite
 from broker import AdapterStatus, LogGate, backoff_delay
 
@@ -77,7 +80,7 @@ class MqttLink:
         self.host = url.hostname or ""
         self.port = url.port or (8883 if self.tls else 1883)
         self.where = f"{self.host}:{self.port}"
-        self.client = ReadAheadClient(
+        self.client = BatchingClient(
             CallbackAPIVersion.VERSION2,
             client_id=f"junction-{name}-{secrets.token_hex(4)}",
             clean_session=True,

@@ -6,9 +6,10 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from paho.mqtt import _packet as paho_packet
 from paho.mqtt.enums import CallbackAPIVersion
 
-from adapters.alphax._mqtt_client import READ_AHEAD, ReadAheadClient
+from adapters.alphax._mqtt_client import READ_AHEAD, BatchingClient
 
 
 class CountingSocket:
@@ -35,8 +36,8 @@ def pair() -> Iterator[tuple[CountingSocket, socket.socket]]:
     theirs.close()
 
 
-def client_on(sock: object) -> ReadAheadClient:
-    client = ReadAheadClient(CallbackAPIVersion.VERSION2, client_id="t")
+def client_on(sock: object) -> BatchingClient:
+    client = BatchingClient(CallbackAPIVersion.VERSION2, client_id="t")
     client._sock = sock  # type: ignore[assignment]
     return client
 
@@ -96,3 +97,62 @@ def test_the_peer_closing_is_an_empty_read(pair: tuple[CountingSocket, socket.so
     client = client_on(ours)
     assert client._sock_recv(READ_AHEAD * 2) == b"xy"
     assert client._sock_recv(1) == b""
+
+
+def test_corked_packets_go_out_in_one_write_in_order(
+    pair: tuple[CountingSocket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    client = client_on(ours.sock)
+    client._sock_send(b"first ")  # uncorked: written at once
+    client.cork()
+    for part in (b"a", b"b", b"c"):
+        assert client._sock_send(part) == 1  # paho sees it written
+    theirs.setblocking(False)
+    assert theirs.recv(100) == b"first "
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)  # nothing of the corked batch is on the wire yet
+    assert client.want_write()
+    client.uncork()
+    assert not client.want_write()
+    assert theirs.recv(100) == b"abc"
+
+
+def test_what_the_socket_does_not_take_stays_ahead_of_later_writes(
+    pair: tuple[CountingSocket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    ours.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client = client_on(ours.sock)
+    big = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes at once
+    client.cork()
+    client._sock_send(big)
+    client.uncork()
+    assert client.want_write()  # the rest waits for the socket to drain
+    client._sock_send(b"LAST")  # paho writing later: queued behind, not sent first
+    got = bytearray()
+    theirs.settimeout(5)
+    while len(got) < len(big) + 4:
+        got += theirs.recv(1 << 16)
+        client.loop_write()
+    assert bytes(got) == big + b"LAST"
+    assert not client.want_write()
+
+
+def test_a_3_1_1_puback_is_acknowledged_without_paho_decoding_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("paho decoded the PUBACK (a ReasonCode and Properties per ack)")
+
+    monkeypatch.setattr(paho_packet, "decode_puback", no_decoding)
+    client = BatchingClient(CallbackAPIVersion.VERSION2, client_id="t")
+    acked: list[tuple[int, bool]] = []
+    client.on_publish = lambda c, u, mid, reason, props: acked.append((mid, reason.is_failure))
+    info = client.publish("t/1", b"x", qos=1)  # not connected: kept for after a CONNACK
+    client._in_packet["packet"] = bytes([info.mid >> 8, info.mid & 0xFF])
+    assert client._handle_pubackcomp("PUBACK") == 0
+    assert acked == [(info.mid, False)]
+    assert info.mid not in client._out_messages and info._published
+    client._in_packet["packet"] = bytes([0, 99])  # an id it never sent: only ignored
+    assert client._handle_pubackcomp("PUBACK") == 0 and len(acked) == 1
