@@ -68,6 +68,11 @@ W = "[adapters.ax.write]\n"
             "max_queued (10)",
         ),
         (
+            W + 'transport = "mqtt"\nmax_queued = 70000',
+            "adapters.ax.write",
+            "max_queued must be at most 65535 (MQTT message ids), got 70000",
+        ),
+        (
             W + 'transport = "mqtt"\nreconnect_min_s = 9\nreconnect_max_s = 3',
             "adapters.ax.write",
             "reconnect_min_s <= reconnect_max_s",
