@@ -1,0 +1,156 @@
+"""A source hears when the router is done with a batch it emitted (``emit(on_settled=)``).
+
+Real runtimes with the test plugin's probe (a source the test drives) and collectors; the
+callback must come only once every copy of the batch is delivered, kept in a persist
+outbox, dead-lettered or dropped -- never while a copy is still only in memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from broker._envelope import Envelope, Metric
+from broker._receipts import Receipts
+from broker._runtime import Loaded, Runtime
+from tests.conftest import wait_until
+from tests.support import core_plugin
+from tests.support.core_plugin import received
+
+
+def metrics(start: int, n: int) -> list[Envelope]:
+    return [
+        Envelope(source="src", subject=f"m{i}", body=Metric(module="m", name="n", value=float(i)))
+        for i in range(start, start + n)
+    ]
+
+
+def receipts_of(rt: Runtime) -> Receipts:
+    router = rt.router._actor_weakref()  # type: ignore[union-attr]
+    assert router is not None
+    receipts: Receipts = router.receipts
+    return receipts
+
+
+class Receipt:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.event = threading.Event()
+
+    def __call__(self) -> None:
+        self.calls += 1
+        self.event.set()
+
+
+def test_fan_out_settles_only_when_every_memory_copy_is_delivered(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    runtime_of(
+        load_config("""
+[adapters.src]
+type = "probe"
+[adapters.fast]
+type = "collector"
+[adapters.slow]
+type = "collector"
+gated = true
+[[routes]]
+name = "to-fast"
+from = "src"
+to = "fast"
+overflow = "drop_oldest"
+[[routes]]
+name = "to-slow"
+from = "src"
+to = "slow"
+overflow = "block"
+""")
+    )
+    receipt = Receipt()
+    core_plugin.inject("src", metrics(0, 20), receipt)
+    wait_until(lambda: len(received("fast")) == 20, what="the fast copies")
+    time.sleep(0.3)
+    assert receipt.calls == 0, "settled while the slow target still held its copies"
+    core_plugin.GATES.setdefault("slow", threading.Event()).set()
+    assert receipt.event.wait(5), "never settled after the slow target delivered"
+    assert len(received("slow")) == 20
+    time.sleep(0.1)
+    assert receipt.calls == 1
+
+
+def test_outbox_dead_letters_drops_and_no_route_all_settle(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(
+        load_config("""
+[adapters.src]
+type = "probe"
+[adapters.held]
+type = "collector"
+gated = true
+[adapters.picky]
+type = "collector"
+refuse_odd = true
+[[routes]]
+name = "kept"
+from = "src"
+to = "held"
+overflow = "persist"
+match = { subject = "m1*" }
+[[routes]]
+name = "refused"
+from = "src"
+to = "picky"
+match = { subject = "m2*" }
+overflow = "drop_oldest"
+""")
+    )
+    # m10..m19: kept in the outbox while 'held' never delivers: settled at once
+    kept = Receipt()
+    core_plugin.inject("src", metrics(10, 10), kept)
+    assert kept.event.wait(5), "an envelope committed to the outbox is settled"
+    # m20..m29: the odd ones dead-lettered, the even ones delivered
+    refused = Receipt()
+    core_plugin.inject("src", metrics(20, 10), refused)
+    assert refused.event.wait(5)
+    routes = rt.snapshot()["routes"]
+    assert routes["refused"]["failed"] == 5 and routes["refused"]["delivered"] == 5
+    # m3..m4: no route takes them
+    nowhere = Receipt()
+    core_plugin.inject("src", metrics(3, 2), nowhere)
+    assert nowhere.event.wait(5)
+    assert len(receipts_of(rt)) == 0
+
+
+def test_a_full_drop_newest_queue_settles_what_it_dropped(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(
+        load_config("""
+[adapters.src]
+type = "probe"
+[adapters.shut]
+type = "collector"
+gated = true
+max_batch = 1
+[[routes]]
+name = "small"
+from = "src"
+to = "shut"
+overflow = "drop_newest"
+queue_size = 5
+""")
+    )
+    first = Receipt()
+    core_plugin.inject("src", metrics(0, 1), first)
+    wait_until(lambda: len(receipts_of(rt)) == 1)
+    time.sleep(0.2)  # the collector took it (max_batch 1) and waits at its gate
+    core_plugin.inject("src", metrics(1, 5), first)  # the queue is full now
+    wait_until(lambda: len(receipts_of(rt)) == 6, what="6 copies tracked")
+    dropped = Receipt()
+    core_plugin.inject("src", metrics(6, 20), dropped)
+    assert dropped.event.wait(5), "a batch dropped whole by its route is settled"
+    assert first.calls == 0
+    core_plugin.GATES.setdefault("shut", threading.Event()).set()
+    assert first.event.wait(5)
