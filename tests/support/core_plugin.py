@@ -220,9 +220,8 @@ class ProbeConfig(AdapterConfig, kw_only=True):
     pass
 
 
-INBOX: dict[str, queue.SimpleQueue[tuple[list[Envelope], Callable[[], None] | None]]] = (
-    defaultdict(queue.SimpleQueue)
-)
+Injected = tuple[list[Envelope], Callable[[], None] | None]
+INBOX: dict[str, queue.SimpleQueue[Injected]] = defaultdict(queue.SimpleQueue)
 
 
 def inject(
