@@ -94,7 +94,7 @@ class Link:
             c = self.cfg.consume
             self.puller = Puller(
                 sub, c.batch, c.max_ack_pending, c.fetch_timeout_s, c.ack_wait_s,
-                self.cb.batch, self.log.name,
+                self.cb.batch, self.name,
             )  # fmt: skip
             self.puller.start()
         return self.version, self.max_payload
@@ -128,11 +128,11 @@ class Link:
             self.log.info("stream %s created (%s)", spec.name, spec.retention)
             return
         have = info.config
-        if have.retention is not None and have.retention.value != spec.retention:
+        retention = str(getattr(have.retention, "value", have.retention))  # str or enum
+        if have.retention is not None and retention != spec.retention:
             raise NatsRefused(
                 f"{where}.retention: stream {spec.name} exists with retention "
-                f"{have.retention.value!r}, the config says {spec.retention!r} "
-                "(JetStream cannot change it)"
+                f"{retention!r}, the config says {spec.retention!r} (JetStream cannot change it)"
             )
         if (
             sorted(have.subjects or []) != sorted(spec.subjects)

@@ -9,6 +9,10 @@ server, which redelivers them after ``ack_wait_s`` if this instance dies.  While
 holds them longer (a target down, a slow peer) they are marked in progress (``+WPI``)
 every third of ``ack_wait_s``, so a live instance is not redelivered to meanwhile.
 
+Each envelope comes in with ``source`` = this adapter's name, so routes take it with
+``from = "<name>"`` as from any source; the source it had before crossing NATS is kept in
+the ``x-nats-origin-source`` header (matchable as ``headers.x-nats-origin-source``).
+
 A message that is not a Junction envelope can never become one: it is terminated
 (``+TERM``: no redelivery), logged with its stream sequence (a limits stream still has it).
 """
@@ -32,6 +36,10 @@ from broker import Envelope, LogGate
 
 log = logging.getLogger("junction.adapter.nats")
 
+#: The header that keeps an envelope's ``source`` from before it crossed NATS: routes name
+#: the adapter that consumed it (``from = "<this adapter>"``), as for any other source.
+ORIGIN_HEADER = "x-nats-origin-source"
+
 
 class Puller:
     """The fetch loop and the unacknowledged batches of one consumer binding."""
@@ -44,15 +52,16 @@ class Puller:
         fetch_timeout_s: float,
         ack_wait_s: float,
         hand_over: Callable[[int, list[Envelope]], None],
-        log_name: str,
+        source: str,
     ) -> None:
         self.sub = sub
+        self.source = source
         self.batch = batch
         self.credits = credits
         self.fetch_timeout_s = fetch_timeout_s
         self.ack_wait_s = ack_wait_s
         self.hand_over = hand_over
-        self.log = logging.getLogger(log_name)
+        self.log = logging.getLogger(f"junction.adapter.{source}")
         #: batch id -> (its messages, when they were fetched or last marked in progress)
         self.held: dict[int, tuple[list[Any], float]] = {}
         self.stopped = False
@@ -104,7 +113,7 @@ class Puller:
         kept: list[Any] = []
         for msg in msgs:
             try:
-                envelopes.append(decode_payload(msg.data))
+                env = decode_payload(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as err:
                 self.terminated += 1
                 seq = _stream_seq(msg)
@@ -119,6 +128,10 @@ class Puller:
                 with contextlib.suppress(nats.errors.Error):
                     await msg.term()
                 continue
+            if env.source != self.source:
+                headers = {**env.headers, ORIGIN_HEADER: env.source}
+                env = msgspec.structs.replace(env, source=self.source, headers=headers)
+            envelopes.append(env)
             kept.append(msg)
         if not kept:
             return
