@@ -275,3 +275,48 @@ def _streams(url: str) -> list[Any]:
             await nc.close()
 
     return asyncio.run(names())
+
+
+def test_envelopes_held_past_ack_wait_are_kept_in_progress_not_redelivered(
+    nats_server: NatsServer,
+    load_config: Callable[[str], Loaded],
+    runtime_of: Callable[[Loaded], Runtime],
+) -> None:
+    url = nats_server.url
+    runtime_of(
+        load_config(
+            source_config(url, ack_wait=1.0)
+            + '[adapters.sink]\ntype = "collector"\ngated = true\n'
+            + '[[routes]]\nname = "in"\nfrom = "bus"\nto = "sink"\noverflow = "block"\n'
+        )
+    )
+    wait_until(lambda: _has_consumer(url))
+    put(url, envelopes(0, 10))
+    wait_until(lambda: consumer_state(url)["ack_pending"] == 10)
+    time.sleep(3.0)  # three AckWaits: without +WPI the server would have redelivered them
+    core_plugin.GATES.setdefault("sink", threading.Event()).set()
+    wait_until(lambda: stream_count(url, "IN") == 0)
+    assert len(received("sink")) == 10  # each once: no redelivery reached the route
+
+
+def test_junction_check_validates_a_nats_config_without_the_network(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    dead = f"nats://127.0.0.1:{free_port()}"
+    path.write_text(
+        f'[junction]\nstate_dir = "{tmp_path / "state"}"\n'
+        + source_config(dead)
+        + '[adapters.bus.publish]\nsubject = "junction.{kind}"\n'
+        + '[[routes]]\nname = "loop"\nfrom = "bus"\nto = "bus"\nkind = "metric"\n'
+    )
+    ok = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "check", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    path.write_text(path.read_text().replace("ack_wait_s = 30.0", "ack_wait_s = -1"))
+    bad = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "check", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "adapters.bus.consume.ack_wait_s: must be > 0 (got -1)" in bad.stderr, bad.stderr
