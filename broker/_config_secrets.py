@@ -146,7 +146,8 @@ def clear_text_warnings(converted: Any, where: str, file: str) -> list[ConfigPro
             "the credential goes to this host unencrypted: anyone on the way can read it",
             url,
             True,
-            "use the TLS form (wss://, https://, mqtts://, tls://) unless the network is yours alone",
+            "use the TLS form (wss://, https://, mqtts://, tls://) unless the network is "
+            "yours alone",
         )
         for key, url in converted.credential_urls()
         if sends_in_clear(url)
