@@ -30,6 +30,7 @@ actor's back-off, in case the cluster is upgraded or another server answers).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import defaultdict
 from typing import Any
@@ -166,10 +167,15 @@ class NatsAdapter(Adapter):
         if not self.thread.post(publisher.submit, outgoing):
             raise RuntimeError("the NATS connection's loop is closed")
 
+    def _to_trio(self, fn: Any, *args: Any) -> None:
+        """From the asyncio thread: run ``fn(*args)`` on this adapter's trio loop soon."""
+        if self._token is not None:
+            with contextlib.suppress(trio.RunFinishedError):  # the loop is gone: nobody waits
+                self._token.run_sync_soon(fn, *args)
+
     def _from_publisher(self, results: list[Result]) -> None:
         # asyncio thread: one crossing per batch of results
-        if self._token is not None:
-            self._token.run_sync_soon(self._settle, results)
+        self._to_trio(self._settle, results)
 
     def _settle(self, results: list[Result]) -> None:
         # trio: ack what is stored, fail what was refused, by route
@@ -197,14 +203,12 @@ class NatsAdapter(Adapter):
 
     def _from_puller(self, batch_id: int, envelopes: list[Envelope]) -> None:
         # asyncio thread: the credits bound what the channel can hold
-        if self._token is not None:
-            self._token.run_sync_soon(self._batches.send_nowait, (batch_id, envelopes))
+        self._to_trio(self._batches.send_nowait, (batch_id, envelopes))
 
     # --- status -----------------------------------------------------------------
 
     def _state(self, state: str, detail: str) -> None:
-        if self._token is not None:
-            self._token.run_sync_soon(self._set_state, state, detail)
+        self._to_trio(self._set_state, state, detail)
 
     def _set_state(self, state: str, detail: str) -> None:
         if state == "connected" and self.status.state == "disconnected":
@@ -216,8 +220,7 @@ class NatsAdapter(Adapter):
             self.log.info("NATS connection back: %s", detail)
 
     def _trouble(self, text: str) -> None:
-        if self._token is not None:
-            self._token.run_sync_soon(self._note_trouble, text)
+        self._to_trio(self._note_trouble, text)
 
     def _note_trouble(self, text: str) -> None:
         self.status.last_error = text
