@@ -10,8 +10,15 @@ the router a batch with a callback, ``emit(envelopes, on_settled=fn)``; the rout
   outbox redelivers it, across a crash too, so it is settled at once);
 - dead-lettered (a transform raised, the target failed it, it was left when the target
   stopped) or dropped by the route's own policy (``filtered``, a full ``drop_*`` queue,
-  ``block_timeout``, ``outbox_full``): the router decided its fate, as the operator asked;
+  ``block_timeout``): the router decided its fate, as the operator asked;
 - or it matched no route.
+
+A copy lost because Junction failed rather than by the operator's policy -- the outbox
+could not take it (``outbox_full``, or ``outbox_error``: the write failed and what did not
+fit the memory queue was dropped) -- *loses* its receipt (:meth:`Receipts.settle` with ``lost``,
+:meth:`Receipts.lose_current`), and so does a batch whose routing raised
+(:meth:`Receipts.abandon`): a lost receipt is never called, so the source does not
+acknowledge and its peer delivers the batch again.
 
 Only copies queued in memory are tracked: the router registers each when it offers it to
 a target's inlet (:meth:`Receipts.track`), and every path that ends a memory copy
@@ -47,6 +54,8 @@ class _Receipt:
     copies: int = 0
     #: routing of the batch is over: no more copies will be registered
     closed: bool = False
+    #: a copy was lost by a failure, or routing raised: never called (the peer redelivers)
+    lost: bool = False
 
 
 class Receipts:
@@ -78,8 +87,19 @@ class Receipts:
         receipt, self._current = self._current, None
         if receipt is not None:
             receipt.closed = True
-            if receipt.copies == 0:
+            if receipt.copies == 0 and not receipt.lost:
                 self.due.append(receipt)
+
+    def abandon(self) -> None:
+        """Routing of the batch raised: its receipt is lost, never called."""
+        receipt, self._current = self._current, None
+        if receipt is not None:
+            receipt.closed = receipt.lost = True
+
+    def lose_current(self) -> None:
+        """A copy of the batch being routed was lost by a failure: never call its receipt."""
+        if self._current is not None:
+            self._current.lost = True
 
     def track(self, target: str, queue: str, envelopes: Iterable[Envelope]) -> None:
         """Copies of the current batch offered to ``target``'s memory queue ``queue``."""
@@ -96,8 +116,11 @@ class Receipts:
                 entry[1].append(receipt)
             receipt.copies += 1
 
-    def settle(self, target: str, queue: str, envelopes: Iterable[Envelope]) -> None:
-        """These copies are done (delivered, dead-lettered or dropped)."""
+    def settle(
+        self, target: str, queue: str, envelopes: Iterable[Envelope], *, lost: bool = False
+    ) -> None:
+        """These copies are done (delivered, dead-lettered or dropped by policy); with
+        ``lost``, they were lost by a failure and their receipts are never called."""
         copies = self._copies
         if not copies:
             return
@@ -111,7 +134,9 @@ class Receipts:
             if not receipts:
                 del copies[key]
             receipt.copies -= 1
-            if receipt.copies == 0 and receipt.closed:
+            if lost:
+                receipt.lost = True
+            elif receipt.copies == 0 and receipt.closed and not receipt.lost:
                 self.due.append(receipt)
 
     def fire(self) -> None:

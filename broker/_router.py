@@ -195,8 +195,10 @@ class Router(LoopActor):
                     self.receipts.begin(on_settled)
                     try:
                         self._route(source, envelopes)
-                    finally:
-                        self.receipts.end()
+                    except BaseException:  # not routed (or not all): never settled
+                        self.receipts.abandon()
+                        raise
+                    self.receipts.end()
                 case Delivered():
                     self.settlement.delivered(message)
                 case Failed():
@@ -307,6 +309,8 @@ class Router(LoopActor):
                 counters.queued += stored
                 for env in refused:
                     self.dead.drop(key, env, "outbox_full", target)
+                if refused:  # lost by a failure, not by policy: the source must not ack
+                    self.receipts.lose_current()
                 return
         inlet = self.inlets.get(target)
         if inlet is None:  # validated at load time; only reachable after a bad swap
@@ -321,8 +325,9 @@ class Router(LoopActor):
             receipts.track(target, key.name, batch)
         for env, reason in result.dropped:
             self.dead.drop(key, env, overflow_reason or reason, target)
-        if result.dropped:
-            receipts.settle(target, key.name, [env for env, _ in result.dropped])
+        if result.dropped:  # outbox_error: lost by a failure (the receipt is never called)
+            dropped = [env for env, _ in result.dropped]
+            receipts.settle(target, key.name, dropped, lost=bool(overflow_reason))
         if result.waiting:
             deadline = time.monotonic() + inlet.block_timeout_s
             self._stalls.append(
@@ -360,7 +365,8 @@ class Router(LoopActor):
                 self.dead.drop(stall.queue, env, stall.overflow_reason or reason, stall.target)
             if result.dropped:
                 dropped = [env for env, _ in result.dropped]
-                self.receipts.settle(stall.target, stall.queue.name, dropped)
+                lost = bool(stall.overflow_reason)
+                self.receipts.settle(stall.target, stall.queue.name, dropped, lost=lost)
                 self.receipts.fire()
             left = stall.deadline - time.monotonic()
             if result.waiting and left > 0:
@@ -373,7 +379,9 @@ class Router(LoopActor):
                 self.dead.drop(
                     stall.queue, env, stall.overflow_reason or "block_timeout", stall.target
                 )
-            self.receipts.settle(stall.target, stall.queue.name, result.waiting)
+            self.receipts.settle(
+                stall.target, stall.queue.name, result.waiting, lost=bool(stall.overflow_reason)
+            )
             self.receipts.fire()
             self._stalls.pop(0)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from broker._envelope import Envelope, Metric
 from broker._receipts import Receipts
-from broker._runtime import Loaded, Runtime
-from tests.conftest import wait_until
+from broker._runtime import Loaded, Runtime, load
+from tests.conftest import TEST_PLUGINS, wait_until
 from tests.support import core_plugin
 from tests.support.core_plugin import received
 
@@ -145,7 +146,8 @@ queue_size = 5
     first = Receipt()
     core_plugin.inject("src", metrics(0, 1), first)
     wait_until(lambda: len(receipts_of(rt)) == 1)
-    time.sleep(0.2)  # the collector took it (max_batch 1) and waits at its gate
+    # the collector took it (max_batch 1) and waits at its gate
+    wait_until(lambda: sum(rt.inlets["shut"].depths().values()) == 0, what="the first taken")
     core_plugin.inject("src", metrics(1, 5), first)  # the queue is full now
     wait_until(lambda: len(receipts_of(rt)) == 6, what="6 copies tracked")
     dropped = Receipt()
@@ -154,3 +156,90 @@ queue_size = 5
     assert first.calls == 0
     core_plugin.GATES.setdefault("shut", threading.Event()).set()
     assert first.event.wait(5)
+
+
+def test_a_batch_whose_routing_raised_is_never_settled(
+    write_config: Callable[[str], str], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    path = write_config("""
+[adapters.src]
+type = "probe"
+[adapters.out]
+type = "collector"
+[[routes]]
+name = "r"
+from = "src"
+to = "out"
+""")
+    rt = runtime_of(load(path, extra_plugins=(*TEST_PLUGINS, "tests.support.raising_observer")))
+    receipt = Receipt()
+    core_plugin.inject("src", metrics(0, 3), receipt)
+    assert rt.router is not None
+    wait_until(lambda: not rt.router.is_alive(), what="the router ended by the observer")  # type: ignore[union-attr]
+    assert receipt.calls == 0, "a batch that was never routed was reported settled"
+
+
+def test_a_full_outbox_does_not_settle_what_it_refused(
+    write_config: Callable[[str], str], runtime_of: Callable[[Loaded], Runtime], tmp_path: Path
+) -> None:
+    path = write_config(f"""
+[junction]
+state_dir = "{tmp_path / "state"}"
+[junction.outbox]
+max_rows = 5
+[adapters.src]
+type = "probe"
+[adapters.held]
+type = "collector"
+gated = true
+[[routes]]
+name = "r"
+from = "src"
+to = "held"
+overflow = "persist"
+""")
+    rt = runtime_of(load(path, extra_plugins=TEST_PLUGINS))
+    receipt = Receipt()
+    core_plugin.inject("src", metrics(0, 20), receipt)
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["dropped"].get("outbox_full") == 15)
+    kept = Receipt()
+    core_plugin.inject("src", metrics(20, 1), kept)  # refused too, and handled after
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["dropped"].get("outbox_full") == 16)
+    core_plugin.GATES.setdefault("held", threading.Event()).set()
+    wait_until(lambda: len(received("held")) == 5, what="the 5 the outbox kept")
+    wait_until(lambda: rt.outbox is not None and rt.outbox.rows == 0)
+    assert receipt.calls == 0 and kept.calls == 0, "acked what the outbox refused"
+    settled = Receipt()
+    core_plugin.inject("src", metrics(30, 2), settled)
+    assert settled.event.wait(5), "a batch the outbox took is settled"
+
+
+def test_a_failed_outbox_write_does_not_settle_what_memory_dropped(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(
+        load_config("""
+[adapters.src]
+type = "probe"
+[adapters.held]
+type = "collector"
+gated = true
+[[routes]]
+name = "r"
+from = "src"
+to = "held"
+overflow = "persist"
+queue_size = 5
+""")
+    )
+    assert rt.outbox is not None
+    db = rt.outbox._db  # the database is full from now on (SQLITE_FULL on the next write)
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")
+    receipt = Receipt()
+    core_plugin.inject("src", metrics(0, 400), receipt)
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["dropped"].get("outbox_error", 0) > 0)
+    core_plugin.GATES.setdefault("held", threading.Event()).set()
+    wait_until(lambda: len(received("held")) == 5, what="the 5 held in memory")
+    wait_until(lambda: len(receipts_of(rt)) == 0, what="the memory copies settled")
+    assert receipt.calls == 0, "acked what a failed outbox write dropped"
