@@ -30,9 +30,11 @@ its ``id`` cannot be reused.  Envelopes no receipt tracks cost a dictionary miss
 with no receipt open does nothing here.
 
 ``fn`` runs on the router's loop, after the message that settled the batch is handled and
-its dead letters are stored (:meth:`Receipts.fire`): it must be quick, must not block and
-must be thread-safe (hand the news to the source's own loop or thread).  A
-receipt whose router stops first is never called: the peer redelivers (at-least-once).
+its dead letters are stored (:meth:`Receipts.fire`; if storing them failed, every receipt
+that message settled a copy of is lost too, :meth:`Receipts.lose_handled`): it must be
+quick, must not block and must be thread-safe (hand the news to the source's own loop or
+thread).  A receipt whose router stops first is never called: the peer redelivers
+(at-least-once).
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class Receipts:
         self._current: _Receipt | None = None
         #: settled receipts whose callbacks :meth:`fire` calls
         self.due: list[_Receipt] = []
+        #: receipts whose copies were settled while handling this message (see lose_handled)
+        self.handled: list[_Receipt] = []
 
     def __len__(self) -> int:
         """Memory copies still tracked (for tests and the snapshot)."""
@@ -134,10 +138,21 @@ class Receipts:
             if not receipts:
                 del copies[key]
             receipt.copies -= 1
+            handled = self.handled
+            if not handled or handled[-1] is not receipt:
+                handled.append(receipt)
             if lost:
                 receipt.lost = True
             elif receipt.copies == 0 and receipt.closed and not receipt.lost:
                 self.due.append(receipt)
+
+    def lose_handled(self) -> None:
+        """The dead letters of this message could not be stored: every receipt it settled
+        a copy of (or ended) is lost, never called (the peer redelivers)."""
+        for receipt in (*self.handled, *self.due):
+            receipt.lost = True
+        self.handled.clear()
+        self.due.clear()
 
     def fire(self) -> None:
         """Call the callbacks of the receipts settled since the last call."""

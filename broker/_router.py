@@ -220,10 +220,12 @@ class Router(LoopActor):
                 case _:
                     log.warning("router ignored an unknown message %r", type(message).__name__)
         finally:
-            if self.dead.waiting(self.durable):
-                self.dead.bury(self.durable)
-            if self.receipts.due:  # after the dead letters are stored
-                self.receipts.fire()
+            receipts = self.receipts
+            if self.dead.waiting(self.durable) and not self.dead.bury(self.durable):
+                receipts.lose_handled()  # lost with the dead letters: the peer redelivers
+            receipts.handled.clear()
+            if receipts.due:  # after the dead letters are stored
+                receipts.fire()
         return None
 
     def _route(self, source: str, envelopes: list[Envelope]) -> None:

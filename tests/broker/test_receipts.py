@@ -34,6 +34,12 @@ def receipts_of(rt: Runtime) -> Receipts:
     return receipts
 
 
+def break_outbox(rt: Runtime) -> None:
+    """Make every write to the outbox fail from now on (as a full or failing disk does)."""
+    assert rt.outbox is not None
+    rt.outbox._db.execute("PRAGMA query_only = ON")  # idle: nothing is routed yet
+
+
 class Receipt:
     def __init__(self) -> None:
         self.calls = 0
@@ -232,10 +238,7 @@ overflow = "persist"
 queue_size = 5
 """)
     )
-    assert rt.outbox is not None
-    db = rt.outbox._db  # the database is full from now on (SQLITE_FULL on the next write)
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    db.execute(f"PRAGMA max_page_count = {pages}")
+    break_outbox(rt)
     receipt = Receipt()
     core_plugin.inject("src", metrics(0, 400), receipt)
     wait_until(lambda: rt.snapshot()["routes"]["r"]["dropped"].get("outbox_error", 0) > 0)
@@ -243,3 +246,29 @@ queue_size = 5
     wait_until(lambda: len(received("held")) == 5, what="the 5 held in memory")
     wait_until(lambda: len(receipts_of(rt)) == 0, what="the memory copies settled")
     assert receipt.calls == 0, "acked what a failed outbox write dropped"
+
+
+def test_dead_letters_that_could_not_be_stored_are_not_settled(
+    load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
+) -> None:
+    rt = runtime_of(
+        load_config("""
+[adapters.src]
+type = "probe"
+[adapters.picky]
+type = "collector"
+refuse_odd = true
+[[routes]]
+name = "refused"
+from = "src"
+to = "picky"
+overflow = "drop_oldest"
+""")
+    )
+    break_outbox(rt)
+    receipt = Receipt()
+    core_plugin.inject("src", metrics(0, 10), receipt)
+    wait_until(lambda: rt.snapshot()["routes"]["refused"]["failed"] == 5, what="5 dead letters")
+    wait_until(lambda: len(receipts_of(rt)) == 0, what="the memory copies settled")
+    time.sleep(0.2)
+    assert receipt.calls == 0, "acked dead letters the outbox could not store"
