@@ -38,10 +38,14 @@ import nats.js.errors
 
 log = logging.getLogger("junction.adapter.nats")
 
-#: JetStream error codes that are the message's fault: sending it again cannot help
-#: (seen from nats-server 2.15): 10054 "message size exceeds maximum allowed" (the stream's
-#: max_msg_size), 10166 "per-message TTL is disabled" (a Nats-TTL header, allow_msg_ttl off).
-PERMANENT_ERR_CODES = frozenset({10054, 10166})
+#: JetStream error codes that sending the same message again cannot help (seen from
+#: nats-server 2.15): 10054 "message size exceeds maximum allowed" (the stream's
+#: max_msg_size), 10060 "expected stream does not match" (``publish.stream`` names another
+#: stream than the one bound to the subject: every retry gets the same answer), 10166
+#: "per-message TTL is disabled" (a Nats-TTL header, allow_msg_ttl off).  A subject no
+#: stream binds (nats-py: ``NoStreamResponseError``) is retried: the stream may be created
+#: meanwhile; the adapter logs it (rate-limited) and shows it as its last error.
+PERMANENT_ERR_CODES = frozenset({10054, 10060, 10166})
 
 
 @dataclass(slots=True)

@@ -42,7 +42,7 @@ from adapters.nats._link import Callbacks, Link
 from adapters.nats._publisher import Outgoing, Result
 from adapters.nats.codec import PayloadError, compile_subject_template, encode_payload
 from adapters.nats.config import NatsConfig
-from broker import Adapter, Envelope
+from broker import Adapter, Envelope, LogGate
 
 
 class NatsAdapter(Adapter):
@@ -67,6 +67,7 @@ class NatsAdapter(Adapter):
         self._token: trio.lowlevel.TrioToken | None = None
         self._ready = trio.Event()
         self._quiet = False
+        self._trouble_gate = LogGate(every_s=10.0, per=1)
         self.max_payload = 0
         self.version = ""
         # sink
@@ -171,7 +172,16 @@ class NatsAdapter(Adapter):
         """From the asyncio thread: run ``fn(*args)`` on this adapter's trio loop soon."""
         if self._token is not None:
             with contextlib.suppress(trio.RunFinishedError):  # the loop is gone: nobody waits
-                self._token.run_sync_soon(fn, *args)
+                self._token.run_sync_soon(self._guarded, fn, *args)
+
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` on the trio loop, never raising: a callback that raises under
+        ``run_sync_soon`` ends the whole shared loop (every adapter on it).  ``ack`` and
+        ``fail`` raise ``ActorDeadError`` once the router is gone (a late PubAck)."""
+        try:
+            fn(*args)
+        except Exception:
+            self.log.exception("NATS callback %s failed", getattr(fn, "__name__", fn))
 
     def _from_publisher(self, results: list[Result]) -> None:
         # asyncio thread: one crossing per batch of results
@@ -223,7 +233,12 @@ class NatsAdapter(Adapter):
         self._to_trio(self._note_trouble, text)
 
     def _note_trouble(self, text: str) -> None:
+        # a connection, auth or TLS error, a publish no stream answers: shown and logged
+        # (rate-limited per kind of trouble: some repeat for every message)
         self.status.last_error = text
+        ok, held = self._trouble_gate.allow(text[:40])
+        if ok:
+            self.log.warning("NATS: %s%s", text, f" ({held} more not logged)" if held else "")
 
     def stats(self) -> dict[str, Any]:
         """Counters for tests and status views."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import msgspec
+import pytest
 
 from broker._envelope import Envelope, Metric, decode
 from broker._runtime import Loaded, Runtime
@@ -98,6 +100,44 @@ def test_data_the_stream_refuses_is_failed_with_the_reason_the_rest_delivered(
         what="3 stored, 2 refused",
     )
     assert stream_count(nats_server.url, "JUNCTION") == 3
+
+
+def test_a_stream_name_mismatch_is_failed_not_retried_forever(
+    nats_server: NatsServer,
+    load_config: Callable[[str], Loaded],
+    runtime_of: Callable[[Loaded], Runtime],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the subject is bound to JUNCTION, the sink expects OTHER: JetStream answers 10060
+    rt = runtime_of(load_config(sink_config(nats_server.url, extra='stream = "OTHER"')))
+    core_plugin.inject("src", metrics(0, 3))
+    wait_until(lambda: routes(rt)["to-bus"]["failed"] == 3, timeout=15, what="3 refused")
+    assert routes(rt)["to-bus"]["delivered"] == 0
+    assert "(10060)" in caplog.text
+    assert stream_count(nats_server.url, "JUNCTION") == 0
+
+
+def test_a_subject_no_stream_binds_is_held_and_logged_once_per_interval(
+    nats_server: NatsServer,
+    load_config: Callable[[str], Loaded],
+    runtime_of: Callable[[Loaded], Runtime],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = sink_config(nats_server.url).replace('["junction.>"]', '["elsewhere.>"]')
+    rt = runtime_of(load_config(config))
+    core_plugin.inject("src", metrics(0, 20))
+
+    def warned() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "junction.adapter.bus" and "no PubAck" in r.getMessage()
+        ]
+
+    wait_until(lambda: bool(warned()), timeout=10, what="the trouble logged")
+    time.sleep(2.5)  # a second round of republishes (ack_timeout_s 1): held back
+    assert len(warned()) == 1, warned()
+    assert routes(rt)["to-bus"]["failed"] == 0 and routes(rt)["to-bus"]["delivered"] == 0
 
 
 def test_an_envelope_over_max_payload_fails_at_once(
