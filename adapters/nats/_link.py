@@ -28,10 +28,10 @@ from adapters.nats._publisher import Publisher, Result
 from adapters.nats._puller import Puller
 from adapters.nats.codec import missing_features
 from adapters.nats.config import ConsumeSpec, NatsConfig, StreamSpec
-from broker import Envelope
+from broker import Envelope, JunctionError
 
 
-class NatsRefused(Exception):
+class NatsRefused(JunctionError):
     """The server cannot serve this config (a missing feature, JetStream off, a stream that
     exists with another retention): a one-line reason naming the key."""
 

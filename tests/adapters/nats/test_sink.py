@@ -6,11 +6,12 @@ import time
 from collections.abc import Callable
 
 import msgspec
+import nats.js.api
 import pytest
 
 from broker._envelope import Envelope, Metric, decode
 from broker._runtime import Loaded, Runtime
-from tests.adapters.nats.conftest import stream_count, stream_messages
+from tests.adapters.nats.conftest import add_stream, stream_count, stream_messages
 from tests.conftest import wait_until
 from tests.support import core_plugin
 from tests.support.nats_server import NatsServer
@@ -138,6 +139,25 @@ def test_a_subject_no_stream_binds_is_held_and_logged_once_per_interval(
     time.sleep(2.5)  # a second round of republishes (ack_timeout_s 1): held back
     assert len(warned()) == 1, warned()
     assert routes(rt)["to-bus"]["failed"] == 0 and routes(rt)["to-bus"]["delivered"] == 0
+
+
+def test_a_config_the_server_cannot_serve_is_one_line_without_a_traceback(
+    nats_server: NatsServer,
+    load_config: Callable[[str], Loaded],
+    runtime_of: Callable[[Loaded], Runtime],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    add_stream(
+        nats_server.url,
+        name="JUNCTION",
+        subjects=["junction.>"],
+        retention=nats.js.api.RetentionPolicy.WORK_QUEUE,
+    )
+    rt = runtime_of(load_config(sink_config(nats_server.url)))
+    wait_until(lambda: "retention" in rt.statuses["bus"].last_error, what="refused")
+    crashes = [r for r in caplog.records if "adapter bus crashed:" in r.getMessage()]
+    assert crashes and "exists with retention 'workqueue'" in crashes[0].getMessage()
+    assert all(r.exc_info is None for r in crashes), "a traceback for a refused config"
 
 
 def test_an_envelope_over_max_payload_fails_at_once(
