@@ -169,8 +169,13 @@ class NatsConfig(AdapterConfig, kw_only=True):
     def __post_init__(self) -> None:
         if not self.servers:
             raise ValueError("servers is empty; e.g. servers = ['nats://127.0.0.1:4222']")
-        for url in self.servers:
+        for i, url in enumerate(self.servers):
             parts = urlsplit(url)
+            if "@" in parts.netloc:  # before any text that would echo the URL
+                raise ValueError(
+                    f"servers[{i}]: credentials in the URL (user:password@) are refused, as "
+                    "logs would show them; set user and password (or token) instead"
+                )
             if parts.scheme not in SCHEMES or not parts.hostname:
                 raise ValueError(f"servers: {url!r} is not nats://host[:port] or tls://host[:port]")
             try:

@@ -79,12 +79,17 @@ def test_mistakes_are_one_line_naming_the_key(body: str, path: str, words: str) 
         ('["http://x:4222"]', "is not nats://host[:port] or tls://host[:port]"),
         ('["nats://x:99999"]', "bad port"),
         ("[]", "servers is empty"),
+        (
+            '["nats://127.0.0.1:4222", "nats://u:pw-secret@h:4222"]',
+            "servers[1]: credentials in the URL (user:password@) are refused",
+        ),
     ],
 )
 def test_bad_server_urls(servers: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_one(PUB, base=f'[adapters.bus]\ntype = "nats"\nservers = {servers}\n')
     assert words in str(info.value)
+    assert "pw-secret" not in str(info.value) and "\n" not in str(info.value).strip()
 
 
 def test_a_token_to_a_remote_clear_text_server_is_warned_about_not_refused() -> None:
