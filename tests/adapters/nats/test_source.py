@@ -277,6 +277,10 @@ def _streams(url: str) -> list[Any]:
     return asyncio.run(names())
 
 
+#: long enough that a loaded machine still marks in progress (every third of it) in time
+ACK_WAIT = 2.5
+
+
 def test_envelopes_held_past_ack_wait_are_kept_in_progress_not_redelivered(
     nats_server: NatsServer,
     load_config: Callable[[str], Loaded],
@@ -285,7 +289,7 @@ def test_envelopes_held_past_ack_wait_are_kept_in_progress_not_redelivered(
     url = nats_server.url
     runtime_of(
         load_config(
-            source_config(url, ack_wait=1.0)
+            source_config(url, ack_wait=ACK_WAIT)
             + '[adapters.sink]\ntype = "collector"\ngated = true\n'
             + '[[routes]]\nname = "in"\nfrom = "bus"\nto = "sink"\noverflow = "block"\n'
         )
@@ -293,7 +297,7 @@ def test_envelopes_held_past_ack_wait_are_kept_in_progress_not_redelivered(
     wait_until(lambda: _has_consumer(url))
     put(url, envelopes(0, 10))
     wait_until(lambda: consumer_state(url)["ack_pending"] == 10)
-    time.sleep(3.0)  # three AckWaits: without +WPI the server would have redelivered them
+    time.sleep(3 * ACK_WAIT)  # three AckWaits: without +WPI the server would redeliver them
     core_plugin.GATES.setdefault("sink", threading.Event()).set()
     wait_until(lambda: stream_count(url, "IN") == 0)
     assert len(received("sink")) == 10  # each once: no redelivery reached the route
