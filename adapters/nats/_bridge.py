@@ -1,8 +1,8 @@
 """One thread owning an asyncio loop and the NATS connection, driven from trio.
 
-nats-py is asyncio.  The cheapest way from trio (measured, see the module docstring of
-:mod:`adapters.nats.actor`) is one thread that runs an asyncio loop and owns the connection,
-with one crossing per *batch*: trio hands a batch over with ``call_soon_threadsafe``; the
+nats-py is asyncio.  Junction drives it from trio with one thread that runs an asyncio loop
+and owns the connection, and one crossing per *batch* (a crossing wakes the other loop, a
+cost large next to handling one message): trio hands a batch over with ``call_soon_threadsafe``; the
 asyncio side hands results back with ``TrioToken.run_sync_soon`` (which never blocks the
 asyncio thread -- ``trio.from_thread.run_sync`` would).  ``run_sync_soon`` has no
 back-pressure, so the trio side bounds what it asks for (credits: the sink's

@@ -1,9 +1,9 @@
 """The NATS JetStream adapter: a sink that publishes envelopes, a source that consumes them.
 
 nats-py is asyncio; Junction is trio.  Each instance runs one thread with an asyncio loop
-that owns the connection (:mod:`adapters.nats._bridge`; measured in shared/library-findings:
-one crossing per batch of 100 costs 33 us per message, one per message 80-300 us), and
-crosses to trio once per batch.
+that owns the connection (:mod:`adapters.nats._bridge`), and crosses to trio once per batch:
+each hand-over between the threads wakes the other loop, a cost large next to handling one
+message, so it is paid per batch rather than per message.
 
 Sink (``[publish]``): ``deliver`` encodes each envelope (:func:`codec.encode_payload`: one
 too large for the server's ``max_payload``, or not encodable, is failed at once with the
