@@ -183,6 +183,7 @@ to = "out"
     assert rt.router is not None
     wait_until(lambda: not rt.router.is_alive(), what="the router ended by the observer")  # type: ignore[union-attr]
     assert receipt.calls == 0, "a batch that was never routed was reported settled"
+    rt.stop(grace_s=2)  # the fixture stops only runtimes whose router is alive
 
 
 def test_a_full_outbox_does_not_settle_what_it_refused(

@@ -196,3 +196,26 @@ def test_a_server_outage_holds_the_data_and_nothing_acknowledged_is_lost(
     values = sorted(decode(m.data).body.value for m in stream_messages(nats_server.url, "JUNCTION"))  # type: ignore[union-attr]
     assert values == [float(i) for i in range(50)]
     assert routes(rt)["to-bus"]["failed"] == 0
+
+
+def test_a_puback_after_the_router_is_gone_does_not_end_the_shared_loop(
+    nats_server: NatsServer,
+    load_config: Callable[[str], Loaded],
+    runtime_of: Callable[[Loaded], Runtime],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rt = runtime_of(load_config(sink_config(nats_server.url)))
+    wait_until(lambda: rt.statuses["bus"].state == "connected", what="connected")
+    nats_server.stop()
+    core_plugin.inject("src", metrics(0, 5))
+    wait_until(lambda: routes(rt)["to-bus"]["queued"] == 5, what="handed to the sink")
+    assert rt.router is not None and rt.loop is not None
+    rt.router.stop()  # the router is gone; the PubAcks come after
+    nats_server.start()
+    wait_until(lambda: stream_count(nats_server.url, "JUNCTION") == 5, timeout=15)
+    loop_thread = rt.loop.thread
+    wait_until(lambda: "NATS callback" in caplog.text or not loop_thread.is_alive())  # type: ignore[union-attr]
+    assert loop_thread is not None and loop_thread.is_alive(), "the shared trio loop ended"
+    assert "NATS callback _settle failed" in caplog.text
+    rt.stop(grace_s=2)  # the fixture stops only runtimes whose router is alive
+    assert not loop_thread.is_alive()
