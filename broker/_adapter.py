@@ -163,19 +163,32 @@ class Adapter:
 
     # --- helpers for subclasses -------------------------------------------------
 
-    def emit(self, envelopes: Sequence[Envelope]) -> None:
-        """Hand envelopes to the router (never blocks)."""
+    def emit(
+        self, envelopes: Sequence[Envelope], on_settled: Callable[[], None] | None = None
+    ) -> None:
+        """Hand envelopes to the router (never blocks).
+
+        ``on_settled``, for a source whose peer redelivers what it does not acknowledge:
+        called once, on the router's loop (quick, thread-safe, never blocking), when every
+        copy the routes made of these envelopes is delivered, kept in a ``persist`` outbox,
+        dead-lettered or dropped by its route's policy (:mod:`broker._receipts`); then the
+        source may acknowledge them to its peer.  An empty batch is settled at once.
+        """
         if not envelopes:
+            if on_settled is not None:
+                on_settled()
             return
         batch = list(envelopes)
         self.ctx.backlog.add(len(batch))
         self.status.received += len(batch)
-        self.ctx._to_router(Inbound(self.name, batch))
+        self.ctx._to_router(Inbound(self.name, batch, on_settled))
 
-    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+    async def publish(
+        self, envelopes: Sequence[Envelope], on_settled: Callable[[], None] | None = None
+    ) -> None:
         """Like :meth:`emit`, but first waits while the router's backlog is over its mark."""
         await self.ctx.backlog.wait_room()
-        self.emit(envelopes)
+        self.emit(envelopes, on_settled)
 
     def fail(
         self, route: str, envelopes: Sequence[Envelope], reason: str, permanent: bool = True

@@ -19,6 +19,7 @@ import trio
 from broker._adapter import Adapter, AdapterStatus
 from broker._backoff import Backoff
 from broker._envelope import Envelope
+from broker._errors import JunctionError, unwrap
 from broker._inlet import Inlet
 from broker._loop import SharedLoop
 from broker._loop_actor import LoopActor
@@ -142,13 +143,14 @@ class AdapterActor(LoopActor):
         repeat = self.status.last_error == text
         self.status.set("crashed", text)
         self.status.last_error = text
-        # The traceback once; the same error again is one line.
+        # The traceback once; the same error again is one line, and so is a JunctionError
+        # (raised on purpose, with the reason in its text: a traceback would bury it).
         log.error(
             "adapter %s crashed: %s%s",
             self.name,
             text,
             " (same error as last time)" if repeat else "",
-            exc_info=None if repeat else error,
+            exc_info=None if repeat or isinstance(unwrap(error), JunctionError) else error,
         )
         ran = self.backoff.lasted()
         delay = self.backoff.failed()

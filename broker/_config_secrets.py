@@ -115,12 +115,12 @@ def _is_leaf(tp: Any) -> bool:
 
 
 #: URL schemes that carry what they send in clear text (their TLS twins do not).
-CLEAR_TEXT_SCHEMES = frozenset({"ws", "http", "mqtt", "tcp"})
+CLEAR_TEXT_SCHEMES = frozenset({"ws", "http", "mqtt", "tcp", "nats"})
 
 
 def sends_in_clear(url: str) -> bool:
     """True when ``url`` would carry a credential unencrypted to another machine: a clear
-    scheme (``ws``, ``http``, ``mqtt``, ``tcp``) to a host that is not loopback."""
+    scheme (``ws``, ``http``, ``mqtt``, ``tcp``, ``nats``) to a host that is not loopback."""
     parts = urlsplit(url)
     if parts.scheme not in CLEAR_TEXT_SCHEMES or not parts.hostname:
         return False
@@ -146,7 +146,8 @@ def clear_text_warnings(converted: Any, where: str, file: str) -> list[ConfigPro
             "the credential goes to this host unencrypted: anyone on the way can read it",
             url,
             True,
-            "use the TLS form (wss://, https://, mqtts://) unless the network is yours alone",
+            "use the TLS form (wss://, https://, mqtts://, tls://) unless the network is "
+            "yours alone",
         )
         for key, url in converted.credential_urls()
         if sends_in_clear(url)

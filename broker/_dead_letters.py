@@ -135,8 +135,9 @@ class DeadLetters:
             durable is not None and bool(durable.stale_buried or durable.unreadable_buried)
         )
 
-    def bury(self, durable: DurableQueues | None) -> None:
-        """Write the dead letters gathered while handling one message (one transaction)."""
+    def bury(self, durable: DurableQueues | None) -> bool:
+        """Write the dead letters gathered while handling one message (one transaction);
+        False when they could not be stored (the receipts waiting on them must not fire)."""
         letters, self.graveyard = self.graveyard, []
         if durable is not None:
             for env, key, why in durable.stale_buried:
@@ -149,11 +150,13 @@ class DeadLetters:
                 self.ledger.dead_letters += n
             durable.unreadable_buried.clear()
         if self.outbox is None or not letters:
-            return
+            return True
         try:
             self.outbox.bury(letters)
         except OutboxError as err:
             log.error("%d dead letters could not be stored: %s", len(letters), err)
+            return False
+        return True
 
 
 class Dispatch(Protocol):

@@ -50,7 +50,9 @@ def unwrap(err: BaseException) -> Exception:
 
 
 class JunctionError(Exception):
-    """Base of every error the broker raises on purpose."""
+    """Base of every error the broker raises on purpose (and adapters raise for a config
+    their peer cannot serve): its text is the whole story, so a crash it causes is logged
+    in one line, without a traceback."""
 
 
 @dataclass(frozen=True)

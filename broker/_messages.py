@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +16,14 @@ from broker._errors import unwrap
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """An adapter hands the router a batch of envelopes it produced."""
+    """An adapter hands the router a batch of envelopes it produced.
+
+    ``on_settled``: called once when the router is done with every copy of the batch
+    (see :mod:`broker._receipts`); None: the source does not need to know."""
 
     source: str
     envelopes: list[Envelope]
+    on_settled: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ from broker._messages import (
 from broker._outbox import Outbox, OutboxError
 from broker._overflow import Overflow
 from broker._queue_key import QueueKey
+from broker._receipts import Receipts
 from broker._replies import Replies
 from broker._routing import CompiledRoute, RoutingTable, resolve_policies, run_route
 from broker._settlement import Settlement
@@ -136,7 +137,11 @@ class Router(LoopActor):
             for (_target, key), n in self.durable.recover().items():
                 self.ledger.recovered(key, n)
                 log.info("outbox: %d envelopes of route %s left by the last run", n, key.name)
-        self.settlement = Settlement(self.ledger, self.dead, inlets, self.durable, hooks)
+        #: sources told when their batches are settled (emit(on_settled=...))
+        self.receipts = Receipts()
+        self.settlement = Settlement(
+            self.ledger, self.dead, inlets, self.durable, hooks, self.receipts
+        )
 
     # --- policies -----------------------------------------------------------------
 
@@ -184,8 +189,16 @@ class Router(LoopActor):
     def _handle(self, message: Any) -> Any:
         try:
             match message:
-                case Inbound(source=source, envelopes=envelopes):
+                case Inbound(source=source, envelopes=envelopes, on_settled=None):
                     self._route(source, envelopes)
+                case Inbound(source=source, envelopes=envelopes, on_settled=on_settled):
+                    self.receipts.begin(on_settled)
+                    try:
+                        self._route(source, envelopes)
+                    except BaseException:  # not routed (or not all): never settled
+                        self.receipts.abandon()
+                        raise
+                    self.receipts.end()
                 case Delivered():
                     self.settlement.delivered(message)
                 case Failed():
@@ -207,8 +220,12 @@ class Router(LoopActor):
                 case _:
                     log.warning("router ignored an unknown message %r", type(message).__name__)
         finally:
-            if self.dead.waiting(self.durable):
-                self.dead.bury(self.durable)
+            receipts = self.receipts
+            if self.dead.waiting(self.durable) and not self.dead.bury(self.durable):
+                receipts.lose_handled()  # lost with the dead letters: the peer redelivers
+            receipts.handled.clear()
+            if receipts.due:  # after the dead letters are stored
+                receipts.fire()
         return None
 
     def _route(self, source: str, envelopes: list[Envelope]) -> None:
@@ -294,6 +311,8 @@ class Router(LoopActor):
                 counters.queued += stored
                 for env in refused:
                     self.dead.drop(key, env, "outbox_full", target)
+                if refused:  # lost by a failure, not by policy: the source must not ack
+                    self.receipts.lose_current()
                 return
         inlet = self.inlets.get(target)
         if inlet is None:  # validated at load time; only reachable after a bad swap
@@ -303,8 +322,14 @@ class Router(LoopActor):
         inlet_policy = Overflow.BLOCK if policy is Overflow.PERSIST else policy
         result = inlet.offer(key.name, batch, size, inlet_policy)
         counters.queued += result.accepted
+        receipts = self.receipts
+        if receipts.routing:
+            receipts.track(target, key.name, batch)
         for env, reason in result.dropped:
             self.dead.drop(key, env, overflow_reason or reason, target)
+        if result.dropped:  # outbox_error: lost by a failure (the receipt is never called)
+            dropped = [env for env, _ in result.dropped]
+            receipts.settle(target, key.name, dropped, lost=bool(overflow_reason))
         if result.waiting:
             deadline = time.monotonic() + inlet.block_timeout_s
             self._stalls.append(
@@ -340,6 +365,11 @@ class Router(LoopActor):
             stall.counters.queued += result.accepted
             for env, reason in result.dropped:
                 self.dead.drop(stall.queue, env, stall.overflow_reason or reason, stall.target)
+            if result.dropped:
+                dropped = [env for env, _ in result.dropped]
+                lost = bool(stall.overflow_reason)
+                self.receipts.settle(stall.target, stall.queue.name, dropped, lost=lost)
+                self.receipts.fire()
             left = stall.deadline - time.monotonic()
             if result.waiting and left > 0:
                 stall.envelopes = result.waiting
@@ -351,6 +381,10 @@ class Router(LoopActor):
                 self.dead.drop(
                     stall.queue, env, stall.overflow_reason or "block_timeout", stall.target
                 )
+            self.receipts.settle(
+                stall.target, stall.queue.name, result.waiting, lost=bool(stall.overflow_reason)
+            )
+            self.receipts.fire()
             self._stalls.pop(0)
 
     # --- table and introspection -----------------------------------------------

@@ -28,8 +28,9 @@ adapter share one loop (thread ``junction-loop``); an adapter whose config says
   with one :class:`~broker._backoff.Backoff`) and the router's tick are trio tasks.  The
   threads a bridge runs are the loops above, the main thread (signals, start and stop),
   the outbox's checkpointer, trio's worker threads for blocking calls (Allxon signatures,
-  file writes, MQTT connects) and the operations endpoint's loop (``ops-http``, with at most
-  two worker threads taking snapshots).
+  file writes, MQTT connects), an adapter's own I/O thread where its client library needs
+  one (NATS: nats-py's asyncio loop, crossed once per batch) and the operations endpoint's
+  loop (``ops-http``, with at most two worker threads taking snapshots).
 
 Start-up order: plugins -> config -> routing table -> the operations endpoint's socket
 (bound, not yet served: a taken port stops here) -> inlets -> the shared loop -> router

@@ -21,6 +21,7 @@ from broker._ledger import Ledger
 from broker._messages import Delivered, Failed, Leftovers
 from broker._outbox import OutboxError
 from broker._queue_key import QueueKey
+from broker._receipts import Receipts
 
 #: the router's logger: these lines are the router's (as before it was split in modules)
 log = logging.getLogger("broker.router")
@@ -36,8 +37,11 @@ class Settlement:
         inlets: dict[str, Inlet],
         durable: DurableQueues | None,
         hooks: pluggy.HookRelay | None = None,
+        receipts: Receipts | None = None,
     ) -> None:
         self.ledger = ledger
+        #: the sources waiting to hear their batches are settled (broker._receipts)
+        self.receipts = receipts if receipts is not None else Receipts()
         self.dead = dead
         #: the router's (changed in place on a reload)
         self.inlets = inlets
@@ -51,6 +55,7 @@ class Settlement:
         inlet = self.inlets.get(msg.target)
         if inlet is not None:
             inlet.done(msg.route, msg.count)
+        self.receipts.settle(msg.target, msg.route, msg.envelopes)
         key = QueueKey.parse(msg.route)
         durable = self.durable
         if durable is not None and durable.pending(msg.target, key) is not None:
@@ -75,6 +80,7 @@ class Settlement:
         inlet = self.inlets.get(msg.target)
         if inlet is not None:
             inlet.done(msg.route, len(msg.envelopes))
+        self.receipts.settle(msg.target, msg.route, msg.envelopes)
         key = QueueKey.parse(msg.route)
         name = key.route
         durable = self.durable
@@ -108,6 +114,7 @@ class Settlement:
         kept: dict[str, int] = {}
         dead: dict[str, int] = {}
         for queue, envs in held.items():
+            self.receipts.settle(msg.target, queue, envs)
             key = QueueKey.parse(queue)
             memory = envs
             if self.durable is not None:

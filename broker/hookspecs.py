@@ -60,6 +60,13 @@ its redelivery policy), ``defer(route, envs)`` says the peer acknowledges later,
 transient failure and restarts the instance.  A ``persist`` route deletes an envelope
 from the outbox only when it is delivered, so ack only what the peer confirmed.
 
+Settling what a source emitted.  A source whose peer redelivers what it does not
+acknowledge (a JetStream consumer) passes ``on_settled`` to ``emit``/``publish``: the
+router calls it once every copy its routes made of that batch is delivered, committed to a
+``persist`` outbox, dead-lettered or dropped by its route's policy (or matched no route) --
+then the source acknowledges to its peer.  It runs on the router's loop: quick,
+non-blocking, thread-safe (see ``broker/_receipts.py``).
+
 Threading rules.  Every method is called on the adapter's trio loop, which it shares
 with the router and the other adapters unless its config says ``own_thread = true``:
 never block it (sockets through trio, files and CPU-heavy work through

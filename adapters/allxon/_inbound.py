@@ -18,7 +18,7 @@ redacted, at most one line per kind every 10 s for the repetitive ones).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -69,7 +69,9 @@ class InboundHandling:
         _reannounce_at: float | None
         _recent: deque[tuple[float, Frame]]
 
-        def emit(self, envelopes: Sequence[Envelope]) -> None: ...
+        def emit(
+            self, envelopes: Sequence[Envelope], on_settled: Callable[[], None] | None = None
+        ) -> None: ...
 
         def _replay_held_alerts(self) -> None: ...
         def _set_phase(self, phase: str) -> None: ...

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 import trio
@@ -220,12 +220,16 @@ class ProbeConfig(AdapterConfig, kw_only=True):
     pass
 
 
-INBOX: dict[str, queue.SimpleQueue[list[Envelope]]] = defaultdict(queue.SimpleQueue)
+Injected = tuple[list[Envelope], Callable[[], None] | None]
+INBOX: dict[str, queue.SimpleQueue[Injected]] = defaultdict(queue.SimpleQueue)
 
 
-def inject(name: str, envelopes: list[Envelope]) -> None:
-    """Have probe adapter ``name`` emit ``envelopes`` (callable from any thread)."""
-    INBOX[name].put(envelopes)
+def inject(
+    name: str, envelopes: list[Envelope], on_settled: Callable[[], None] | None = None
+) -> None:
+    """Have probe adapter ``name`` emit ``envelopes`` (callable from any thread), with
+    ``on_settled`` passed to ``emit`` (the router calls it when the batch is settled)."""
+    INBOX[name].put((envelopes, on_settled))
 
 
 class Probe(Adapter):
@@ -237,11 +241,11 @@ class Probe(Adapter):
         box = INBOX[self.name]
         while True:
             try:
-                batch = box.get_nowait()
+                batch, on_settled = box.get_nowait()
             except queue.Empty:
                 await trio.sleep(0.005)
                 continue
-            self.emit([msgspec.structs.replace(e, source=self.name) for e in batch])
+            self.emit([msgspec.structs.replace(e, source=self.name) for e in batch], on_settled)
 
     async def deliver(self, route: str, batch: list[Envelope]) -> None:
         with _lock:
