@@ -64,10 +64,11 @@ class Receipts:
     """Open receipts and the memory copies they wait for (see the module docstring)."""
 
     def __init__(self) -> None:
-        #: (target, queue, id(envelope)) -> (the envelope, the receipts of its copies)
-        self._copies: dict[tuple[str, str, int], tuple[Envelope, list[_Receipt]]] = {}
+        #: (target, queue, id(envelope)) -> (the envelope, the receipts of its copies); empty
+        #: while no source waits, which the router's hot path checks before calling settle
+        self.open_copies: dict[tuple[str, str, int], tuple[Envelope, list[_Receipt]]] = {}
         #: the receipt of the batch being routed now, if its source asked for one
-        self._current: _Receipt | None = None
+        self.current: _Receipt | None = None
         #: settled receipts whose callbacks :meth:`fire` calls
         self.due: list[_Receipt] = []
         #: receipts whose copies were settled while handling this message (see lose_handled)
@@ -75,20 +76,20 @@ class Receipts:
 
     def __len__(self) -> int:
         """Memory copies still tracked (for tests and the snapshot)."""
-        return sum(len(receipts) for _, receipts in self._copies.values())
+        return sum(len(receipts) for _, receipts in self.open_copies.values())
 
     @property
     def routing(self) -> bool:
         """A batch with a receipt is being routed: offers register their copies."""
-        return self._current is not None
+        return self.current is not None
 
     def begin(self, on_settled: Callable[[], None] | None) -> None:
         """Routing of a batch starts; ``on_settled`` (or None: nothing to track)."""
-        self._current = _Receipt(on_settled) if on_settled is not None else None
+        self.current = _Receipt(on_settled) if on_settled is not None else None
 
     def end(self) -> None:
         """Routing of the batch is over; a batch with no copy in memory is settled now."""
-        receipt, self._current = self._current, None
+        receipt, self.current = self.current, None
         if receipt is not None:
             receipt.closed = True
             if receipt.copies == 0 and not receipt.lost:
@@ -96,21 +97,21 @@ class Receipts:
 
     def abandon(self) -> None:
         """Routing of the batch raised: its receipt is lost, never called."""
-        receipt, self._current = self._current, None
+        receipt, self.current = self.current, None
         if receipt is not None:
             receipt.closed = receipt.lost = True
 
     def lose_current(self) -> None:
         """A copy of the batch being routed was lost by a failure: never call its receipt."""
-        if self._current is not None:
-            self._current.lost = True
+        if self.current is not None:
+            self.current.lost = True
 
     def track(self, target: str, queue: str, envelopes: Iterable[Envelope]) -> None:
         """Copies of the current batch offered to ``target``'s memory queue ``queue``."""
-        receipt = self._current
+        receipt = self.current
         if receipt is None:
             return
-        copies = self._copies
+        copies = self.open_copies
         for env in envelopes:
             key = (target, queue, id(env))
             entry = copies.get(key)
@@ -125,7 +126,7 @@ class Receipts:
     ) -> None:
         """These copies are done (delivered, dead-lettered or dropped by policy); with
         ``lost``, they were lost by a failure and their receipts are never called."""
-        copies = self._copies
+        copies = self.open_copies
         if not copies:
             return
         for env in envelopes:

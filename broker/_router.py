@@ -189,16 +189,18 @@ class Router(LoopActor):
     def _handle(self, message: Any) -> Any:
         try:
             match message:
-                case Inbound(source=source, envelopes=envelopes, on_settled=None):
-                    self._route(source, envelopes)
-                case Inbound(source=source, envelopes=envelopes, on_settled=on_settled):
-                    self.receipts.begin(on_settled)
-                    try:
-                        self._route(source, envelopes)
-                    except BaseException:  # not routed (or not all): never settled
-                        self.receipts.abandon()
-                        raise
-                    self.receipts.end()
+                case Inbound():
+                    on_settled = message.on_settled
+                    if on_settled is None:  # the common case: no source waits to hear
+                        self._route(message.source, message.envelopes)
+                    else:
+                        self.receipts.begin(on_settled)
+                        try:
+                            self._route(message.source, message.envelopes)
+                        except BaseException:  # not routed (or not all): never settled
+                            self.receipts.abandon()
+                            raise
+                        self.receipts.end()
                 case Delivered():
                     self.settlement.delivered(message)
                 case Failed():
@@ -223,7 +225,8 @@ class Router(LoopActor):
             receipts = self.receipts
             if self.dead.waiting(self.durable) and not self.dead.bury(self.durable):
                 receipts.lose_handled()  # lost with the dead letters: the peer redelivers
-            receipts.handled.clear()
+            if receipts.handled:
+                receipts.handled.clear()
             if receipts.due:  # after the dead letters are stored
                 receipts.fire()
         return None
@@ -323,7 +326,7 @@ class Router(LoopActor):
         result = inlet.offer(key.name, batch, size, inlet_policy)
         counters.queued += result.accepted
         receipts = self.receipts
-        if receipts.routing:
+        if receipts.current is not None:  # a batch whose source waits to hear (routing)
             receipts.track(target, key.name, batch)
         for env, reason in result.dropped:
             self.dead.drop(key, env, overflow_reason or reason, target)

@@ -55,7 +55,8 @@ class Settlement:
         inlet = self.inlets.get(msg.target)
         if inlet is not None:
             inlet.done(msg.route, msg.count)
-        self.receipts.settle(msg.target, msg.route, msg.envelopes)
+        if self.receipts.open_copies:  # else nothing to settle (no source waits)
+            self.receipts.settle(msg.target, msg.route, msg.envelopes)
         key = QueueKey.parse(msg.route)
         durable = self.durable
         if durable is not None and durable.pending(msg.target, key) is not None:
@@ -80,7 +81,8 @@ class Settlement:
         inlet = self.inlets.get(msg.target)
         if inlet is not None:
             inlet.done(msg.route, len(msg.envelopes))
-        self.receipts.settle(msg.target, msg.route, msg.envelopes)
+        if self.receipts.open_copies:  # else nothing to settle (no source waits)
+            self.receipts.settle(msg.target, msg.route, msg.envelopes)
         key = QueueKey.parse(msg.route)
         name = key.route
         durable = self.durable
