@@ -185,7 +185,7 @@ class MqttWriter(MqttLink):
         """Write what the batch published so far (before any wait: a corked message is not
         on the wire, so its PUBACK cannot come)."""
         client = self.client
-        if client._corked:
+        if client.corked:
             client.uncork()
             self._kick()
 
@@ -204,14 +204,13 @@ class MqttWriter(MqttLink):
             await self._wait_for_room()
             if not self._link_up.is_set():
                 continue
-            self.client.cork()
+            self.client.cork()  # written (and the writer task kicked) by _uncork
             try:
                 info = self.client.publish(message.topic, message.payload, qos=1)
             except ValueError as err:  # payload too large, bad topic: not retryable
                 self._settle(batch)
                 self.log.error("MQTT publish refused: %s", codec.redact(str(err), self.cfg.token))
                 return False
-            self._kick()
             if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                 self._note_queue_full()  # paho still holds given-up messages: wait for room
                 self._uncork()

@@ -55,7 +55,8 @@ class BatchingClient(mqtt.Client):
         self._ahead_sock: Any = None
         self._unsent = bytearray()
         self._unsent_sock: Any = None
-        self._corked = False
+        #: Between cork() and uncork() (read it, do not set it).
+        self.corked = False
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -83,11 +84,11 @@ class BatchingClient(mqtt.Client):
 
     def cork(self) -> None:
         """From now until :meth:`uncork`, what paho sends is buffered, not written."""
-        self._corked = True
+        self.corked = True
 
     def uncork(self) -> MQTTErrorCode:
         """Write what was buffered (what the socket does not take stays, see ``want_write``)."""
-        self._corked = False
+        self.corked = False
         return self._flush()
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
@@ -95,7 +96,7 @@ class BatchingClient(mqtt.Client):
         if self._sock is not self._unsent_sock:  # meant for a socket that is gone
             unsent.clear()
             self._unsent_sock = self._sock
-        if not self._corked and not unsent:
+        if not self.corked and not unsent:
             return super()._sock_send(buf)
         if self._sock is None:
             raise ConnectionError("self._sock is None")
@@ -124,7 +125,7 @@ class BatchingClient(mqtt.Client):
     def loop_write(self) -> MQTTErrorCode:
         # corked, paho's writes land in the buffer (_sock_send); uncorked, what is buffered
         # goes first, and paho's queued packets only once all of it is on the wire
-        if not self._corked:
+        if not self.corked:
             rc = self._flush()
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or (self._unsent and self._sock is not None):
                 return rc
