@@ -67,7 +67,8 @@ class Receipts:
         #: (target, queue, id(envelope)) -> (the envelope, the receipts of its copies); empty
         #: while no source waits, which the router's hot path checks before calling settle
         self.open_copies: dict[tuple[str, str, int], tuple[Envelope, list[_Receipt]]] = {}
-        #: the receipt of the batch being routed now, if its source asked for one
+        #: the receipt of the batch being routed now, if its source asked for one (offers
+        #: register their copies while it is set)
         self.current: _Receipt | None = None
         #: settled receipts whose callbacks :meth:`fire` calls
         self.due: list[_Receipt] = []
@@ -77,11 +78,6 @@ class Receipts:
     def __len__(self) -> int:
         """Memory copies still tracked (for tests and the snapshot)."""
         return sum(len(receipts) for _, receipts in self.open_copies.values())
-
-    @property
-    def routing(self) -> bool:
-        """A batch with a receipt is being routed: offers register their copies."""
-        return self.current is not None
 
     def begin(self, on_settled: Callable[[], None] | None) -> None:
         """Routing of a batch starts; ``on_settled`` (or None: nothing to track)."""
