@@ -286,9 +286,7 @@ def loads(
     # short secrets: refused, or (allow_short_secrets) accepted with a warning each
     allow_short = settings is not None and settings.allow_short_secrets
     if settings is not None:
-        problems += short_secrets(
-            short_secret_problems(settings.http, "junction.http", file), allow_short, warnings
-        )
+        problems += short_secrets(settings.http, "junction.http", file, allow_short, warnings)
         problems += http_problems(settings.http, file)
         why = writable_dir_problem(settings.state_dir)
         if why:
@@ -341,9 +339,7 @@ def loads(
             continue
         converted = _convert(table, cls, where, file, problems)
         if converted is not None:
-            problems += short_secrets(
-                short_secret_problems(converted, where, file), allow_short, warnings
-            )
+            problems += short_secrets(converted, where, file, allow_short, warnings)
             warnings += clear_text_warnings(converted, where, file)
             for secret in converted.secrets():
                 logs.register_secret(secret)
@@ -380,10 +376,12 @@ def http_problems(http: HttpSettings, file: str) -> list[ConfigProblem]:
 
 
 def short_secrets(
-    found: list[ConfigProblem], allow: bool, warnings: list[ConfigProblem]
+    converted: Any, where: str, file: str, allow: bool, warnings: list[ConfigProblem]
 ) -> list[ConfigProblem]:
-    """The short-secret problems ``found``: returned (refused), or with ``allow`` (the
-    ``[junction] allow_short_secrets`` setting) moved to ``warnings``, saying what it costs."""
+    """The secrets of ``converted`` shorter than 8 characters: returned as problems (refused),
+    or with ``allow`` (the ``[junction] allow_short_secrets`` setting) added to ``warnings``,
+    saying what it costs."""
+    found = short_secret_problems(converted, where, file)
     if not allow:
         return found
     warnings += [
