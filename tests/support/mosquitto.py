@@ -39,10 +39,7 @@ def find_mosquitto() -> str | None:
 
 def free_port() -> int:
     """A loopback TCP port that was free a moment ago (the broker binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return distinct_free_ports(1)[0]
 
 
 def distinct_free_ports(count: int) -> list[int]:
@@ -53,7 +50,8 @@ def distinct_free_ports(count: int) -> list[int]:
     try:
         for sock in socks:
             sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
+        ports: list[int] = [sock.getsockname()[1] for sock in socks]
+        return ports
     finally:
         for sock in socks:
             sock.close()
