@@ -116,15 +116,17 @@ class Puller:
                 env = decode_payload(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as err:
                 self.terminated += 1
-                seq = _stream_seq(msg)
-                self.log.error(
-                    "message %s on %s (stream sequence %s) is not a Junction envelope, "
-                    "terminated (not redelivered): %s",
-                    self.terminated,
-                    msg.subject,
-                    seq,
-                    err,
-                )
+                ok, held = self._gate.allow("not an envelope")  # a publisher can send many
+                if ok:
+                    self.log.error(
+                        "message %s on %s (stream sequence %s) is not a Junction envelope, "
+                        "terminated (not redelivered)%s: %s",
+                        self.terminated,
+                        msg.subject,
+                        _stream_seq(msg),
+                        f" ({held} more not logged)" if held else "",
+                        err,
+                    )
                 with contextlib.suppress(nats.errors.Error):
                     await msg.term()
                 continue

@@ -324,3 +324,34 @@ def test_junction_check_validates_a_nats_config_without_the_network(tmp_path: Pa
     )  # fmt: skip
     assert bad.returncode == 2
     assert "adapters.bus.consume.ack_wait_s: must be > 0 (got -1)" in bad.stderr, bad.stderr
+
+
+def test_messages_that_are_not_envelopes_are_terminated_and_logged_a_few_times(
+    nats_server: NatsServer,
+    load_config: Callable[[str], Loaded],
+    runtime_of: Callable[[Loaded], Runtime],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = nats_server.url
+    runtime_of(
+        load_config(
+            source_config(url)
+            + """
+[adapters.sink]
+type = "collector"
+[[routes]]
+name = "in"
+from = "bus"
+to = "sink"
+"""
+        )
+    )
+    wait_until(lambda: _has_consumer(url), what="the durable consumer")
+    hostile = [b"not json", b"[" * 5000, b'{"id": 1}', b"\xff\xfe"] * 25
+    publish_raw(url, [("in.x", data, {}) for data in hostile])
+    put(url, envelopes(0, 3))
+    wait_until(lambda: len(received("sink")) == 3, what="the real envelopes behind them")
+    wait_until(lambda: stream_count(url, "IN") == 0, what="every message settled or terminated")
+    lines = [r for r in caplog.records if "is not a Junction envelope" in r.getMessage()]
+    assert 1 <= len(lines) <= 6, len(lines)  # 100 of them: rate-limited, not one line each
+    assert "message 1 on in.x" in lines[0].getMessage()
