@@ -1,35 +1,35 @@
 """MQTT to AlphaX: QoS 1 publishes and the PUBACKs they wait for.
 
-``publish`` hands a batch to paho and returns; ``wait_acked`` waits for that batch's PUBACKs,
-so a caller can publish its next batch while the previous one's PUBACKs are on their way
-(:meth:`MqttWriter.send`, the :class:`~adapters.alphax._writer.UplinkWriter` face, returns
-them as ``Sent.pending``). The connection itself is :class:`~._mqtt_link.MqttLink`'s.
+``publish`` writes a batch and returns; the batch's :class:`Acks` call back once every PUBACK
+of the batch arrived (or some were given up on), so a caller publishes its next batch while
+the previous one's PUBACKs are on their way (:meth:`MqttWriter.send`, the
+:class:`~adapters.alphax._writer.UplinkWriter` face, returns them as ``Sent.pending``). No
+task waits per batch: the reader that takes a PUBACK settles its batch. The connection itself
+is :class:`~._mqtt_link.MqttLink`'s.
 
 Facts this module relies on (read in the paho 2.2 source and measured with it):
 
-- A QoS 1 message published while disconnected, or published and not yet acknowledged when
-  the connection dropped, stays in paho's ``_out_messages`` and is (re)sent, with DUP set,
-  after the next CONNACK -- within this process. Nothing survives a process restart: the
-  adapter hands back the envelopes still waiting for their PUBACKs instead.
-- Callbacks run on the trio thread inside ``loop_read``/``loop_write``/``loop_misc``, and
-  ``publish()`` returns before any read: a PUBACK cannot overtake ``publish()``; an ack for
-  a mid we never recorded is only counted (``stray_acks``).
-- paho's in-flight window is off (``max_inflight_messages_set(0)``): with a window, paho
-  re-walks its whole outgoing queue on each PUBACK once the window is full (``_update_inflight``),
-  the largest cost of a flood. The writer keeps the window: it publishes while fewer than
-  ``max_inflight`` messages await their PUBACK and waits for room otherwise (counted:
-  ``inflight_full``), so paho writes every message at once and holds no queue of its own.
-- Past ``max_queued_messages_set(n)`` paho refuses with ``MQTT_ERR_QUEUE_SIZE`` (the message
-  would be lost); ``max_queued >= max_inflight`` (the config checks), so that happens only if
-  given-up messages stayed in paho; the writer then waits and counts it (``queue_full``).
+- The QoS 1 messages are the writer's own, not paho's: it picks each message id (1..65535,
+  never one still awaiting its PUBACK), writes the PUBLISH packet itself
+  (:meth:`~._mqtt_client.BatchingClient.write_publish`) and keeps the message in ``_pending``
+  until its PUBACK. After a reconnect's CONNACK it writes every un-acknowledged message again,
+  DUP set, in the order they were first published, before any new one (publishing waits for
+  the link, and the re-sends are written inside the CONNACK's callback) -- within this process.
+  Nothing survives a process restart: the adapter hands back the envelopes still waiting for
+  their PUBACKs instead.
+- Callbacks run on the trio thread inside ``loop_read``/``loop_write``/``loop_misc`` and the
+  reader's :meth:`~._mqtt_client.BatchingClient.drain_pubacks`; a message is recorded before
+  any read can bring its PUBACK; an ack for a mid we never recorded (or gave up on) is only
+  counted (``stray_acks``).
+- The writer keeps the window: it publishes while fewer than ``max_inflight`` messages await
+  their PUBACK and waits for room otherwise (counted: ``inflight_full``), asking the reader to
+  read at once (``read_soon``) rather than after its linger.
 
-Our own record (``_pending``: mid -> message and its batch) holds every message handed to paho
-and not acknowledged, so a message without PUBACK is never forgotten silently: ``wait_acked``
-waits for its batch's PUBACKs. While the broker is unreachable it waits (the route's queue and
-overflow policy then apply upstream); once connected, acks taking longer than
-``ack_timeout_s`` of connected time fail the envelopes with a reason (dead-lettered), and the
-message is taken out of paho's resend queue (:meth:`MqttWriter._forget`), so no reconnect
-sends it again. A PUBACK already on its way for it is counted as a stray ack.
+While the broker is unreachable a publish waits (the route's queue and overflow policy then
+apply upstream); once connected, a batch whose acks take longer than ``ack_timeout_s`` of
+connected time fails its un-acknowledged envelopes with a reason (dead-lettered); those
+messages are forgotten, so no reconnect sends them again, and a PUBACK already on its way for
+one is counted as a stray ack. The check runs with paho's keepalive (every ``_MISC_S``).
 
 Topics hold the token: they are logged only through ``redact_topic``.
 """
@@ -37,15 +37,11 @@ Topics hold the token: they are logged only through ``redact_topic``.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import trio
-from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.reasoncodes import ReasonCode
 
 from adapters.alphax import codec
 from adapters.alphax._mqtt_link import MqttLink
@@ -54,33 +50,31 @@ from adapters.alphax._writer import Sent
 from adapters.alphax.config import AlphaXConfig, MqttWrite
 from broker import AdapterStatus, Envelope
 
-# NO_CONN and CONN_LOST (a write error inside publish): paho keeps the message in its
-# _out_messages and sends it after the next CONNACK, so we record it and wait for the PUBACK
-_ACCEPTED = (
-    MQTTErrorCode.MQTT_ERR_SUCCESS,
-    MQTTErrorCode.MQTT_ERR_NO_CONN,
-    MQTTErrorCode.MQTT_ERR_CONN_LOST,
-)
 _POLL_S = 0.25
+_MAX_MID = 65535
+
+#: What a batch's owner is told once the batch is settled: the envelopes given up on.
+OnSettled = Callable[[list[Failure]], None]
 
 
-@dataclass
+@dataclass(eq=False)
 class Acks:
     """The PUBACKs one :meth:`MqttWriter.publish` call still waits for."""
 
     remaining: int
-    done: trio.Event = field(default_factory=trio.Event)
+    #: ``MqttLink.connected_time()`` when the batch was written (its ack timeout counts from it)
+    written_at: float = 0.0
+    #: given up on (ack timeout), with the reason
+    failures: list[Failure] = field(default_factory=list)
+    settled: bool = False
+    on_settled: OnSettled | None = None
 
-    def __post_init__(self) -> None:
-        if self.remaining == 0:
-            self.done.set()
 
-
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     message: Message
+    topic: bytes
     batch: Acks
-    published_at: float
 
 
 @dataclass(frozen=True)
@@ -91,9 +85,20 @@ class Published:
     acks: Acks
     writer: MqttWriter
 
+    def when_settled(self, callback: OnSettled) -> None:
+        """Call ``callback(given_up)`` on the trio thread once every PUBACK arrived or was
+        given up on (at once if that already happened)."""
+        self.writer.when_settled(self.acks, callback)
+
     async def wait(self) -> list[Failure]:
         """Wait for the PUBACKs; what was given up on (ack timeout), with the reason."""
-        return await self.writer.wait_acked(self.acks)
+        done = trio.Event()
+        self.when_settled(lambda _failures: done.set())
+        while not done.is_set():
+            self.writer._check_driver()
+            with trio.move_on_after(_POLL_S):
+                await done.wait()
+        return self.acks.failures
 
 
 class MqttWriter(MqttLink):
@@ -110,8 +115,10 @@ class MqttWriter(MqttLink):
         log: logging.Logger,
     ) -> None:
         super().__init__(cfg, mqtt_cfg, name, status, log)
-        self.client.on_publish = self._on_publish
-        self._pending: dict[int, _Pending] = {}
+        self.client.on_puback_mid = self._on_puback
+        self._pending: dict[int, _Pending] = {}  # mid -> message, in publish order
+        self._open: dict[Acks, None] = {}  # batches written and not settled, oldest first
+        self._last_mid = 0
         self._room = trio.Event()
         self._waiting_for_room = False
         self.unencodable = 0
@@ -120,7 +127,6 @@ class MqttWriter(MqttLink):
         self.stray_acks = 0
         self.inflight_full = 0
         self.max_outstanding = 0  # the most messages awaiting a PUBACK at once
-        self.queue_full = 0
         self.ack_timeouts = 0
 
     def open(self) -> None:
@@ -151,7 +157,6 @@ class MqttWriter(MqttLink):
             "outstanding": self.outstanding(),
             "max_outstanding": self.max_outstanding,
             "inflight_full": self.inflight_full,
-            "queue_full": self.queue_full,
             "ack_timeouts": self.ack_timeouts,
             "connects": self.connects,
             "resent": self.resent,
@@ -163,11 +168,11 @@ class MqttWriter(MqttLink):
         return len(self._pending)
 
     async def publish(self, messages: Sequence[Message]) -> tuple[Acks, list[Failure]]:
-        """Hand ``messages`` to paho in order; return without waiting for their PUBACKs.
+        """Write ``messages`` in order; return without waiting for their PUBACKs.
 
-        Returns the acknowledgements to wait for (:meth:`wait_acked`) and the messages
-        refused outright. Waits only for the link and for room under ``max_queued``, so a
-        caller can publish the next batch while this one's PUBACKs are on their way.
+        Returns the acknowledgements to wait for (:meth:`when_settled`) and the messages
+        refused outright. Waits only for the link and for room in the window, so a caller
+        can publish the next batch while this one's PUBACKs are on their way.
         """
         self.start()
         acks = Acks(remaining=len(messages))
@@ -179,7 +184,17 @@ class MqttWriter(MqttLink):
                     failures += [(env, reason) for env in message.envelopes]
         finally:
             self._uncork()  # the batch's packets in as few writes as the socket takes
+        if not acks.settled:
+            acks.written_at = self.connected_time()
+            self._open[acks] = None
         return acks, failures
+
+    def when_settled(self, acks: Acks, callback: OnSettled) -> None:
+        """Call ``callback(acks.failures)`` once ``acks`` is settled (at once if it is)."""
+        if acks.settled:
+            callback(acks.failures)
+        else:
+            acks.on_settled = callback
 
     def _uncork(self) -> None:
         """Write what the batch published so far (before any wait: a corked message is not
@@ -191,12 +206,11 @@ class MqttWriter(MqttLink):
 
     async def _publish(self, message: Message, batch: Acks) -> bool:
         while True:
-            # Publish only while connected: paho sends what it queued while disconnected only
-            # after CONNACK, so a message published during the handshake would overtake them
-            # (the v4 and channel topic forms carry no timestamp: arrival order is their time).
-            # Also the connect runs on a worker thread: nothing may touch the client then.
-            # No checkpoint on the fast path: a batch goes out without a scheduler round per
-            # message (the acks are read once the batch waits for them, or for room).
+            # Publish only while connected: the re-sends after a CONNACK go first (the v4 and
+            # channel topic forms carry no timestamp: arrival order is their time). Also the
+            # connect runs on a worker thread: nothing may touch the client then. No
+            # checkpoint on the fast path: a batch goes out without a scheduler round per
+            # message (the acks are read by the reader, or at once when the window is full).
             if not self._link_up.is_set():
                 self._uncork()
                 await self._link_up.wait()
@@ -204,35 +218,46 @@ class MqttWriter(MqttLink):
             await self._wait_for_room()
             if not self._link_up.is_set():
                 continue
-            self.client.cork()  # written (and the writer task kicked) by _uncork
             try:
-                info = self.client.publish(message.topic, message.payload, qos=1)
+                topic = message.topic.encode()
+                mid = self._next_mid()
+                self.client.cork()  # written (and the writer task kicked) by _uncork
+                # False: the connection just dropped (a write error); sent after the CONNACK
+                self.client.write_publish(mid, topic, message.payload)
             except ValueError as err:  # payload too large, bad topic: not retryable
-                self._settle(batch)
+                self._count_down(batch)
                 self.log.error("MQTT publish refused: %s", codec.redact(str(err), self.cfg.token))
                 return False
-            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-                self._note_queue_full()  # paho still holds given-up messages: wait for room
-                self._uncork()
-                await trio.sleep(0.05)
-                continue
-            if info.rc not in _ACCEPTED:
-                self._settle(batch)
-                self.log.error("MQTT publish failed: %s", mqtt.error_string(info.rc))
-                return False
             self.published += 1
-            # publish() never reads: its PUBACK cannot have been handled yet
             pending = self._pending
-            pending[info.mid] = _Pending(message, batch, time.monotonic())
+            pending[mid] = _Pending(message, topic, batch)
             if len(pending) > self.max_outstanding:
                 self.max_outstanding = len(pending)
             return True
 
-    @staticmethod
-    def _settle(batch: Acks) -> None:
+    def _next_mid(self) -> int:
+        """The next message id not awaiting a PUBACK (the window is at most 65535)."""
+        mid, pending = self._last_mid, self._pending
+        while True:
+            mid = mid + 1 if mid < _MAX_MID else 1
+            if mid not in pending:
+                self._last_mid = mid
+                return mid
+
+    def _count_down(self, batch: Acks) -> None:
         batch.remaining -= 1
         if batch.remaining == 0:
-            batch.done.set()
+            self._settle_batch(batch)
+
+    def _settle_batch(self, batch: Acks) -> None:
+        batch.settled = True
+        self._open.pop(batch, None)
+        callback, batch.on_settled = batch.on_settled, None
+        if callback is not None:
+            try:
+                callback(batch.failures)
+            except Exception:  # the adapter's bug must not break the reader (or paho)
+                self.log.exception("settling an MQTT batch failed")
 
     async def _wait_for_room(self) -> None:
         """Wait while ``max_inflight`` messages await their PUBACK (the writer's window)."""
@@ -251,69 +276,38 @@ class MqttWriter(MqttLink):
             self._check_driver()
             self._room = trio.Event()
             self._waiting_for_room = True
+            self.read_soon()
             with trio.move_on_after(_POLL_S):
                 await self._room.wait()
         self._waiting_for_room = False
 
-    def _note_queue_full(self) -> None:
-        self.queue_full += 1
-        self._log_every(
-            logging.WARNING,
-            "queue",
-            f"max_queued = {self.mqtt.max_queued} un-acknowledged messages reached: waiting for "
-            f"PUBACKs before publishing more ({self.queue_full} times so far)",
-        )
-
-    async def wait_acked(self, batch: Acks) -> list[Failure]:
-        """Wait for the PUBACKs of one :meth:`publish`; the messages given up on, with why.
-
-        Waiting counts only connected time against ``ack_timeout_s``.
-        """
-        budget = self.mqtt.ack_timeout_s
-        while not batch.done.is_set():
-            began = trio.current_time()
-            with trio.move_on_after(min(_POLL_S, budget)):
-                await batch.done.wait()
-            if batch.done.is_set():
+    def _every_misc(self) -> None:
+        """Give up on the batches whose PUBACKs took ``ack_timeout_s`` of connected time."""
+        if not self._open:
+            return
+        deadline = self.connected_time() - self.mqtt.ack_timeout_s
+        expired = []
+        for batch in self._open:  # oldest first: stop at the first still in time
+            if batch.written_at > deadline:
                 break
-            self._check_driver()
-            if self.connected:
-                budget -= trio.current_time() - began
-            if budget <= 0:
-                return self._give_up(batch)
-        return []
+            expired.append(batch)
+        for batch in expired:
+            self._give_up(batch)
 
-    def _give_up(self, batch: Acks) -> list[Failure]:
-        lost = [(mid, p) for mid, p in self._pending.items() if p.batch is batch]
-        for mid, _ in lost:
-            del self._pending[mid]
-            self._forget(mid)
-        batch.remaining = 0
-        self.ack_timeouts += len(lost)
+    def _give_up(self, batch: Acks) -> None:
+        lost = [mid for mid, p in self._pending.items() if p.batch is batch]
         reason = (
             f"no PUBACK from {self.where} within {self.mqtt.ack_timeout_s:g} s of connected time; "
             "given up (an ack still on its way means AlphaX has it: a duplicate if replayed)"
         )
+        for mid in lost:  # forgotten: no reconnect sends them again
+            batch.failures += [(env, reason) for env in self._pending.pop(mid).message.envelopes]
+        self.ack_timeouts += len(lost)
         self.log.error("%d MQTT messages: %s", len(lost), reason)
-        return [(env, reason) for _, p in lost for env in p.message.envelopes]
-
-    def _forget(self, mid: int) -> None:
-        """Take a given-up message out of paho's resend queue (``_out_messages``).
-
-        Left there, paho would send it again (DUP) after every reconnect: a broker that
-        drops the connection on that message would get it in a loop, and the message holds
-        a place under ``max_queued`` for good. paho has no API for this; its own PUBACK
-        path does the same under ``_out_message_mutex`` (paho 2.2: pop the message; if it
-        was in flight, free its in-flight slot and let the next queued one go).
-        """
-        client = self.client
-        with client._out_message_mutex:
-            message = client._out_messages.pop(mid, None)
-            if message is None or message.state != mqtt.mqtt_ms_wait_for_puback:
-                return
-            client._inflight_messages -= 1
-            if self.connected and client._max_inflight_messages > 0:
-                client._update_inflight()
+        batch.remaining = 0
+        self._settle_batch(batch)
+        if self._waiting_for_room:
+            self._room.set()
 
     def _wake(self) -> None:
         super()._wake()
@@ -330,20 +324,32 @@ class MqttWriter(MqttLink):
             )
         await super().aclose()
 
-    # paho's callback (on the trio thread, inside loop_read)
+    async def watch(self) -> None:
+        """Return never while the connection driver runs; raise once it died, so the adapter
+        crashes and its actor starts a new one (with a new client) instead of waiting."""
+        await self._driver_done.wait()
+        self._check_driver()
+        await trio.sleep_forever()  # ended by aclose: nothing more to watch
 
-    def _on_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
-    ) -> None:
-        try:
-            self._acks_seen += 1
-            pending = self._pending.pop(mid, None)
-            if pending is None:
-                self.stray_acks += 1
-                return
-            self.acked += 1
-            self._settle(pending.batch)
-            if self._waiting_for_room:
-                self._room.set()
-        except Exception:  # paho would re-raise it out of loop_read
-            self.log.exception("MQTT state update failed")
+    # paho's callbacks and the PUBACK hook (on the trio thread, inside a read)
+
+    def _connected(self) -> None:
+        """CONNACK: write every un-acknowledged message again (DUP), oldest first."""
+        client = self.client
+        for mid, p in self._pending.items():
+            if not client.write_publish(mid, p.topic, p.message.payload, dup=True):
+                return  # the connection dropped again: the next CONNACK sends them
+
+    def _on_puback(self, mid: int) -> None:
+        self._acks_seen += 1
+        pending = self._pending.pop(mid, None)
+        if pending is None:
+            self.stray_acks += 1
+            return
+        self.acked += 1
+        batch = pending.batch
+        batch.remaining -= 1
+        if batch.remaining == 0:
+            self._settle_batch(batch)
+        if self._waiting_for_room:
+            self._room.set()

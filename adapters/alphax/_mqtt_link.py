@@ -10,22 +10,24 @@ owns the connection:
 - connect: ``client.reconnect()`` runs in ``trio.to_thread`` (DNS, TCP connect and the TLS
   handshake block; nothing else touches the client meanwhile: publishing waits for CONNACK);
   failures back off from ``reconnect_min_s`` doubling to ``reconnect_max_s``, reset by a CONNACK;
-- read: ``trio.lowlevel.wait_readable(sock)`` then ``client.loop_read()`` (and again while the
-  client's read-ahead or a TLS socket holds bytes, see :mod:`._mqtt_client`): PUBACKs call
-  ``on_publish`` right here;
-- write: a batch is published corked (``BatchingClient.cork``: the packets are collected and
+- read: ``trio.lowlevel.wait_readable(sock)``, then everything readable: one 64 KiB read, its
+  whole PUBACKs handed to the writer in one pass (``BatchingClient.drain_pubacks``), any other
+  packet through ``client.loop_read()`` (and again while the read-ahead or a TLS socket holds
+  bytes, see :mod:`._mqtt_client`); then the reader lingers ``ACK_LINGER_S`` so that the
+  PUBACKs arriving meanwhile are read together (a writer waiting for room cuts it short);
+- write: a batch is written corked (``BatchingClient.cork``: the packets are collected and
   written together when the batch is done or before the writer waits for anything, see
-  ``MqttWriter.publish``); outside a batch ``publish()`` writes its packet at once (paho calls
-  ``loop_write`` itself when no network thread and no ``on_socket_register_write`` are set);
-  whatever could not be written
-  (``want_write()``: a full socket buffer, or packets queued inside paho's callbacks such as
-  the re-sends after CONNACK) is written by a writer task on ``wait_writable``;
-- ``client.loop_misc()`` every second: keepalive PINGREQ, a missing PINGRESP, and a CONNACK
-  that never comes (paho closes the socket after ``keepalive_s``; the status says so);
+  ``MqttWriter.publish``); whatever could not be written (``want_write()``: a full socket
+  buffer, or packets paho queued itself, such as PINGREQ) is written by a writer task on
+  ``wait_writable``;
+- ``client.loop_misc()`` every ``_MISC_S``: keepalive PINGREQ, a missing PINGRESP, and a
+  CONNACK that never comes (paho closes the socket after ``keepalive_s``; the status says so);
+  then the writer's ack timeouts (``_every_misc``);
 - ``on_socket_close`` calls ``trio.lowlevel.notify_closing`` so a task parked on the socket
   wakes; every task checks that ``client.socket()`` is still its socket after each paho call.
 
-Callbacks run on the trio thread inside ``loop_read``/``loop_write``/``loop_misc``.
+Callbacks run on the trio thread inside ``loop_read``/``loop_write``/``loop_misc`` and the
+reader's PUBACK pass.
 
 TCP tuning, because with nothing more to publish the adapter only waits for PUBACKs (nothing
 of ours is on the wire to carry TCP ACKs): the socket gets ``TCP_NODELAY`` on every
@@ -44,6 +46,7 @@ import logging
 import secrets
 import socket
 import ssl
+import time
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -56,7 +59,9 @@ from adapters.alphax._mqtt_client import BatchingClient
 from adapters.alphax.config import AlphaXConfig, MqttWrite
 from broker import AdapterStatus, LogGate, backoff_delay
 
-_MISC_S = 1.0  # loop_misc period: keepalive and the CONNACK / PINGRESP deadlines
+_MISC_S = 0.25  # loop_misc period: keepalive, the CONNACK / PINGRESP deadlines, ack timeouts
+#: How long the reader lets PUBACKs gather before it reads again (see MqttLink._reader).
+ACK_LINGER_S = 0.005
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
@@ -107,6 +112,10 @@ class MqttLink:
         self._driver: trio.CancelScope | None = None
         self._driver_done = trio.Event()
         self._acks_seen = 0  # PUBACKs handled (the subclass counts them; see _reader)
+        self._read_soon = trio.Event()  # cuts the reader's linger short (see read_soon)
+        self.ack_linger_s = ACK_LINGER_S
+        self._connected_at: float | None = None  # time.monotonic() of the last CONNACK
+        self._connected_total = 0.0
         self._drop_reason = ""  # of the last on_disconnect (see _no_connack)
         self._gate = LogGate(every_s=60.0)
         self._down_gate = LogGate(every_s=10.0)
@@ -132,6 +141,9 @@ class MqttLink:
     def outstanding(self) -> int:
         """Messages handed to paho and not acknowledged (counted by the subclass)."""
         return 0
+
+    def _connected(self) -> None:
+        """CONNACK arrived (inside paho's read): the subclass writes its re-sends here."""
 
     def _wake(self) -> None:
         """The driver died: wake every task waiting on the link (they then raise)."""
@@ -215,6 +227,7 @@ class MqttLink:
         except Exception:  # a bug of ours or paho's: drop this connection, keep driving
             self.log.exception("MQTT %s: connection handling failed", self.where)
             self.connected = False
+            self._stop_connected_clock()
             self._down("connection handling failed")
             # the next reconnect() closes the socket paho still holds
         if self.connects > connects:
@@ -240,22 +253,42 @@ class MqttLink:
             scope.cancel()
 
     async def _reader(self, sock: Any) -> None:
-        client = self.client
         pending = getattr(sock, "pending", None)  # TLS: decrypted bytes epoll cannot see
         while self._mine(sock):
             await trio.lowlevel.wait_readable(sock)
             acks = self._acks_seen
-            while self._mine(sock):
-                client.loop_read()
-                if not self._mine(sock):
-                    break
-                # read but not handled yet: in the read-ahead (paho stops after as many
-                # packets as it has in flight), or decrypted by TLS; epoll sees neither
-                if not client.read_ahead_pending() and (pending is None or not pending()):
-                    break
-            if self._acks_seen != acks and self._mine(sock):
+            self._read_all(sock, pending)
+            if not self._mine(sock):
+                break
+            if self._acks_seen != acks:
                 self._quick_ack(sock)
             self._kick()
+            # Lazy acknowledgements: PUBACKs that arrive meanwhile are read together after a
+            # short linger instead of waking the loop for each one (at 1,000 messages/s that
+            # is one wake-up in ``ACK_LINGER_S`` instead of one per message). A writer waiting
+            # for room in its window cuts the linger short (``read_soon``).
+            if self.ack_linger_s > 0 and not self._read_soon.is_set():
+                with trio.move_on_after(self.ack_linger_s):
+                    await self._read_soon.wait()
+            self._read_soon = trio.Event()
+
+    def _read_all(self, sock: Any, pending: Any) -> None:
+        """Everything readable now: whole PUBACKs in one loop, other packets through paho."""
+        client = self.client
+        while self._mine(sock):
+            if not client.fill_read_ahead():
+                # nothing in the socket; a TLS socket may still hold decrypted bytes
+                if pending is None or not pending():
+                    return
+                client.loop_read()
+                continue
+            client.drain_pubacks()
+            if client.read_ahead_pending():  # another packet (or a split one) at the head
+                client.loop_read()
+
+    def read_soon(self) -> None:
+        """Read what has arrived without waiting out the linger (a writer needs room)."""
+        self._read_soon.set()
 
     async def _writer(self, sock: Any) -> None:
         client = self.client
@@ -274,6 +307,15 @@ class MqttLink:
             if self._mine(sock):
                 client.loop_misc()
                 self._kick()
+                self._every_misc()
+
+    def _every_misc(self) -> None:
+        """Called every ``_MISC_S`` while a connection is served (the writer's ack timeouts)."""
+
+    def connected_time(self) -> float:
+        """Seconds spent connected (CONNACK to disconnect) since this link was made."""
+        since = self._connected_at
+        return self._connected_total + (time.monotonic() - since if since is not None else 0.0)
 
     def _no_connack(self) -> str:
         # paho gives up on a CONNACK after keepalive_s (loop_misc): "Keep alive timeout"
@@ -292,7 +334,6 @@ class MqttLink:
 
     # --- paho's callbacks (on the trio thread, inside loop_read / loop_write / loop_misc) ---
 
-    @staticmethod
     @staticmethod
     def _quick_ack(sock: Any) -> None:
         # A broker with Nagle on (mosquitto's default) holds PUBACK n+1 until our TCP ACK of
@@ -318,10 +359,12 @@ class MqttLink:
                 self._refused(str(reason))
                 return
             self.connected = True
+            self._connected_at = time.monotonic()
             self.connects += 1
             outstanding = self.outstanding()
             if self.connects > 1:
                 self.resent += outstanding
+            self._connected()
             self._up(self.connects, outstanding)
         except Exception:
             self.log.exception("MQTT state update failed")
@@ -336,6 +379,7 @@ class MqttLink:
     ) -> None:
         was = self.connected
         self.connected = False
+        self._stop_connected_clock()
         self._drop_reason = str(reason)
         if was:
             try:
@@ -366,6 +410,11 @@ class MqttLink:
         self._write.set()  # the writer re-checks its socket
 
     # --- state changes ------------------------------------------------------------------------
+
+    def _stop_connected_clock(self) -> None:
+        if self._connected_at is not None:
+            self._connected_total += time.monotonic() - self._connected_at
+            self._connected_at = None
 
     def _up(self, connects: int, outstanding: int) -> None:
         self._link_up.set()

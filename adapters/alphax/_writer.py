@@ -6,14 +6,17 @@
     writer.open()                                  # trio thread: begin connecting (MQTT)
     sent = await writer.send(envelopes)            # encode and hand over one batch
     sent.failures                                  # [(envelope, reason)]: never sendable
-    lost = await sent.pending.wait()               # if not None: acks still to come (MQTT)
+    sent.pending.when_settled(callback)            # if not None: acks still to come (MQTT);
+                                                   # callback(given_up) once they came
+    lost = await sent.pending.wait()               # the same, awaited
     writer.stats()                                 # the transport's counters
     await writer.aclose()
 
 ``send`` returns once every envelope of the batch is either acknowledged by the peer or in
 ``failures`` -- except what went out with acknowledgements still to come (MQTT: PUBACKs),
-which is in ``sent.pending``: its ``envelopes`` count as delivered once ``wait()`` returns,
-less the failures it returns. So the caller handles every transport the same way, and a
+which is in ``sent.pending``: its ``envelopes`` count as delivered once it is settled, less
+the failures it reports (``when_settled`` calls back on the trio thread, with no task per
+batch; ``wait`` awaits the same). So the caller handles every transport the same way, and a
 transport that acknowledges later (only MQTT today) lets the next batch go out meanwhile.
 
 Peer trouble that may pass (429, 5xx, a broker or server down) makes ``send`` (or ``wait``)
@@ -22,7 +25,7 @@ wait and retry, the data kept; what can never be sent is a failure with its reas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,6 +39,10 @@ class Pending(Protocol):
     @property
     def envelopes(self) -> list[Envelope]:
         """What was handed over (the failures of ``wait`` are among them)."""
+        ...
+
+    def when_settled(self, callback: Callable[[list[Failure]], None]) -> None:
+        """Call ``callback(given_up)`` once every acknowledgement came or was given up on."""
         ...
 
     async def wait(self) -> list[Failure]:

@@ -23,12 +23,13 @@ URLs, topics and bodies are also passed through ``codec.redact`` before any mess
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
 import trio
 
 from adapters.alphax.config import AlphaXConfig
-from adapters.alphax.connection import Conduit, Failure, Pending
+from adapters.alphax.connection import Conduit, Failure
 from broker import Adapter, Envelope
 
 
@@ -44,10 +45,6 @@ class AlphaXAdapter(Adapter):
         self.conduit = Conduit(cfg, self.name, self.status, self.log)
         self._poll_scope: trio.CancelScope | None = None
         self._quiet = False  # quiesce() came: no reading
-        # where the waits for deferred acks run (MQTT PUBACKs, see deliver), once run() has
-        # opened it (the adapter's actor starts deliveries and run() together)
-        self._acks: trio.Nursery | None = None
-        self._acks_open = trio.Event()
         self.failed = 0
 
     async def run(self) -> None:
@@ -55,13 +52,11 @@ class AlphaXAdapter(Adapter):
         self.conduit.start()
         poller = self.conduit.poller(self.name, self.ctx.state_dir, self.publish)
         async with trio.open_nursery() as nursery:
-            self._acks = nursery
-            self._acks_open.set()
+            nursery.start_soon(self.conduit.watch)  # raises once the MQTT driver died
             if poller is not None and not self._quiet:
                 with trio.CancelScope() as scope:
                     self._poll_scope = scope
                     await poller.run()
-            await trio.sleep_forever()
 
     def quiesce(self) -> bool:
         """Shutdown began: stop reading (or never start, when it comes before ``run``);
@@ -78,24 +73,24 @@ class AlphaXAdapter(Adapter):
         returns without waiting, so the next batch goes out while this one's
         acknowledgements are on their way (one broker round trip per batch would otherwise
         cap the rate and add a round trip of waiting to every message at a steady rate).
-        Each envelope is acked to the router when its acknowledgement arrives;
-        ``max_queued`` bounds what is outstanding.
+        Each batch is acked to the router when its acknowledgements have arrived (the
+        transport calls back; no task waits per batch); ``max_inflight`` bounds what is
+        outstanding.
         """
-        if self.conduit.writer.defers_acks:
-            await self._acks_open.wait()  # where the acks are awaited: run() opens it
         sent = await self.conduit.send(batch)
         self._fail_by_reason(route, sent.failures)
         if sent.pending is None:
             return
-        assert self._acks is not None
-        self.defer(route, sent.pending.envelopes)
-        self._acks.start_soon(self._settle, route, sent.pending)
+        envelopes = sent.pending.envelopes
+        self.defer(route, envelopes)
+        sent.pending.when_settled(partial(self._settle, route, envelopes))
 
-    async def _settle(self, route: str, pending: Pending) -> None:
-        lost = await pending.wait()
-        lost_ids = {id(env) for env, _ in lost}
-        self._fail_by_reason(route, lost)
-        self.ack(route, [env for env in pending.envelopes if id(env) not in lost_ids])
+    def _settle(self, route: str, envelopes: list[Envelope], lost: list[Failure]) -> None:
+        if lost:
+            lost_ids = {id(env) for env, _ in lost}
+            self._fail_by_reason(route, lost)
+            envelopes = [env for env in envelopes if id(env) not in lost_ids]
+        self.ack(route, envelopes)
 
     def _fail_by_reason(self, route: str, failures: list[Failure]) -> None:
         if not failures:

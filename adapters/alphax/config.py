@@ -31,10 +31,10 @@ Writing over MQTT (QoS 1; username = token, password from the environment or a f
     password = "${ALPHAX_PASSWORD}"
     topic_form = "bulk"                  # bulk ({id}/0/data, v2 JSON, keeps timestamps) |
                                          # v4 ({id}/publish/v4, v1 hex) | channel ({id}/{ch}/data)
-    max_inflight = 1000                  # un-acknowledged messages on the wire: publishing
-                                         # waits for PUBACKs above it (also the most sent
-                                         # again, DUP, after a reconnect)
-    max_queued = 2000                    # the MQTT client's own cap (>= max_inflight)
+    max_inflight = 1000                  # un-acknowledged messages (at most 65535, the MQTT
+                                         # message ids): publishing waits for PUBACKs above
+                                         # it (also the most sent again, DUP, after a
+                                         # reconnect)
     ack_timeout_s = 30                   # PUBACK wait, counted while connected; then dead-letter
 
 A delivery returns once every PUBACK of its batch arrived. While the broker is unreachable (or
@@ -166,6 +166,9 @@ class MqttWrite(_Write, tag="mqtt", frozen=True):
     #: comparison's flood, 57-58 instead of 65-71 us of bridge CPU per message (2 alternated
     #: pairs), the writer waiting for room ten times less often.
     max_inflight: AtLeastOne = 1000
+    #: No longer used: it capped paho's own queue, and the writer now keeps its messages
+    #: itself, bounded by ``max_inflight``. Accepted (and checked as before) so that the
+    #: configurations that set it still load.
     max_queued: AtLeastOne = 2000
     ack_timeout_s: Positive = 30.0
     keepalive_s: AtLeastOne = 30
@@ -179,6 +182,10 @@ class MqttWrite(_Write, tag="mqtt", frozen=True):
                 raise ValueError(
                     f"url must be mqtt://host[:1883] or mqtts://host[:8883], got {self.url!r}"
                 )
+        if self.max_inflight > 65535:
+            raise ValueError(
+                f"max_inflight must be at most 65535 (MQTT message ids), got {self.max_inflight}"
+            )
         if self.max_queued > 65535:
             raise ValueError(
                 f"max_queued must be at most 65535 (MQTT message ids), got {self.max_queued}"

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, assert_never
 
 import httpx
+import trio
 
 from adapters.alphax._http import HttpWriter, build_client
 from adapters.alphax._mqtt import MqttWriter
@@ -90,6 +91,13 @@ class Conduit:
     def start(self) -> None:
         """Open the writer (MQTT begins connecting). Trio thread only."""
         self.writer.open()
+
+    async def watch(self) -> None:
+        """Return never; raise once the writer's connection driver died (MQTT), so the
+        adapter instance crashes and is started again rather than wait on a dead client."""
+        if isinstance(self.writer, MqttWriter):
+            await self.writer.watch()
+        await trio.sleep_forever()
 
     async def send(self, batch: Sequence[Envelope]) -> Sent:
         """Hand ``batch`` to the writer: what can never be sent, and acks still to come."""

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from adapters.alphax import codec
-from adapters.alphax._mqtt import MqttWriter
+from adapters.alphax._mqtt import Acks, MqttWriter, _Pending
 from adapters.alphax._uplinks import Message
 from adapters.alphax.config import AlphaXConfig, MqttWrite
 from adapters.alphax.sim import open_alphax_simulator
@@ -140,9 +140,8 @@ async def test_the_writer_keeps_the_inflight_window_itself(
                 await wait_for(lambda: rt.snapshot()["routes"]["w"]["delivered"] == 200)
                 s = stats("ax")
             await sim.wait_for(lambda: sim.store.count() == 200)
-    # the window is the writer's: paho (its own window off) never holds more than 5, so its
-    # queue limit of 10 is never reached
-    assert s["inflight_full"] > 0 and s["queue_full"] == 0
+    # the window is the writer's: never more than 5 messages await their PUBACK
+    assert s["inflight_full"] > 0
     assert s["max_outstanding"] == 5
     assert "in-flight window of 5 full: waiting for PUBACKs" in caplog.text
 
@@ -644,3 +643,36 @@ async def test_a_connection_reset_under_publishing_loses_nothing(
                 assert stats("ax")["outstanding"] == 0
             assert len(acked) == 20  # every value reached the broker that acknowledged
             nursery.cancel_scope.cancel()
+
+
+def test_message_ids_wrap_and_skip_those_still_awaiting_their_puback() -> None:
+    writer, _status = _bare_writer("mqtt://127.0.0.1:1")
+    held = Message(codec.channel_topic(TOKEN, "dev-m", 1), b"1", ())
+    batch = Acks(remaining=3)
+    for mid in (65535, 1, 2):
+        writer._pending[mid] = _Pending(held, b"t", batch)
+    writer._last_mid = 65533
+    assert writer._next_mid() == 65534
+    assert writer._next_mid() == 3  # 65535, 1 and 2 are still out
+    del writer._pending[1]
+    writer._last_mid = 65535
+    assert writer._next_mid() == 1
+
+
+async def test_a_driver_that_dies_with_nothing_to_publish_still_crashes_the_adapter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No delivery waits, yet the adapter must hear of a dead driver (``watch``): otherwise
+    the next batch would be the first to find out."""
+    writer, status = _bare_writer("mqtt://127.0.0.1:1")
+
+    async def broken_connect() -> bool:
+        raise RuntimeError("injected: paho state no one expected")
+
+    monkeypatch.setattr(writer, "_connect_once", broken_connect)  # fault injection
+    with trio.fail_after(10):
+        writer.start()
+        with pytest.raises(RuntimeError, match="the MQTT connection driver failed"):
+            await writer.watch()
+    assert status.state == "crashed"
+    await writer.aclose()

@@ -139,20 +139,120 @@ def test_what_the_socket_does_not_take_stays_ahead_of_later_writes(
     assert not client.want_write()
 
 
-def test_a_3_1_1_puback_is_acknowledged_without_paho_decoding_it(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_3_1_1_puback_split_across_reads_reaches_the_hook_without_paho_decoding_it(
+    monkeypatch: pytest.MonkeyPatch, pair: tuple[CountingSocket, socket.socket]
 ) -> None:
     def no_decoding(*args: object) -> None:
         raise AssertionError("paho decoded the PUBACK (a ReasonCode and Properties per ack)")
 
     monkeypatch.setattr(paho_packet, "decode_puback", no_decoding)
+    ours, theirs = pair
+    client = client_on(ours)
+    acked: list[int] = []
+    client.on_puback_mid = acked.append
+    theirs.sendall(bytes([0x40, 0x02, 0x01]))  # a PUBACK cut after its first id byte
+    assert client.fill_read_ahead()
+    assert client.drain_pubacks() == 0  # not whole: left to paho, which begins it
+    client.loop_read()
+    assert acked == [] and client._in_packet["command"] == 0x40
+    theirs.sendall(bytes([0x02]) + PUBACK)  # the rest of it, and one more
+    assert client.fill_read_ahead()
+    assert client.drain_pubacks() == 0  # paho's packet is unfinished: paho's to finish
+    client.loop_read()
+    assert acked == [0x0102]
+    assert client.drain_pubacks() == 1 and acked == [0x0102, 1]
+    assert client._out_messages == {}  # paho never held a message
+
+
+def test_whole_pubacks_are_drained_in_one_pass_and_the_rest_left_to_paho(
+    pair: tuple[CountingSocket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    client = client_on(ours)
+    acked: list[int] = []
+    client.on_puback_mid = acked.append
+    pingresp = bytes([0xD0, 0x00])
+    acks = b"".join(bytes([0x40, 0x02, 0x00, m]) for m in range(1, 201))
+    theirs.sendall(acks + pingresp + PUBACK)
+    assert client.fill_read_ahead() and ours.recvs == 1
+    assert client.drain_pubacks() == 200 and acked == list(range(1, 201))
+    assert client.read_ahead_pending()  # the PINGRESP stops the pass: paho reads it
+    client._ping_t = 1.0
+    client.loop_read()
+    assert client._ping_t == 0  # paho handled its PINGRESP
+    assert client.drain_pubacks() == 1 and acked[-1] == 1
+    assert not client.read_ahead_pending() and not client.fill_read_ahead()  # nothing more
+    assert ours.recvs == 2
+
+
+def _publish_packet(mid: int, topic: bytes, payload: bytes, dup: bool = False) -> bytes:
+    """A QoS 1 PUBLISH as paho builds it (the reference for write_publish)."""
+    from paho.mqtt.client import MQTTMessage
+
+    client = BatchingClient(CallbackAPIVersion.VERSION2, client_id="ref")
+    client._sock = object()  # type: ignore[assignment]  # paho builds nothing without one
+    sent: list[bytes] = []
+    client._packet_queue = lambda cmd, packet, mid, qos, info=None: sent.append(bytes(packet))  # type: ignore[method-assign,assignment,misc]
+    message = MQTTMessage(mid, topic)
+    client._send_publish(mid, topic, payload, qos=1, dup=dup, info=message)
+    client._sock = None
+    return sent[0]
+
+
+@pytest.mark.parametrize(
+    ("size", "dup"), [(0, False), (1, True), (120, False), (200, True), (20_000, False)]
+)
+def test_write_publish_builds_the_packet_paho_builds(
+    pair: tuple[CountingSocket, socket.socket], size: int, dup: bool
+) -> None:
+    ours, theirs = pair
+    client = client_on(ours.sock)
+    topic, payload = b"tok/dev-1/0/data", bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    assert client.write_publish(513, topic, payload, dup=dup)
+    theirs.settimeout(5)
+    want = _publish_packet(513, topic, payload, dup=dup)
+    got = b""
+    while len(got) < len(want):
+        got += theirs.recv(1 << 16)
+    assert got == want
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "error"),
+    [
+        (b"", b"x", "cannot be empty"),
+        (b"tok/+/0/data", b"x", "wildcards"),
+        (b"tok/#", b"x", "wildcards"),
+        (b"t" * 65536, b"x", "longer than 65535"),
+    ],
+)
+def test_write_publish_refuses_what_paho_refuses(
+    pair: tuple[CountingSocket, socket.socket], topic: bytes, payload: bytes, error: str
+) -> None:
+    ours, _theirs = pair
+    client = client_on(ours.sock)
+    with pytest.raises(ValueError, match=error):
+        client.write_publish(1, topic, payload)
+    assert not client.want_write()  # nothing of it was queued
+
+
+def test_write_publish_without_a_socket_is_kept_by_the_caller() -> None:
     client = BatchingClient(CallbackAPIVersion.VERSION2, client_id="t")
-    acked: list[tuple[int, bool]] = []
-    client.on_publish = lambda c, u, mid, reason, props: acked.append((mid, reason.is_failure))
-    info = client.publish("t/1", b"x", qos=1)  # not connected: kept for after a CONNACK
-    client._in_packet["packet"] = bytes([info.mid >> 8, info.mid & 0xFF])
-    assert client._handle_pubackcomp("PUBACK") == 0
-    assert acked == [(info.mid, False)]
-    assert info.mid not in client._out_messages and info._published
-    client._in_packet["packet"] = bytes([0, 99])  # an id it never sent: only ignored
-    assert client._handle_pubackcomp("PUBACK") == 0 and len(acked) == 1
+    assert client.write_publish(1, b"t/1", b"x") is False
+    assert not client.want_write()
+
+
+def test_corked_publishes_go_out_in_one_write(
+    pair: tuple[CountingSocket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    client = client_on(ours.sock)
+    client.cork()
+    for mid in range(1, 101):
+        client.write_publish(mid, b"t/1", b"%d" % mid)
+    theirs.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)  # corked: nothing on the wire yet
+    client.uncork()
+    want = b"".join(_publish_packet(mid, b"t/1", b"%d" % mid) for mid in range(1, 101))
+    assert theirs.recv(1 << 16) == want
