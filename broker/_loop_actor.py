@@ -136,6 +136,10 @@ class LoopActor(pykka.Actor):
     async def wait_unblocked(self) -> None:
         """Wait, letting the loop run, until :meth:`blocked` is False."""
 
+    def turn_ended(self) -> None:
+        """A run of messages ends: the actor is about to wait or to let the loop run others
+        (the router commits its outbox writes here). The default does nothing."""
+
     async def run_beside(self) -> None:
         """The actor's own long-running work (an adapter's connection), as a task beside
         its mailbox; cancelled when the actor stops, and the stop is answered only once it
@@ -166,6 +170,7 @@ class LoopActor(pykka.Actor):
         stopped = self.actor_stopped
         while not stopped.is_set():
             if not inbox.items:
+                self.turn_ended()
                 wake = trio.Event()
                 with inbox.lock:
                     if not inbox.items:
@@ -178,10 +183,13 @@ class LoopActor(pykka.Actor):
                 self._handle_envelope(inbox.items.popleft())
                 handled += 1
                 if self.blocked():
+                    self.turn_ended()
                     await self.wait_unblocked()
                 if handled >= BURST or time.perf_counter() - began > SLICE_S:
+                    self.turn_ended()
                     await trio.lowlevel.checkpoint()
                     began, handled = time.perf_counter(), 0
+        self.turn_ended()
 
     def _waker(self, wake: trio.Event) -> Callable[[], None]:
         loop = self.loop

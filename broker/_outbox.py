@@ -15,10 +15,13 @@ Reading is total: a pending or replay row whose body does not decode (a float st
 ``dead`` as it is read, with its body as stored and the reason ``unreadable stored envelope:
 ...``; it never stops its queue or the router (``unreadable`` counts them).
 
-The router is the only writer while the bridge runs (one transaction per batch, never
-one per envelope; ``synchronous=NORMAL`` in WAL mode survives a killed process, only a power
-cut can lose the last commits). The ``junction dlq`` commands open the same file from another
-process; SQLite's locking and ``busy_timeout`` keep the two apart.
+The router is the only writer while the bridge runs (``synchronous=NORMAL`` in WAL mode
+survives a killed process, only a power cut can lose the last commits). The ``junction dlq``
+commands open the same file from another process; SQLite's locking and ``busy_timeout`` keep
+the two apart.
+
+The router's outbox commits once per router turn, not once per write
+(:mod:`broker._outbox_txn`).
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from broker import _dead_filter as dead_filter
 from broker._envelope import Envelope, encode
-from broker._errors import JunctionError
+from broker._outbox_txn import OutboxError, Transactions
 from broker._stored import (
     DeadLetter,
     DeadRow,
@@ -90,10 +94,6 @@ _WAL_RESTART_BYTES = 64 << 20
 _CHUNK = 500
 
 
-class OutboxError(JunctionError, RuntimeError):
-    """The outbox file cannot be opened or written (the message names the file)."""
-
-
 class Outbox:
     """The store (see the module docstring). Not thread-safe: one thread at a time uses it."""
 
@@ -141,6 +141,8 @@ class Outbox:
         except (sqlite3.Error, OSError) as err:
             raise OutboxError(f"outbox {path}: {getattr(err, 'strerror', None) or err}") from err
         self.rows, self.bytes = int(row[0]), int(row[1])
+        #: One transaction per write, or per router turn (``txns.grouped``: the router's).
+        self.txns = Transactions(self._db, path, self._recount)
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="outbox-checkpoint", daemon=True
@@ -149,6 +151,10 @@ class Outbox:
             self._checkpointer.start()
 
     def close(self) -> None:
+        try:
+            self.commit()
+        except OutboxError as err:
+            log.error("%s", err)
         if not self.checkpoints:
             self._db.close()
             return
@@ -226,16 +232,14 @@ class Outbox:
         if not keys:
             return 0
         count = size = 0
-        with self._write():
+        with self._write(deletes_only=True):
             for i in range(0, len(keys), _CHUNK):
                 chunk = keys[i : i + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                n, b = self._db.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending WHERE seq IN ({marks})",
-                    chunk,
-                ).fetchone()
-                self._db.execute(f"DELETE FROM pending WHERE seq IN ({marks})", chunk)
-                count, size = count + int(n), size + int(b)
+                sizes = self._db.execute(
+                    f"DELETE FROM pending WHERE seq IN ({marks}) RETURNING size", chunk
+                ).fetchall()
+                count, size = count + len(sizes), size + sum(r[0] for r in sizes)
         self.rows -= count
         self.bytes -= size
         return count
@@ -446,8 +450,22 @@ class Outbox:
             bad[0][1],
         )
 
-    def _write(self) -> _Transaction:
-        return _Transaction(self._db, self.path)
+    def _write(self, deletes_only: bool = False) -> AbstractContextManager[None]:
+        return self.txns.write(deletes_only)
+
+    def end_turn(self) -> None:
+        """The router's turn ends: commit its writes (see ``broker._outbox_txn``)."""
+        self.txns.end_turn()
+
+    def commit(self) -> None:
+        """Commit the turn's transaction now, if one is open (before telling a source that
+        its envelopes are kept, and at close)."""
+        self.txns.commit()
+
+    def _recount(self) -> None:
+        """Count the rows again from the file (after a turn's writes were lost)."""
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending").fetchone()
+        self.rows, self.bytes = int(row[0]), int(row[1])
 
     def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
         """All rows of a read; any SQLite error becomes an OutboxError naming the file."""
@@ -455,37 +473,3 @@ class Outbox:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as err:
             raise OutboxError(f"outbox {self.path}: {err}") from err
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error), errors naming the file."""
-
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
-        self.db = db
-        self.path = path
-
-    def __enter__(self) -> None:
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as err:
-            raise OutboxError(f"outbox {self.path}: {err}") from err
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            try:
-                self.db.execute("COMMIT")
-                return
-            except sqlite3.Error as err:
-                self._rollback()
-                raise OutboxError(f"outbox {self.path}: {err}") from err
-        self._rollback()
-        if isinstance(exc, sqlite3.Error):
-            raise OutboxError(f"outbox {self.path}: {exc}") from exc
-
-    def _rollback(self) -> None:
-        # SQLite may have rolled back by itself (disk full, I/O error): then there is none
-        if self.db.in_transaction:
-            try:
-                self.db.execute("ROLLBACK")
-            except sqlite3.Error as err:
-                log.error("outbox %s: rollback failed: %s", self.path, err)

@@ -124,6 +124,8 @@ class Router(LoopActor):
             hooks.junction_envelopes_received.get_hookimpls()
         )
         self.outbox = outbox
+        if outbox is not None:  # one commit per turn (broker._outbox_txn): see turn_ended
+            outbox.txns.grouped = True
         self.persist_kinds = persist_kinds or {}
         self._by_name: dict[str, CompiledRoute] = {}
         self._policies = self._resolve_policies(table)
@@ -227,9 +229,35 @@ class Router(LoopActor):
                 receipts.lose_handled()  # lost with the dead letters: the peer redelivers
             if receipts.handled:
                 receipts.handled.clear()
-            if receipts.due:  # after the dead letters are stored
-                receipts.fire()
+            if receipts.due:  # after the dead letters and the kept rows are committed
+                if self._commit_outbox():
+                    receipts.fire()
+                else:
+                    receipts.lose_handled()  # not kept after all: the peer redelivers
         return None
+
+    def turn_ended(self) -> None:
+        """Commit the turn's outbox writes before the loop runs anything else."""
+        if self.outbox is not None:
+            try:
+                self.outbox.end_turn()
+            except OutboxError as err:
+                self._outbox_failed(err)
+
+    def _commit_outbox(self) -> bool:
+        if self.outbox is None:
+            return True
+        try:
+            self.outbox.commit()
+        except OutboxError as err:
+            self._outbox_failed(err)
+            return False
+        return True
+
+    def _outbox_failed(self, err: OutboxError) -> None:
+        ok, held = self._gate.allow("outbox-commit")
+        if ok:
+            log.error("%s%s", err, f" ({held} more not logged)" if held else "")
 
     def _route(self, source: str, envelopes: list[Envelope]) -> None:
         self.backlog.sub(len(envelopes))

@@ -1,0 +1,161 @@
+"""The outbox's transactions: one per write, or one per router turn (group commit).
+
+Every write of the outbox (:mod:`broker._outbox`) is all or nothing. Without ``grouped`` (the
+``junction dlq`` commands, tests) each is its own ``BEGIN IMMEDIATE`` ... ``COMMIT``.
+
+**Group commit** (``grouped``, the router's outbox): every write of one router turn joins one
+transaction, committed by :meth:`Transactions.end_turn` when the turn ends, before the router
+lets anything else on its loop run (:meth:`broker._loop_actor.LoopActor.turn_ended`). At a
+steady rate one commit then carries a message's new rows and the deletes of the message
+before it, instead of two commits per message; in a flood, one commit carries a whole turn.
+Each write stays all or nothing on its own: a ``SAVEPOINT`` inside the turn's transaction,
+rolled back alone when it fails.
+
+A turn that only deleted acknowledged rows may stay uncommitted for up to
+:data:`DELETE_LINGER_S` (the router's tick ends a turn every quarter second), so that the next
+turn's new rows share its commit: a crash in between sends those acknowledged envelopes once
+more after the restart; it loses none. New rows are committed when their turn ends, and at
+once (:meth:`Transactions.commit`) before a source is told its envelopes are kept.
+
+A failed ``COMMIT`` (or SQLite rolling the transaction back by itself after an I/O error)
+loses the turn's writes from the file, not from memory: the envelopes are still delivered,
+the error says so, and the outbox counts its rows again from the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from broker._errors import JunctionError
+
+__all__ = ["DELETE_LINGER_S", "OutboxError", "Transactions"]
+
+log = logging.getLogger("broker.outbox")
+
+#: How long a turn's transaction that only deleted acknowledged rows may stay open.
+DELETE_LINGER_S = 0.05
+
+
+class OutboxError(JunctionError, RuntimeError):
+    """The outbox file cannot be opened or written (the message names the file)."""
+
+
+class Transactions:
+    """How the outbox's writes are committed (see the module docstring)."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, recount: Callable[[], None]) -> None:
+        self.db = db
+        self.path = path
+        self._recount = recount  # the outbox counts its rows again after a lost turn
+        #: Writes join the current turn's transaction (the router's outbox sets it).
+        self.grouped = False
+        self._open = False  # BEGIN done by a grouped write, COMMIT not yet
+        self._must_commit = False  # the turn's transaction holds more than deletes
+        self._began = 0.0  # time.monotonic() of its BEGIN
+        #: Turn transactions committed (for tests and the benchmarks' notes).
+        self.commits = 0
+
+    def write(self, deletes_only: bool = False) -> contextlib.AbstractContextManager[None]:
+        """One write: its own transaction, or a savepoint in the turn's."""
+        if not self.grouped:
+            return self._transaction()
+        if not deletes_only:
+            self._must_commit = True
+        return self._savepoint()
+
+    def end_turn(self) -> None:
+        """The router's turn ends: commit, unless it only deleted, for under DELETE_LINGER_S."""
+        if self._open and (self._must_commit or time.monotonic() - self._began >= DELETE_LINGER_S):
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit the turn's transaction now, if one is open."""
+        if not self._open:
+            return
+        self._open = self._must_commit = False
+        try:
+            self.db.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as err:
+            age_ms = (time.monotonic() - self._began) * 1000
+            self._lost(err)
+            raise OutboxError(
+                f"outbox {self.path}: commit failed ({err}): the writes of the last "
+                f"{age_ms:.0f} ms were not kept (their envelopes are still delivered from "
+                "memory, but a restart before that would not have them)"
+            ) from err
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise OutboxError(f"outbox {self.path}: {exc}") from exc
+            raise
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            raise OutboxError(f"outbox {self.path}: {err}") from err
+
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        if not self._open:
+            self._execute("BEGIN IMMEDIATE")
+            self._open, self._began = True, time.monotonic()
+        self._execute("SAVEPOINT turn_write")
+        try:
+            yield
+        except BaseException as exc:
+            self._undo_write(exc)
+            if isinstance(exc, sqlite3.Error):
+                raise OutboxError(f"outbox {self.path}: {exc}") from exc
+            raise
+        self._execute("RELEASE turn_write")
+
+    def _undo_write(self, exc: BaseException) -> None:
+        """Roll back one failed write; the turn's others stay unless SQLite dropped them."""
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK TO turn_write")
+                self.db.execute("RELEASE turn_write")
+                return
+        except sqlite3.Error as err:
+            exc = err
+        self._lost(exc)
+        raise OutboxError(
+            f"outbox {self.path}: {exc}; this turn's earlier writes were not kept either "
+            "(their envelopes are still delivered from memory)"
+        ) from exc
+
+    def _lost(self, err: object) -> None:
+        """The turn's transaction is gone: roll back what is left, count rows again."""
+        self._open = self._must_commit = False
+        self._rollback()
+        try:
+            self._recount()
+        except sqlite3.Error as again:
+            log.error("outbox %s: rows not counted again after %s: %s", self.path, err, again)
+
+    def _execute(self, sql: str) -> None:
+        try:
+            self.db.execute(sql)
+        except sqlite3.Error as err:
+            raise OutboxError(f"outbox {self.path}: {err}") from err
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back by itself (disk full, I/O error): then there is none;
+        # on a closed connection even asking raises
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            log.error("outbox %s: rollback failed: %s", self.path, err)

@@ -1,0 +1,155 @@
+"""broker._outbox_txn: the router's outbox commits once per turn, each write still atomic."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from broker import _outbox_txn
+from broker._envelope import Envelope, Metric
+from broker._outbox import DeadLetter, Outbox, OutboxError
+
+
+def metric(i: int, size: int = 0) -> Envelope:
+    return Envelope(
+        source="t", subject=f"m{i}", body=Metric(module="m" * max(1, size), name="n", value=i)
+    )
+
+
+def committed_rows(path: Path) -> int:
+    """What another process would see: the committed rows of ``pending``."""
+    other = sqlite3.connect(str(path))
+    try:
+        return int(other.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
+    finally:
+        other.close()
+
+
+@pytest.fixture
+def grouped(tmp_path: Path) -> Outbox:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.txns.grouped = True
+    return box
+
+
+def test_a_turns_writes_share_one_commit_made_when_the_turn_ends(grouped: Outbox) -> None:
+    box = grouped
+    first, _ = box.append("sink", "r", [metric(i) for i in range(3)])
+    box.append("sink", "r", [metric(3)])
+    box.remove(first[:2])
+    assert committed_rows(box.path) == 0  # nothing committed inside the turn
+    assert box.rows == 2 and box.keys() == {("sink", "r"): 2}  # the router sees its own writes
+    box.end_turn()
+    assert committed_rows(box.path) == 2 and box.txns.commits == 1
+    box.close()
+
+
+def test_a_turn_of_deletes_waits_for_the_next_rows_or_the_linger(
+    grouped: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = grouped
+    seqs, _ = box.append("sink", "r", [metric(i) for i in range(4)])
+    box.end_turn()
+    box.remove(seqs[:1])
+    box.end_turn()  # deletes only, just begun: left open for the next turn's rows
+    assert committed_rows(box.path) == 4 and box.txns.commits == 1
+    box.append("sink", "r", [metric(9)])
+    box.end_turn()  # the new row and the earlier delete in one commit
+    assert committed_rows(box.path) == 4 and box.txns.commits == 2
+    box.remove(seqs[1:2])
+    monkeypatch.setattr(_outbox_txn, "DELETE_LINGER_S", 0.01)
+    time.sleep(0.02)
+    box.end_turn()  # open past the linger: committed even with nothing new
+    assert committed_rows(box.path) == 3 and box.txns.commits == 3
+    box.close()
+
+
+def test_a_failing_write_rolls_back_alone_and_the_turn_keeps_the_rest(grouped: Outbox) -> None:
+    box = grouped
+    box.append("sink", "r", [metric(1)])
+    box._db.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON dead "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    )
+    with pytest.raises(OutboxError, match="refused by the test"):
+        box.bury([DeadLetter("r", "sink", "deliver", metric(2), "why")])
+    box.append("sink", "r", [metric(3)])
+    box.end_turn()
+    assert committed_rows(box.path) == 2 and box.rows == 2 and box.dead_count() == 0
+    box.close()
+
+
+def test_a_full_disk_mid_turn_leaves_the_counts_true_to_the_file(grouped: Outbox) -> None:
+    box = grouped
+    box.append("sink", "r", [metric(0)])
+    box.end_turn()
+    pages = int(box._db.execute("PRAGMA page_count").fetchone()[0])
+    box._db.execute(f"PRAGMA max_page_count = {pages + 2}")
+    box.append("sink", "r", [metric(1)])  # fits
+    with pytest.raises(OutboxError, match="full"):
+        for i in range(2, 200):  # about 8 KiB each: the file's last pages run out
+            box.append("sink", "r", [metric(i, size=8000)])
+    with contextlib.suppress(OutboxError):  # if the commit failed, the turn's rows are gone
+        box.end_turn()
+    box._db.execute("PRAGMA max_page_count = 1073741823")
+    assert box.rows == committed_rows(box.path)  # whatever was lost, the counts say so
+    assert box.rows >= 1  # the first turn's row was committed before any of this
+    box.close()
+
+
+def test_a_connection_closed_under_an_open_turn_fails_as_an_outbox_error(grouped: Outbox) -> None:
+    box = grouped
+    box.append("sink", "r", [metric(1)])
+    box._db.close()  # the file becomes unusable with the turn's transaction open
+    with pytest.raises(OutboxError, match="commit failed"):
+        box.end_turn()  # an OutboxError the router logs, not a sqlite3 error that ends it
+    assert not box.txns._open
+    with pytest.raises(OutboxError):
+        box.append("sink", "r", [metric(2)])
+
+
+def test_closing_commits_an_open_turn(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.txns.grouped = True
+    seqs, _ = box.append("sink", "r", [metric(i) for i in range(5)])
+    box.remove(seqs[:2])
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite3")
+    assert again.rows == 3 and [r.seq for r in again.load("sink", "r", 0, 10)] == seqs[2:]
+    again.close()
+
+
+def test_ungrouped_writes_commit_one_by_one(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite3")  # as the junction dlq commands open it
+    box.append("sink", "r", [metric(1)])
+    assert committed_rows(box.path) == 1 and box.txns.commits == 0
+    box.close()
+
+
+def test_a_source_hears_its_batch_is_kept_only_once_the_rows_are_committed(
+    tmp_path: Path,
+) -> None:
+    from broker._messages import Delivered, Inbound
+    from tests.broker.test_outbox import bare_router, from_src
+
+    router, inlets, box = bare_router(tmp_path, "persist")
+    heard: list[int] = []
+    try:
+        router.on_receive(Inbound("src", [from_src(0), from_src(1)]))
+        assert committed_rows(box.path) == 0  # no source waits: committed when the turn ends
+        router.on_receive(
+            Inbound("src", [from_src(2)], on_settled=lambda: heard.append(committed_rows(box.path)))
+        )
+        assert heard == [3]  # told "kept" with all three rows already in the file
+        route, batch = inlets["sink"].take()
+        router.on_receive(Delivered(route, "sink", len(batch), batch))
+        router.turn_ended()  # deletes only: may wait for the next turn's rows
+        router.on_receive(Inbound("src", [from_src(3)]))
+        router.turn_ended()
+        assert committed_rows(box.path) == 1  # rows 0-2 delivered and deleted, 3 kept
+    finally:
+        box.close()
