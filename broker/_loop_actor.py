@@ -136,9 +136,11 @@ class LoopActor(pykka.Actor):
     async def wait_unblocked(self) -> None:
         """Wait, letting the loop run, until :meth:`blocked` is False."""
 
-    def turn_ended(self) -> None:
+    def turn_ended(self) -> float | None:
         """A run of messages ends: the actor is about to wait or to let the loop run others
-        (the router commits its outbox writes here). The default does nothing."""
+        (the router commits its outbox writes here). Returns None, or in how many seconds
+        the actor wants this called again even if no mail comes. The default does nothing."""
+        return None
 
     async def run_beside(self) -> None:
         """The actor's own long-running work (an adapter's connection), as a task beside
@@ -170,13 +172,17 @@ class LoopActor(pykka.Actor):
         stopped = self.actor_stopped
         while not stopped.is_set():
             if not inbox.items:
-                self.turn_ended()
+                again = self.turn_ended()
                 wake = trio.Event()
                 with inbox.lock:
                     if not inbox.items:
                         inbox.waker = self._waker(wake)
                 if inbox.waker is not None:
-                    await wake.wait()
+                    if again is None:
+                        await wake.wait()
+                    else:
+                        with trio.move_on_after(again):
+                            await wake.wait()
                 continue
             began, handled = time.perf_counter(), 0
             while inbox.items and not stopped.is_set():

@@ -92,6 +92,9 @@ CREATE TABLE IF NOT EXISTS replay (
 _WAL_RESTART_BYTES = 64 << 20
 #: Rows per ``IN (...)`` statement (well under SQLite's limit of bound parameters).
 _CHUNK = 500
+_INSERT = (
+    "INSERT INTO pending (target, route, env_id, created, size, body) VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 class Outbox:
@@ -214,13 +217,13 @@ class Outbox:
         if not rows:
             return [], refused
         with self._write():
-            self._db.executemany(
-                "INSERT INTO pending (target, route, env_id, created, size, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            # AUTOINCREMENT under BEGIN IMMEDIATE (the only writer of ``pending``): consecutive
-            last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
+            if len(rows) == 1:  # a steady rate's usual batch: one statement, not two
+                last = self._db.execute(_INSERT, rows[0]).lastrowid or 0
+            else:
+                self._db.executemany(_INSERT, rows)
+                # AUTOINCREMENT under BEGIN IMMEDIATE (the only writer of ``pending``): the
+                # rows' seqs are consecutive, ending at the last one
+                last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
         seqs = list(range(last - len(rows) + 1, last + 1))
         self.rows += len(rows)
         self.bytes += added_bytes
@@ -453,9 +456,10 @@ class Outbox:
     def _write(self, deletes_only: bool = False) -> AbstractContextManager[None]:
         return self.txns.write(deletes_only)
 
-    def end_turn(self) -> None:
-        """The router's turn ends: commit its writes (see ``broker._outbox_txn``)."""
-        self.txns.end_turn()
+    def end_turn(self) -> float | None:
+        """The router's turn ends: commit its writes once past their linger; returns in how
+        many seconds to call again for what stays open (see ``broker._outbox_txn``)."""
+        return self.txns.end_turn()
 
     def commit(self) -> None:
         """Commit the turn's transaction now, if one is open (before telling a source that

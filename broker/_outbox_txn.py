@@ -3,19 +3,24 @@
 Every write of the outbox (:mod:`broker._outbox`) is all or nothing. Without ``grouped`` (the
 ``junction dlq`` commands, tests) each is its own ``BEGIN IMMEDIATE`` ... ``COMMIT``.
 
-**Group commit** (``grouped``, the router's outbox): every write of one router turn joins one
-transaction, committed by :meth:`Transactions.end_turn` when the turn ends, before the router
-lets anything else on its loop run (:meth:`broker._loop_actor.LoopActor.turn_ended`). At a
-steady rate one commit then carries a message's new rows and the deletes of the message
-before it, instead of two commits per message; in a flood, one commit carries a whole turn.
-Each write stays all or nothing on its own: a ``SAVEPOINT`` inside the turn's transaction,
-rolled back alone when it fails.
+**Group commit** (``grouped``, the router's outbox): the writes of the router's turns join
+one transaction, committed by :meth:`Transactions.end_turn` at the end of the first turn
+that finds it older than its linger (:meth:`broker._loop_actor.LoopActor.turn_ended`; an idle
+router is woken for it): :data:`NEW_ROWS_LINGER_S` when it holds new rows,
+:data:`DELETE_LINGER_S` when it only deleted acknowledged rows. At a steady rate one commit
+then carries several messages' new rows and deletes, instead of two commits per message; an
+envelope delivered and acknowledged within the linger is inserted and deleted in the same
+transaction and never written to the file. In a flood one commit carries many turns. Each
+write stays all or nothing on its own: a ``SAVEPOINT`` inside the open transaction (the first
+write of a transaction needs none), rolled back alone when it fails.
 
-A turn that only deleted acknowledged rows may stay uncommitted for up to
-:data:`DELETE_LINGER_S` (the router's tick ends a turn every quarter second), so that the next
-turn's new rows share its commit: a crash in between sends those acknowledged envelopes once
-more after the restart; it loses none. New rows are committed when their turn ends, and at
-once (:meth:`Transactions.commit`) before a source is told its envelopes are kept.
+What the linger costs, and only to a source that does not acknowledge (a PlaceOS
+WebSocket): a bridge killed with SIGKILL loses what it took in the last
+:data:`NEW_ROWS_LINGER_S` and had not delivered yet. Delivery never waits for the commit,
+so the linger adds nothing to latency. A source that is told its envelopes are kept (a NATS
+consumer) is told only after :meth:`Transactions.commit`, which the router calls at once
+for it. A crash within the linger of deletes sends those acknowledged envelopes once more
+after the restart; it loses none.
 
 A failed ``COMMIT`` (or SQLite rolling the transaction back by itself after an I/O error)
 loses the turn's writes from the file, not from memory: the envelopes are still delivered,
@@ -33,11 +38,13 @@ from pathlib import Path
 
 from broker._errors import JunctionError
 
-__all__ = ["DELETE_LINGER_S", "OutboxError", "Transactions"]
+__all__ = ["DELETE_LINGER_S", "NEW_ROWS_LINGER_S", "OutboxError", "Transactions"]
 
 log = logging.getLogger("broker.outbox")
 
-#: How long a turn's transaction that only deleted acknowledged rows may stay open.
+#: How long the router's transaction may stay open once it holds new rows.
+NEW_ROWS_LINGER_S = 0.005
+#: How long it may stay open while it only deleted acknowledged rows.
 DELETE_LINGER_S = 0.05
 
 
@@ -68,10 +75,20 @@ class Transactions:
             self._must_commit = True
         return self._savepoint()
 
-    def end_turn(self) -> None:
-        """The router's turn ends: commit, unless it only deleted, for under DELETE_LINGER_S."""
-        if self._open and (self._must_commit or time.monotonic() - self._began >= DELETE_LINGER_S):
-            self.commit()
+    def end_turn(self) -> float | None:
+        """The router's turn ends: commit if the transaction is past its linger.
+
+        Returns in how many seconds the next call must come to commit what stays open
+        (the router waits no longer than that for mail), or None when nothing is open.
+        """
+        if not self._open:
+            return None
+        linger = NEW_ROWS_LINGER_S if self._must_commit else DELETE_LINGER_S
+        left = linger - (time.monotonic() - self._began)
+        if left > 0:
+            return left
+        self.commit()
+        return None
 
     def commit(self) -> None:
         """Commit the turn's transaction now, if one is open."""
@@ -108,9 +125,17 @@ class Transactions:
 
     @contextlib.contextmanager
     def _savepoint(self) -> Iterator[None]:
-        if not self._open:
+        if not self._open:  # the first write: the transaction itself is its all or nothing
             self._execute("BEGIN IMMEDIATE")
             self._open, self._began = True, time.monotonic()
+            try:
+                yield
+            except BaseException as exc:
+                self._lost(exc)  # nothing else was in it
+                if isinstance(exc, sqlite3.Error):
+                    raise OutboxError(f"outbox {self.path}: {exc}") from exc
+                raise
+            return
         self._execute("SAVEPOINT turn_write")
         try:
             yield

@@ -236,13 +236,14 @@ class Router(LoopActor):
                     receipts.lose_handled()  # not kept after all: the peer redelivers
         return None
 
-    def turn_ended(self) -> None:
-        """Commit the turn's outbox writes before the loop runs anything else."""
+    def turn_ended(self) -> float | None:
+        """Commit the outbox's writes once past their linger (broker._outbox_txn)."""
         if self.outbox is not None:
             try:
-                self.outbox.end_turn()
+                return self.outbox.end_turn()
             except OutboxError as err:
                 self._outbox_failed(err)
+        return None
 
     def _commit_outbox(self) -> bool:
         if self.outbox is None:
@@ -387,6 +388,7 @@ class Router(LoopActor):
         drop what still does not fit (``block_timeout``)."""
         loop = self.loop
         assert loop is not None
+        self._commit_outbox()  # the wait may be long: keep what the turn wrote meanwhile
         while self._stalls:
             stall = self._stalls[0]
             inlet = stall.inlet

@@ -213,3 +213,36 @@ def test_asking_from_the_loop_it_runs_on_is_an_error_not_a_deadlock(loop: Shared
     assert len(outcome) == 1 and "would deadlock" in outcome[0]
     assert ref.ask("seen?", timeout=10) == []  # from another thread: fine
     ref.stop()
+
+
+class Lingering(Recorder):
+    """Asks, when its turn ends, to be called again in 10 ms, twice (an open outbox
+    transaction waiting out its linger), then has nothing more pending."""
+
+    def __init__(self, loop: SharedLoop) -> None:
+        super().__init__(loop)
+        self.turn_ends = 0
+        self.pending = 0
+
+    def on_receive(self, message: Any) -> Any:
+        self.pending = 2
+        return super().on_receive(message)
+
+    def turn_ended(self) -> float | None:
+        self.turn_ends += 1
+        if self.pending:
+            self.pending -= 1
+            return 0.01
+        return None
+
+
+def test_an_idle_actor_is_called_again_when_its_turn_asked_for_it(loop: SharedLoop) -> None:
+    ref = Lingering.start(loop)
+    actor = Recorder.started[-1]
+    assert isinstance(actor, Lingering)
+    wait_until(lambda: actor.turn_ends == 1)  # idle, nothing asked: waits for mail
+    ref.tell("one")
+    # no more mail: the two asked-for calls come by themselves, then it waits again
+    wait_until(lambda: actor.turn_ends == 4)
+    assert actor.pending == 0 and actor.seen == ["one"]
+    ref.stop()

@@ -30,7 +30,9 @@ def committed_rows(path: Path) -> int:
 
 
 @pytest.fixture
-def grouped(tmp_path: Path) -> Outbox:
+def grouped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Outbox:
+    """The router's outbox, new rows committed at the end of their turn (no linger)."""
+    monkeypatch.setattr(_outbox_txn, "NEW_ROWS_LINGER_S", 0.0)
     box = Outbox(tmp_path / "o.sqlite3")
     box.txns.grouped = True
     return box
@@ -65,6 +67,39 @@ def test_a_turn_of_deletes_waits_for_the_next_rows_or_the_linger(
     time.sleep(0.02)
     box.end_turn()  # open past the linger: committed even with nothing new
     assert committed_rows(box.path) == 3 and box.txns.commits == 3
+    box.close()
+
+
+def test_new_rows_share_a_commit_with_the_turns_that_follow_within_their_linger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_outbox_txn, "NEW_ROWS_LINGER_S", 0.2)
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.txns.grouped = True
+    seqs, _ = box.append("sink", "r", [metric(0)])
+    again = box.end_turn()
+    assert again is not None and 0 < again <= 0.2  # the router must call again by then
+    box.append("sink", "r", [metric(1)])
+    box.remove(seqs)  # delivered within the linger: inserted and deleted in one transaction
+    assert box.end_turn() is not None and committed_rows(box.path) == 0
+    time.sleep(0.21)
+    assert box.end_turn() is None  # past the linger: committed, nothing left open
+    assert committed_rows(box.path) == 1 and box.txns.commits == 1
+    box.close()
+
+
+def test_a_failing_first_write_leaves_nothing_open(grouped: Outbox) -> None:
+    box = grouped
+    box._db.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON dead "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    )
+    with pytest.raises(OutboxError, match="refused by the test"):
+        box.bury([DeadLetter("r", "sink", "deliver", metric(2), "why")])
+    assert not box._db.in_transaction and box.end_turn() is None
+    box.append("sink", "r", [metric(3)])
+    box.end_turn()
+    assert committed_rows(box.path) == 1 and box.rows == 1 and box.dead_count() == 0
     box.close()
 
 
@@ -131,10 +166,12 @@ def test_ungrouped_writes_commit_one_by_one(tmp_path: Path) -> None:
 
 
 def test_a_source_hears_its_batch_is_kept_only_once_the_rows_are_committed(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from broker._messages import Delivered, Inbound
     from tests.broker.test_outbox import bare_router, from_src
+
+    monkeypatch.setattr(_outbox_txn, "NEW_ROWS_LINGER_S", 0.0)
 
     router, inlets, box = bare_router(tmp_path, "persist")
     heard: list[int] = []
