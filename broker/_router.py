@@ -214,6 +214,9 @@ class Router(LoopActor):
                         self.durable.tick(now)
                         self.replays.take()
                 case Snapshot():
+                    # what the picture counts is in the file when it is seen (junction dlq,
+                    # junction status read both), not up to a commit linger later
+                    self._commit_outbox()
                     return self.snapshot()
                 case Leftovers():
                     return self.settlement.leftovers(message)
