@@ -130,9 +130,7 @@ class Outbox:
             # checkpoints (which fsync) run on a thread of their own, not in a writer's commit
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
-            row = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending"
-            ).fetchone()
+            self._recount()
         except sqlite3.DatabaseError as err:
             hint = ""
             if "not a database" in str(err) or "malformed" in str(err):
@@ -143,7 +141,6 @@ class Outbox:
             raise OutboxError(f"outbox {path}: {err}{hint}") from err
         except (sqlite3.Error, OSError) as err:
             raise OutboxError(f"outbox {path}: {getattr(err, 'strerror', None) or err}") from err
-        self.rows, self.bytes = int(row[0]), int(row[1])
         #: One transaction per write, or per router turn (``txns.grouped``: the router's).
         self.txns = Transactions(self._db, path, self._recount)
         self._stop = threading.Event()
@@ -218,7 +215,8 @@ class Outbox:
             return [], refused
         with self._write():
             if len(rows) == 1:  # a steady rate's usual batch: one statement, not two
-                last = self._db.execute(_INSERT, rows[0]).lastrowid or 0
+                last = self._db.execute(_INSERT, rows[0]).lastrowid
+                assert last is not None  # set by every INSERT that succeeded
             else:
                 self._db.executemany(_INSERT, rows)
                 # AUTOINCREMENT under BEGIN IMMEDIATE (the only writer of ``pending``): the
@@ -467,7 +465,7 @@ class Outbox:
         self.txns.commit()
 
     def _recount(self) -> None:
-        """Count the rows again from the file (after a turn's writes were lost)."""
+        """Count the rows from the file (at open, and after a turn's writes were lost)."""
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending").fetchone()
         self.rows, self.bytes = int(row[0]), int(row[1])
 

@@ -64,7 +64,7 @@ class Transactions:
         self._open = False  # BEGIN done by a grouped write, COMMIT not yet
         self._must_commit = False  # the turn's transaction holds more than deletes
         self._began = 0.0  # time.monotonic() of its BEGIN
-        #: Turn transactions committed (for tests and the benchmarks' notes).
+        #: Turn transactions committed (the tests count them).
         self.commits = 0
 
     def write(self, deletes_only: bool = False) -> contextlib.AbstractContextManager[None]:
@@ -131,7 +131,8 @@ class Transactions:
             try:
                 yield
             except BaseException as exc:
-                self._lost(exc)  # nothing else was in it
+                self._open = self._must_commit = False  # nothing else was in it
+                self._rollback()
                 if isinstance(exc, sqlite3.Error):
                     raise OutboxError(f"outbox {self.path}: {exc}") from exc
                 raise

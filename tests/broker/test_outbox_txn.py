@@ -29,6 +29,16 @@ def committed_rows(path: Path) -> int:
         other.close()
 
 
+def bury_refused_by_sqlite(box: Outbox) -> None:
+    """A write that SQLite refuses halfway (a trigger aborts the insert into ``dead``)."""
+    box._db.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON dead "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    )
+    with pytest.raises(OutboxError, match="refused by the test"):
+        box.bury([DeadLetter("r", "sink", "deliver", metric(2), "why")])
+
+
 @pytest.fixture
 def grouped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Outbox:
     """The router's outbox, new rows committed at the end of their turn (no linger)."""
@@ -90,12 +100,7 @@ def test_new_rows_share_a_commit_with_the_turns_that_follow_within_their_linger(
 
 def test_a_failing_first_write_leaves_nothing_open(grouped: Outbox) -> None:
     box = grouped
-    box._db.execute(
-        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON dead "
-        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-    )
-    with pytest.raises(OutboxError, match="refused by the test"):
-        box.bury([DeadLetter("r", "sink", "deliver", metric(2), "why")])
+    bury_refused_by_sqlite(box)
     assert not box._db.in_transaction and box.end_turn() is None
     box.append("sink", "r", [metric(3)])
     box.end_turn()
@@ -106,12 +111,7 @@ def test_a_failing_first_write_leaves_nothing_open(grouped: Outbox) -> None:
 def test_a_failing_write_rolls_back_alone_and_the_turn_keeps_the_rest(grouped: Outbox) -> None:
     box = grouped
     box.append("sink", "r", [metric(1)])
-    box._db.execute(
-        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON dead "
-        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-    )
-    with pytest.raises(OutboxError, match="refused by the test"):
-        box.bury([DeadLetter("r", "sink", "deliver", metric(2), "why")])
+    bury_refused_by_sqlite(box)
     box.append("sink", "r", [metric(3)])
     box.end_turn()
     assert committed_rows(box.path) == 2 and box.rows == 2 and box.dead_count() == 0
