@@ -1,9 +1,10 @@
 """The durable outbox and the dead-letter store: one SQLite file (WAL) in the state directory.
 
-``pending``  envelopes of ``persist`` routes, committed before the router counts them
-             accepted and deleted only when their target acknowledged them; after a crash
-             or restart they are delivered again, in ``seq`` order per (target, route), with
-             their original ids.
+``pending``  envelopes of ``persist`` routes, written when the router takes them (and
+             committed within the router's commit linger, :mod:`broker._outbox_txn`) and
+             deleted only when their target acknowledged them; after a crash or restart
+             they are delivered again, in ``seq`` order per (target, route), with their
+             original ids.
 ``dead``     envelopes that will not be delivered, with the route, the stage where they
              failed (``route``: matching, mapping or a transform; ``deliver``: the target
              refused them or they went stale) and the reason.
@@ -21,7 +22,8 @@ commands open the same file from another process; SQLite's locking and ``busy_ti
 the two apart.
 
 The router's outbox commits once per router turn, not once per write
-(:mod:`broker._outbox_txn`).
+(:mod:`broker._outbox_txn`); what a failed commit loses is made up for by
+:mod:`broker._outbox_turn`.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from broker import _dead_filter as dead_filter
 from broker._envelope import Envelope, encode
+from broker._outbox_dead import CHUNK, DeadLetterTables
+from broker._outbox_turn import NewRow, TurnLog
 from broker._outbox_txn import OutboxError, Transactions
 from broker._stored import (
     DeadLetter,
@@ -90,14 +93,15 @@ CREATE TABLE IF NOT EXISTS replay (
 
 #: WAL size past which the checkpointer makes the next commit start the WAL over.
 _WAL_RESTART_BYTES = 64 << 20
-#: Rows per ``IN (...)`` statement (well under SQLite's limit of bound parameters).
-_CHUNK = 500
 _INSERT = (
-    "INSERT INTO pending (target, route, env_id, created, size, body) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO pending (seq, target, route, env_id, created, size, body) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+#: How long owed writes (after a lost transaction) wait before they are tried again.
+_OWED_RETRY_S = 1.0
 
 
-class Outbox:
+class Outbox(DeadLetterTables):
     """The store (see the module docstring). Not thread-safe: one thread at a time uses it."""
 
     def __init__(
@@ -131,6 +135,13 @@ class Outbox:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
             self._recount()
+            # seqs come from this counter, which never goes back (broker._outbox_turn)
+            self._next_seq = 1 + int(
+                self._db.execute(
+                    "SELECT MAX(COALESCE((SELECT MAX(seq) FROM pending), 0), COALESCE(("
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'pending'), 0))"
+                ).fetchone()[0]
+            )
         except sqlite3.DatabaseError as err:
             hint = ""
             if "not a database" in str(err) or "malformed" in str(err):
@@ -142,7 +153,14 @@ class Outbox:
         except (sqlite3.Error, OSError) as err:
             raise OutboxError(f"outbox {path}: {getattr(err, 'strerror', None) or err}") from err
         #: One transaction per write, or per router turn (``txns.grouped``: the router's).
-        self.txns = Transactions(self._db, path, self._recount)
+        self.txns = Transactions(self._db, path, self._turn_committed, self._turn_lost)
+        #: The open grouped transaction's writes, and the writes owed since one was lost.
+        self.turn, self.owed = TurnLog(), TurnLog()
+        self._owed_seqs: set[int] = set()  # pending rows owed a delete (a refill skips them)
+        self._owing = False  # bool(self.owed), read on every write
+        self._owed_retry_at = 0.0
+        #: Told the new rows a lost transaction took from the file (the durable queues).
+        self.on_lost_rows: Callable[[list[NewRow]], None] | None = None
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="outbox-checkpoint", daemon=True
@@ -199,7 +217,8 @@ class Outbox:
         is at its bound of rows or bytes (a prefix is stored, the rest refused).
         """
         now = time.time()
-        rows: list[tuple[str, str, str, float, int, bytes]] = []
+        rows: list[tuple[int, str, str, str, float, int, bytes]] = []
+        first = seq = self._next_seq
         room_rows = self.max_rows - self.rows
         room_bytes = self.max_bytes - self.bytes
         refused: list[Envelope] = []
@@ -210,19 +229,23 @@ class Outbox:
                 refused = list(envelopes[i:])
                 break
             added_bytes += len(body)
-            rows.append((target, route, env.id, now, len(body), body))
+            rows.append((seq, target, route, env.id, now, len(body), body))
+            seq += 1
         if not rows:
             return [], refused
+        self._next_seq = seq  # taken even if the write fails: a seq is never used twice
         with self._write():
-            if len(rows) == 1:  # a steady rate's usual batch: one statement, not two
-                last = self._db.execute(_INSERT, rows[0]).lastrowid
-                assert last is not None  # set by every INSERT that succeeded
+            if len(rows) == 1:  # a steady rate's usual batch
+                self._db.execute(_INSERT, rows[0])
             else:
                 self._db.executemany(_INSERT, rows)
-                # AUTOINCREMENT under BEGIN IMMEDIATE (the only writer of ``pending``): the
-                # rows' seqs are consecutive, ending at the last one
-                last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
-        seqs = list(range(last - len(rows) + 1, last + 1))
+        seqs = list(range(first, seq))
+        if self.txns.grouped:  # kept until the commit (broker._outbox_turn)
+            if len(seqs) == 1:
+                self.turn.appends.append((first, target, route, envelopes[0]))
+            else:
+                stored = zip(seqs, envelopes, strict=False)  # the refused ones have no seq
+                self.turn.appends += [(s, target, route, e) for s, e in stored]
         self.rows += len(rows)
         self.bytes += added_bytes
         return seqs, refused
@@ -232,15 +255,22 @@ class Outbox:
         keys = list(seqs)
         if not keys:
             return 0
-        count = size = 0
         with self._write(deletes_only=True):
-            for i in range(0, len(keys), _CHUNK):
-                chunk = keys[i : i + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                sizes = self._db.execute(
-                    f"DELETE FROM pending WHERE seq IN ({marks}) RETURNING size", chunk
-                ).fetchall()
-                count, size = count + len(sizes), size + sum(r[0] for r in sizes)
+            count = self._delete_pending(keys)
+        if self.txns.grouped:
+            self.turn.deletes += keys
+        return count
+
+    def _delete_pending(self, keys: list[int]) -> int:
+        """Delete these pending rows (inside a write); returns how many there were."""
+        count = size = 0
+        for i in range(0, len(keys), CHUNK):
+            chunk = keys[i : i + CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sizes = self._db.execute(
+                f"DELETE FROM pending WHERE seq IN ({marks}) RETURNING size", chunk
+            ).fetchall()
+            count, size = count + len(sizes), size + sum(r[0] for r in sizes)
         self.rows -= count
         self.bytes -= size
         return count
@@ -254,7 +284,10 @@ class Outbox:
         )
         out: list[PendingRow] = []
         bad: list[tuple[int, str]] = []
+        owed = self._owed_seqs
         for s, c, a, b in rows:
+            if owed and s in owed:
+                continue  # settled; its delete waits to be written again
             env = read_stored(b)
             if isinstance(env, str):
                 bad.append((s, env))
@@ -285,154 +318,6 @@ class Outbox:
                 "UPDATE pending SET attempts = attempts + 1 WHERE seq = ?", [(s,) for s in seqs]
             )
 
-    # --- dead letters -------------------------------------------------------------
-
-    def bury(self, letters: Sequence[DeadLetter]) -> None:
-        """Store dead letters (and delete their pending rows) in one transaction."""
-        if not letters:
-            return
-        now = time.time()
-        removed: list[int] = []
-        with self._write():
-            for d in letters:
-                env = d.envelope
-                self._db.execute(
-                    "INSERT INTO dead (route, target, stage, env_id, kind, reason, failed_at, "
-                    "attempts, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        d.route,
-                        d.target,
-                        d.stage,
-                        env.id,
-                        env.kind,
-                        d.reason,
-                        now,
-                        d.attempts,
-                        encode(env),
-                    ),
-                )
-                if d.seq is not None:
-                    removed += [
-                        r[0]
-                        for r in self._db.execute(
-                            "DELETE FROM pending WHERE seq = ? RETURNING size", (d.seq,)
-                        )
-                    ]
-            # bounded: past ``max_dead`` the oldest dead letters go (counted, logged)
-            pruned = self._db.execute(
-                "DELETE FROM dead WHERE seq <= (SELECT MAX(seq) FROM dead) - ?", (self.max_dead,)
-            ).rowcount
-        self.rows -= len(removed)
-        self.bytes -= sum(removed)
-        if pruned > 0:
-            self.dead_pruned += pruned
-            log.warning(
-                "outbox %s: %d oldest dead letters deleted to stay within max_dead_letters = %d",
-                self.path,
-                pruned,
-                self.max_dead,
-            )
-
-    def dead_count(self) -> int:
-        return int(self._rows("SELECT COUNT(*) FROM dead")[0][0])
-
-    def dead_summary(self) -> list[tuple[str, str, str, int, float, float]]:
-        """(route, stage, reason, count, first failed_at, last failed_at), biggest first."""
-        rows = self._rows(
-            "SELECT route, stage, reason, COUNT(*), MIN(failed_at), MAX(failed_at) FROM dead "
-            "GROUP BY route, stage, reason ORDER BY COUNT(*) DESC, route"
-        )
-        return [(r, s, why, int(n), float(a), float(b)) for r, s, why, n, a, b in rows]
-
-    def dead_rows(
-        self,
-        route: str | None = None,
-        reason: str | None = None,
-        ids: Sequence[int] = (),
-        limit: int = 100,
-    ) -> list[DeadRow]:
-        """Dead letters, oldest first, filtered by route, reason (substring) or seqs."""
-        where, args = dead_filter.where(route, reason, ids)
-        rows = self._rows(
-            "SELECT seq, route, target, stage, env_id, kind, reason, failed_at, attempts, body "
-            f"FROM dead{where} ORDER BY seq LIMIT ?",
-            (*args, limit),
-        )
-        return [DeadRow(*r) for r in rows]
-
-    def dead_rows_by_seq(
-        self, seqs: Sequence[int], route: str | None = None, reason: str | None = None
-    ) -> list[DeadRow]:
-        """The dead letters with these seqs (and matching the filters), any number of them."""
-        rows: list[DeadRow] = []
-        for i in range(0, len(seqs), _CHUNK):
-            group = seqs[i : i + _CHUNK]
-            rows += self.dead_rows(route, reason, group, limit=len(group))
-        return rows
-
-    def purge(
-        self, route: str | None = None, reason: str | None = None, ids: Sequence[int] = ()
-    ) -> int:
-        """Delete dead letters (all, or those matching); returns how many."""
-        where, args = dead_filter.where(route, reason, ids)
-        with self._write():
-            cur = self._db.execute(f"DELETE FROM dead{where}", args)
-        return cur.rowcount
-
-    def queue_replay(self, rows: Sequence[DeadRow]) -> int:
-        """Move dead letters to the replay queue (one transaction); returns how many moved.
-
-        A letter another process purged or queued meanwhile is not moved twice.
-        """
-        moved = 0
-        with self._write():
-            for r in rows:
-                gone = self._db.execute(
-                    "DELETE FROM dead WHERE seq = ? RETURNING route, target, stage, body",
-                    (r.seq,),
-                ).fetchall()
-                for route, target, stage, body in gone:
-                    self._db.execute(
-                        "INSERT INTO replay (dead_seq, route, target, stage, body) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (r.seq, route, target, stage, body),
-                    )
-                    moved += 1
-        return moved
-
-    def replay_waiting(self) -> int:
-        return int(self._rows("SELECT COUNT(*) FROM replay")[0][0])
-
-    def next_replays(self, limit: int) -> list[ReplayRow]:
-        """Up to ``limit`` queued replays, oldest first; they stay queued until
-        :meth:`replayed` (so a crash in between replays them again, never loses them)."""
-        rows = self._rows(
-            "SELECT seq, route, target, stage, body FROM replay ORDER BY seq LIMIT ?", (limit,)
-        )
-        out: list[ReplayRow] = []
-        bad: list[tuple[int, str]] = []
-        for s, r, t, st, b in rows:
-            env = read_stored(b)
-            if isinstance(env, str):
-                bad.append((s, env))
-            else:
-                out.append(ReplayRow(s, r, t, st, env))
-        if bad:
-            self._unreadable("replay", bad)
-        return out
-
-    def replayed(self, seqs: Sequence[int]) -> None:
-        """Remove replays that were handed back to the router."""
-        if seqs:
-            with self._write():
-                self._db.executemany("DELETE FROM replay WHERE seq = ?", [(q,) for q in seqs])
-
-    def take_replays(self, limit: int) -> list[ReplayRow]:
-        """Remove and return up to ``limit`` queued replays, oldest first."""
-        rows = self.next_replays(limit)
-        self.replayed([r.seq for r in rows])
-        return rows
-
     # --- helpers ------------------------------------------------------------------
 
     def _unreadable(self, table: Table, bad: Sequence[tuple[int, str]]) -> None:
@@ -452,12 +337,68 @@ class Outbox:
         )
 
     def _write(self, deletes_only: bool = False) -> AbstractContextManager[None]:
+        if self._owing:
+            self._pay_owed()
         return self.txns.write(deletes_only)
 
     def end_turn(self) -> float | None:
         """The router's turn ends: commit its writes once past their linger; returns in how
         many seconds to call again for what stays open (see ``broker._outbox_txn``)."""
-        return self.txns.end_turn()
+        if self._owing:
+            self._pay_owed()
+        again = self.txns.end_turn()
+        if self._owing:  # come back to try again
+            retry = max(0.0, self._owed_retry_at - time.monotonic())
+            again = retry if again is None else min(again, retry)
+        return again
+
+    def _turn_committed(self) -> None:
+        self.turn = TurnLog()
+
+    def _turn_lost(self) -> None:
+        """The open transaction was rolled back (broker._outbox_turn): owe its deletes and
+        dead letters, hand its new rows to memory, count the rows from the file."""
+        turn, self.turn = self.turn, TurnLog()
+        rows = turn.lose(self.owed)
+        self._owed_seqs = self.owed.deleted_seqs()
+        self._owing = bool(self.owed)
+        try:
+            if rows and self.on_lost_rows is not None:
+                self.on_lost_rows(rows)
+        finally:
+            self._recount()  # with the rows owed a delete, until it is written
+
+    def _pay_owed(self) -> None:
+        """Write what a lost transaction owes, as the first write of the next transaction
+        (at most once per ``_OWED_RETRY_S`` while the file refuses it)."""
+        if not self.txns.grouped or self.txns.is_open or not self._owing:
+            return
+        if time.monotonic() < self._owed_retry_at:
+            return
+        owed, self.owed = self.owed, TurnLog()
+        try:
+            with self.txns.write():
+                self._delete_pending(owed.deletes)
+                self._insert_dead(owed.dead)
+                self._db.executemany(
+                    "DELETE FROM replay WHERE seq = ?", [(q,) for q in owed.replayed]
+                )
+        except OutboxError as err:
+            owed.add(self.owed)
+            self.owed, self._owing = owed, True
+            self._owed_retry_at = time.monotonic() + _OWED_RETRY_S
+            log.error(
+                "outbox %s: writes owed since a lost commit still refused: %s", self.path, err
+            )
+            return
+        self.turn.add(owed)  # lost again with this transaction, if it is
+        self._owed_seqs, self._owing = set(), False
+        log.warning(
+            "outbox %s: written again after a lost commit: %d deletes, %d dead letters",
+            self.path,
+            len(owed.deletes),
+            len(owed.dead),
+        )
 
     def commit(self) -> None:
         """Commit the turn's transaction now, if one is open (before telling a source that

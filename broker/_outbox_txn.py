@@ -23,8 +23,9 @@ for it. A crash within the linger of deletes sends those acknowledged envelopes 
 after the restart; it loses none.
 
 A failed ``COMMIT`` (or SQLite rolling the transaction back by itself after an I/O error)
-loses the turn's writes from the file, not from memory: the envelopes are still delivered,
-the error says so, and the outbox counts its rows again from the file.
+*loses* the transaction: :attr:`Transactions.losses` counts it (a source's receipt begun
+before a loss is never called: :mod:`broker._receipts`), the outbox counts its rows again
+from the file and redoes or re-homes what the lost writes meant (:mod:`broker._outbox_turn`).
 """
 
 from __future__ import annotations
@@ -55,10 +56,17 @@ class OutboxError(JunctionError, RuntimeError):
 class Transactions:
     """How the outbox's writes are committed (see the module docstring)."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path, recount: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        path: Path,
+        committed: Callable[[], None],
+        lost: Callable[[], None],
+    ) -> None:
         self.db = db
         self.path = path
-        self._recount = recount  # the outbox counts its rows again after a lost turn
+        self._committed = committed  # the outbox forgets the transaction's log
+        self._on_lost = lost  # the outbox counts its rows again and redoes what it must
         #: Writes join the current turn's transaction (the router's outbox sets it).
         self.grouped = False
         self._open = False  # BEGIN done by a grouped write, COMMIT not yet
@@ -66,6 +74,13 @@ class Transactions:
         self._began = 0.0  # time.monotonic() of its BEGIN
         #: Turn transactions committed (the tests count them).
         self.commits = 0
+        #: Turn transactions lost (rolled back by a failure), since the outbox was opened.
+        self.losses = 0
+
+    @property
+    def is_open(self) -> bool:
+        """A grouped transaction is open (its first write is done, its COMMIT is not)."""
+        return self._open
 
     def write(self, deletes_only: bool = False) -> contextlib.AbstractContextManager[None]:
         """One write: its own transaction, or a savepoint in the turn's."""
@@ -97,15 +112,17 @@ class Transactions:
         self._open = self._must_commit = False
         try:
             self.db.execute("COMMIT")
-            self.commits += 1
         except sqlite3.Error as err:
             age_ms = (time.monotonic() - self._began) * 1000
             self._lost(err)
             raise OutboxError(
-                f"outbox {self.path}: commit failed ({err}): the writes of the last "
-                f"{age_ms:.0f} ms were not kept (their envelopes are still delivered from "
-                "memory, but a restart before that would not have them)"
+                f"outbox {self.path}: commit failed ({err}): the new rows of the last "
+                f"{age_ms:.0f} ms are not in the file (their envelopes are delivered from "
+                "memory; a bridge stopped before that loses them); their deletes and dead "
+                "letters are written again with the next commit"
             ) from err
+        self.commits += 1
+        self._committed()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -126,7 +143,12 @@ class Transactions:
     @contextlib.contextmanager
     def _savepoint(self) -> Iterator[None]:
         if not self._open:  # the first write: the transaction itself is its all or nothing
-            self._execute("BEGIN IMMEDIATE")
+            try:
+                if self.db.in_transaction:  # a rollback after a loss failed: try once more
+                    self.db.execute("ROLLBACK")
+                self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as err:
+                raise OutboxError(f"outbox {self.path}: {err}") from err
             self._open, self._began = True, time.monotonic()
             try:
                 yield
@@ -158,16 +180,18 @@ class Transactions:
             exc = err
         self._lost(exc)
         raise OutboxError(
-            f"outbox {self.path}: {exc}; this turn's earlier writes were not kept either "
-            "(their envelopes are still delivered from memory)"
+            f"outbox {self.path}: {exc}; the transaction's earlier writes are lost from the "
+            "file too (new rows are delivered from memory; deletes and dead letters are "
+            "written again with the next commit)"
         ) from exc
 
     def _lost(self, err: object) -> None:
-        """The turn's transaction is gone: roll back what is left, count rows again."""
+        """The transaction is gone: roll back what is left; the outbox makes up for it."""
         self._open = self._must_commit = False
+        self.losses += 1
         self._rollback()
         try:
-            self._recount()
+            self._on_lost()
         except sqlite3.Error as again:
             log.error("outbox %s: rows not counted again after %s: %s", self.path, err, again)
 

@@ -6,8 +6,8 @@ the router a batch with a callback, ``emit(envelopes, on_settled=fn)``; the rout
 ``fn()`` once, after every copy it made of every envelope of that batch is *settled*:
 
 - delivered (its target reported it: ``Delivered``);
-- kept in a ``persist`` route's outbox (committed when it is offered: from then on the
-  outbox redelivers it, across a crash too, so it is settled at once);
+- kept in a ``persist`` route's outbox (the router commits the outbox before it calls
+  ``fn``: from then on the outbox redelivers it, across a crash too);
 - dead-lettered (a transform raised, the target failed it, it was left when the target
   stopped) or dropped by the route's own policy (``filtered``, a full ``drop_*`` queue,
   ``block_timeout``): the router decided its fate, as the operator asked;
@@ -34,7 +34,8 @@ its dead letters are stored (:meth:`Receipts.fire`; if storing them failed, ever
 that message settled a copy of is lost too, :meth:`Receipts.lose_handled`): it must be
 quick, must not block and must be thread-safe (hand the news to the source's own loop or
 thread).  A receipt whose router stops first is never called: the peer redelivers
-(at-least-once).
+(at-least-once).  Nor is one begun before the outbox lost a transaction (a failed commit,
+counted by ``Transactions.losses``): its kept copies may have been in that transaction.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class _Receipt:
     closed: bool = False
     #: a copy was lost by a failure, or routing raised: never called (the peer redelivers)
     lost: bool = False
+    #: the outbox's lost transactions when routing began (see :meth:`Receipts.fire`)
+    losses: int = 0
 
 
 class Receipts:
@@ -79,9 +82,10 @@ class Receipts:
         """Memory copies still tracked (for tests and the snapshot)."""
         return sum(len(receipts) for _, receipts in self.open_copies.values())
 
-    def begin(self, on_settled: Callable[[], None] | None) -> None:
-        """Routing of a batch starts; ``on_settled`` (or None: nothing to track)."""
-        self.current = _Receipt(on_settled) if on_settled is not None else None
+    def begin(self, on_settled: Callable[[], None] | None, losses: int = 0) -> None:
+        """Routing of a batch starts; ``on_settled`` (or None: nothing to track);
+        ``losses``: the outbox's lost transactions so far."""
+        self.current = _Receipt(on_settled, losses=losses) if on_settled is not None else None
 
     def end(self) -> None:
         """Routing of the batch is over; a batch with no copy in memory is settled now."""
@@ -151,10 +155,14 @@ class Receipts:
         self.handled.clear()
         self.due.clear()
 
-    def fire(self) -> None:
-        """Call the callbacks of the receipts settled since the last call."""
+    def fire(self, losses: int = 0) -> None:
+        """Call the callbacks of the receipts settled since the last call; with the outbox's
+        lost transactions so far, ``losses``: a receipt begun before one is lost instead."""
         due, self.due = self.due, []
         for receipt in due:
+            if receipt.losses != losses:
+                receipt.lost = True
+                continue
             try:
                 receipt.on_settled()
             except Exception:  # a source's callback must never take the router down

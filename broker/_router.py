@@ -196,7 +196,7 @@ class Router(LoopActor):
                     if on_settled is None:  # the common case: no source waits to hear
                         self._route(message.source, message.envelopes)
                     else:
-                        self.receipts.begin(on_settled)
+                        self.receipts.begin(on_settled, self._losses())
                         try:
                             self._route(message.source, message.envelopes)
                         except BaseException:  # not routed (or not all): never settled
@@ -232,11 +232,7 @@ class Router(LoopActor):
                 receipts.lose_handled()  # lost with the dead letters: the peer redelivers
             if receipts.handled:
                 receipts.handled.clear()
-            if receipts.due:  # after the dead letters and the kept rows are committed
-                if self._commit_outbox():
-                    receipts.fire()
-                else:
-                    receipts.lose_handled()  # not kept after all: the peer redelivers
+            self._fire_receipts()  # after the dead letters and the kept rows are committed
         return None
 
     def turn_ended(self) -> float | None:
@@ -247,6 +243,18 @@ class Router(LoopActor):
             except OutboxError as err:
                 self._outbox_failed(err)
         return None
+
+    def _losses(self) -> int:
+        """Transactions the outbox lost so far (a receipt begun before one never fires)."""
+        return self.outbox.txns.losses if self.outbox is not None else 0
+
+    def _fire_receipts(self) -> None:
+        """Tell the sources whose batches are settled, once what they wrote is committed."""
+        if self.receipts.due:
+            if self._commit_outbox():
+                self.receipts.fire(self._losses())
+            else:  # not kept after all: the peer redelivers
+                self.receipts.lose_handled()
 
     def _commit_outbox(self) -> bool:
         if self.outbox is None:
@@ -405,7 +413,7 @@ class Router(LoopActor):
                 dropped = [env for env, _ in result.dropped]
                 lost = bool(stall.overflow_reason)
                 self.receipts.settle(stall.target, stall.queue.name, dropped, lost=lost)
-                self.receipts.fire()
+                self._fire_receipts()
             left = stall.deadline - time.monotonic()
             if result.waiting and left > 0:
                 stall.envelopes = result.waiting
@@ -420,7 +428,7 @@ class Router(LoopActor):
             self.receipts.settle(
                 stall.target, stall.queue.name, result.waiting, lost=bool(stall.overflow_reason)
             )
-            self.receipts.fire()
+            self._fire_receipts()
             self._stalls.pop(0)
 
     # --- table and introspection -----------------------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,5 +189,218 @@ def test_a_source_hears_its_batch_is_kept_only_once_the_rows_are_committed(
         router.on_receive(Inbound("src", [from_src(3)]))
         router.turn_ended()
         assert committed_rows(box.path) == 1  # rows 0-2 delivered and deleted, 3 kept
+    finally:
+        box.close()
+
+
+def refuse_the_next_commit(box: Outbox) -> None:
+    """Make the open transaction's COMMIT fail inside SQLite (a deferred foreign key that
+    is still broken when it commits), as a full disk or an I/O error would fail it."""
+    assert box.txns.is_open
+    box._db.execute("INSERT INTO orphan (parent) VALUES (1)")
+
+
+@pytest.fixture
+def refusable(grouped: Outbox) -> Outbox:
+    """The grouped outbox, with a table whose rows can make a COMMIT fail."""
+    db = grouped._db
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    db.execute(
+        "CREATE TABLE orphan (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    return grouped
+
+
+def test_seqs_are_never_used_twice_after_a_lost_commit(refusable: Outbox) -> None:
+    box = refusable
+    handed: list[list[tuple[int, str, str, Envelope]]] = []
+    box.on_lost_rows = handed.append
+    kept, _ = box.append("sink", "r", [metric(0)])
+    box.end_turn()
+    lost, _ = box.append("sink", "r", [metric(1), metric(2)])
+    refuse_the_next_commit(box)
+    with pytest.raises(OutboxError, match=r"commit failed \(FOREIGN KEY"):
+        box.end_turn()
+    assert box.txns.losses == 1 and not box._db.in_transaction
+    assert [[(s, e.subject) for s, _, _, e in rows] for rows in handed] == [
+        [(lost[0], "m1"), (lost[1], "m2")]
+    ]  # handed back to be delivered from memory
+    assert box.rows == committed_rows(box.path) == 1
+    again, _ = box.append("sink", "r", [metric(3)])
+    box.end_turn()
+    assert again[0] > lost[-1] > kept[0]  # SQLite's own counter went back; this one did not
+    assert [r.seq for r in box.load("sink", "r", 0, 10)] == [kept[0], again[0]]
+    box.close()
+
+
+def test_a_lost_commit_owes_its_deletes_and_dead_letters_and_writes_them_next(
+    refusable: Outbox,
+) -> None:
+    box = refusable
+    handed: list[list[tuple[int, str, str, Envelope]]] = []
+    box.on_lost_rows = handed.append
+    seqs, _ = box.append("sink", "r", [metric(i) for i in range(4)])
+    box.end_turn()
+    box.remove(seqs[:1])
+    box.bury([DeadLetter("r", "sink", "deliver", metric(1), "refused", 1, seqs[1])])
+    new, _ = box.append("sink", "r", [metric(8), metric(9)])
+    box.remove(new[:1])  # added and deleted in the lost transaction: owed nothing
+    refuse_the_next_commit(box)
+    with pytest.raises(OutboxError, match="commit failed"):
+        box.end_turn()
+    assert [[s for s, *_ in rows] for rows in handed] == [[new[1]]]
+    assert committed_rows(box.path) == 4 and box.dead_count() == 0  # as the file has it
+    # a refill in between does not load the rows owed a delete
+    assert [r.seq for r in box.load("sink", "r", 0, 10)] == seqs[2:]
+    box.append("sink", "r", [metric(10)])  # the next transaction writes the owed first
+    box.end_turn()
+    assert committed_rows(box.path) == 3 and box.dead_count() == 1
+    assert not box.owed and box.rows == 3
+    box.close()
+
+
+def test_owed_writes_wait_while_the_file_refuses_them_and_an_idle_router_is_woken(
+    refusable: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker import _outbox
+
+    box = refusable
+    monkeypatch.setattr(_outbox, "_OWED_RETRY_S", 0.05)
+    seqs, _ = box.append("sink", "r", [metric(i) for i in range(2)])
+    box.end_turn()
+    box.remove(seqs[:1])
+    box.append("sink", "r", [metric(5)])
+    refuse_the_next_commit(box)
+    with pytest.raises(OutboxError):
+        box.end_turn()
+    box._db.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE DELETE ON pending "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    )
+    again = box.end_turn()  # refused: owed still, and the router must come back for it
+    assert box.owed.deletes == seqs[:1] and again is not None and 0 < again <= 0.05
+    box._db.execute("DROP TRIGGER refuse")
+    time.sleep(0.06)
+    assert box.end_turn() is None  # written (only deletes: committed within their linger)
+    box.commit()
+    assert not box.owed and committed_rows(box.path) == 1
+    box.close()
+
+
+FAN_OUT = """
+[junction]
+state_dir = "{state}"
+[adapters.src]
+type = "burst"
+[adapters.sink]
+type = "collector"
+[adapters.slow]
+type = "collector"
+[[routes]]
+name = "r"
+from = "src"
+to = "sink"
+overflow = "persist"
+queue_size = 10
+[[routes]]
+name = "copy"
+from = "src"
+to = "slow"
+overflow = "drop_oldest"
+"""
+
+
+def router_losing_its_next_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, dict[str, Any], Outbox]:
+    """A Router driven by direct calls on this thread, whose outbox commits only when told
+    (and whose open transaction :func:`refuse_the_next_commit` can poison)."""
+    from broker._inlet import Inlet
+    from broker._router import Router
+    from broker._runtime import load
+    from tests.conftest import TEST_PLUGINS
+
+    monkeypatch.setattr(_outbox_txn, "NEW_ROWS_LINGER_S", 60.0)
+    config = tmp_path / "fan-out.toml"
+    config.write_text(FAN_OUT.format(state=tmp_path / "state"))
+    loaded = load(str(config), extra_plugins=TEST_PLUGINS)
+    inlets = {name: Inlet(name) for name in ("src", "sink", "slow")}
+    box = Outbox(tmp_path / "o.sqlite3")
+    box._db.execute("PRAGMA foreign_keys = ON")
+    box._db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    box._db.execute(
+        "CREATE TABLE orphan (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    router = Router(loaded.table, inlets, loaded.config.junction, outbox=box, persist_kinds={})
+    return router, inlets, box
+
+
+def deliver_all(router: Any, inlets: dict[str, Any], target: str) -> list[str]:
+    """Take and acknowledge all that ``target`` is given (refills included); the subjects."""
+    from broker._messages import Delivered
+
+    subjects: list[str] = []
+    while (taken := inlets[target].take()) is not None:
+        route, batch = taken
+        router.on_receive(Delivered(route, target, len(batch), batch))
+        subjects += [e.subject for e in batch]
+    return subjects
+
+
+def test_a_lost_commit_loses_no_envelope_and_keeps_the_ledger_balanced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker._messages import Delivered, Inbound, Snapshot
+    from tests.broker.test_outbox import from_src
+
+    router, inlets, box = router_losing_its_next_commit(tmp_path, monkeypatch)
+    sink = inlets["sink"]
+    try:
+        router.on_receive(Inbound("src", [from_src(i) for i in range(15)]))  # 10 in the window
+        router.on_receive(Snapshot())  # committed
+        route, batch = sink.take()
+        router.on_receive(Delivered(route, "sink", 2, batch[:2]))  # two rows deleted
+        router.on_receive(Inbound("src", [from_src(i) for i in range(15, 19)]))  # spilled
+        refuse_the_next_commit(box)
+        router.on_receive(Snapshot())  # the commit fails: logged, the router goes on
+        assert box.txns.losses == 1 and committed_rows(box.path) == 15
+        ledger = router.snapshot()["routes"]["r"]["ledger"]
+        assert ledger["balanced"] and ledger["pending"] == 17, ledger
+        router.turn_ended()  # the owed deletes are written again
+        router.on_receive(Snapshot())
+        assert committed_rows(box.path) == 13 and not box.owed
+        rest = batch[2:]
+        router.on_receive(Delivered(route, "sink", len(rest), rest))
+        delivered = [e.subject for e in batch] + deliver_all(router, inlets, "sink")
+        assert sorted(delivered) == sorted(f"m{i}" for i in range(19))  # each once
+        router.on_receive(Snapshot())
+        ledger = router.snapshot()["routes"]["r"]["ledger"]
+        assert ledger["balanced"] and ledger["pending"] == 0, ledger
+        assert committed_rows(box.path) == 0
+    finally:
+        box.close()
+
+
+def test_a_receipt_begun_before_a_lost_commit_is_never_called(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its persist copy was in the lost transaction: the source must not acknowledge."""
+    from broker._messages import Inbound, Snapshot
+    from tests.broker.test_outbox import from_src
+
+    router, inlets, box = router_losing_its_next_commit(tmp_path, monkeypatch)
+    heard: list[str] = []
+    try:
+        router.on_receive(Inbound("src", [from_src(0)], on_settled=lambda: heard.append("a")))
+        assert heard == []  # its memory copy (route "copy") is not delivered yet
+        refuse_the_next_commit(box)
+        router.on_receive(Snapshot())  # the persist copy's row is lost
+        assert deliver_all(router, inlets, "slow") == ["m0"]
+        assert heard == []  # settled, but after a loss: never called
+        assert deliver_all(router, inlets, "sink") == ["m0"]  # delivered from memory
+        router.on_receive(Inbound("src", [from_src(1)], on_settled=lambda: heard.append("b")))
+        deliver_all(router, inlets, "slow")
+        assert heard == ["b"]  # a receipt begun after the loss is called as before
     finally:
         box.close()
