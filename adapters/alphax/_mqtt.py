@@ -119,6 +119,9 @@ class MqttWriter(MqttLink):
         self._pending: dict[int, _Pending] = {}  # mid -> message, in publish order
         self._open: dict[Acks, None] = {}  # batches written and not settled, oldest first
         self._last_mid = 0
+        #: mids given up on while connected: not used again until the next CONNACK, so a
+        #: PUBACK still on its way for one never settles a later message
+        self._given_up: set[int] = set()
         self._room = trio.Event()
         self._waiting_for_room = False
         self.unencodable = 0
@@ -174,19 +177,28 @@ class MqttWriter(MqttLink):
         refused outright. Waits only for the link and for room in the window, so a caller
         can publish the next batch while this one's PUBACKs are on their way.
         """
-        self.start()
         acks = Acks(remaining=len(messages))
         failures: list[Failure] = []
+        if not messages:  # nothing to wait for (e.g. every envelope was unencodable)
+            acks.settled = True
+            return acks, failures
+        self.start()
+        done = 0
         try:
             for message in messages:
                 if not await self._publish(message, acks):
                     reason = "the MQTT client refused the message (see the log)"
                     failures += [(env, reason) for env in message.envelopes]
+                done += 1
         finally:
             self._uncork()  # the batch's packets in as few writes as the socket takes
-        if not acks.settled:
-            acks.written_at = self.connected_time()
-            self._open[acks] = None
+            if done < len(messages):  # cancelled: the written ones are awaited (or timed out)
+                acks.remaining -= len(messages) - done
+                if acks.remaining == 0 and not acks.settled:
+                    self._settle_batch(acks)
+            if not acks.settled:
+                acks.written_at = self.connected_time()
+                self._open[acks] = None
         return acks, failures
 
     def when_settled(self, acks: Acks, callback: OnSettled) -> None:
@@ -237,10 +249,10 @@ class MqttWriter(MqttLink):
 
     def _next_mid(self) -> int:
         """The next message id not awaiting a PUBACK (the window is at most 65535)."""
-        mid, pending = self._last_mid, self._pending
+        mid, pending, given_up = self._last_mid, self._pending, self._given_up
         while True:
             mid = mid + 1 if mid < _MAX_MID else 1
-            if mid not in pending:
+            if mid not in pending and mid not in given_up:
                 self._last_mid = mid
                 return mid
 
@@ -302,6 +314,8 @@ class MqttWriter(MqttLink):
         )
         for mid in lost:  # forgotten: no reconnect sends them again
             batch.failures += [(env, reason) for env in self._pending.pop(mid).message.envelopes]
+        if len(self._given_up) + len(lost) < _MAX_MID // 2:  # else ids would run out
+            self._given_up.update(lost)
         self.ack_timeouts += len(lost)
         self.log.error("%d MQTT messages: %s", len(lost), reason)
         batch.remaining = 0
@@ -336,6 +350,7 @@ class MqttWriter(MqttLink):
     def _connected(self) -> None:
         """CONNACK: write every un-acknowledged message again (DUP), oldest first."""
         client = self.client
+        self._given_up.clear()  # a new connection: no PUBACK of the old one comes now
         for mid, p in self._pending.items():
             if not client.write_publish(mid, p.topic, p.message.payload, dup=True):
                 return  # the connection dropped again: the next CONNACK sends them

@@ -365,7 +365,8 @@ class MqttLink:
             if self.connects > 1:
                 self.resent += outstanding
             self._connected()
-            self._up(self.connects, outstanding)
+            if self.connected:  # the re-sends did not lose the connection again
+                self._up(self.connects, outstanding)
         except Exception:
             self.log.exception("MQTT state update failed")
 

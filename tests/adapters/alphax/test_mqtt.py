@@ -676,3 +676,55 @@ async def test_a_driver_that_dies_with_nothing_to_publish_still_crashes_the_adap
             await writer.watch()
     assert status.state == "crashed"
     await writer.aclose()
+
+
+async def test_a_publish_cancelled_while_waiting_for_room_frees_its_window_slots() -> None:
+    """The first message was written, the second waited for room when the delivery was
+    cancelled: the written one is still given up on at its ack timeout, so the window
+    does not stay full for good."""
+    with trio.fail_after(20):
+        async with open_silent_broker() as (url, seen):
+            writer, _status = _bare_writer(url, max_inflight=1, ack_timeout_s=0.5)
+            one = Message(codec.channel_topic(TOKEN, "dev-c", 1), b"1", ())
+            two = Message(codec.channel_topic(TOKEN, "dev-c", 2), b"2", ())
+            with trio.move_on_after(0.3):
+                await writer.publish([one, two])
+            assert seen[PUBLISH] == 1 and writer.outstanding() == 1
+            await wait_for(lambda: writer.outstanding() == 0, what="the written one given up")
+            assert writer.stats()["ack_timeouts"] == 1
+            acks, refused = await writer.publish([two])  # the window has room again
+            assert refused == [] and not acks.settled
+            await wait_for(lambda: seen[PUBLISH] == 2, what="the next publish on the wire")
+            await writer.aclose()
+
+
+async def test_publishing_nothing_waits_for_nothing() -> None:
+    """A batch whose every envelope was unencodable publishes no message: nothing is left
+    to time out (which logged '0 MQTT messages: ... given up')."""
+    writer, _status = _bare_writer("mqtt://127.0.0.1:1")
+    acks, refused = await writer.publish([])
+    assert acks.settled and refused == [] and not writer._open
+    settled: list[object] = []
+    writer.when_settled(acks, settled.append)
+    assert settled == [[]]
+
+
+def test_a_late_puback_for_a_given_up_message_settles_no_later_one() -> None:
+    writer, _status = _bare_writer("mqtt://127.0.0.1:1")
+    held = Message(codec.channel_topic(TOKEN, "dev-m", 1), b"1", ())
+    old = Acks(remaining=2)
+    writer._pending = {7: _Pending(held, b"t", old), 8: _Pending(held, b"t", old)}
+    writer._open[old] = None
+    writer._last_mid = 6
+    writer._give_up(old)
+    assert old.settled and writer.outstanding() == 0
+    writer._last_mid = 6  # as if the ids had wrapped round to them again
+    new = Acks(remaining=1)
+    mid = writer._next_mid()
+    assert mid == 9  # 7 and 8 may still be acknowledged on this connection
+    writer._pending[mid] = _Pending(held, b"t", new)
+    writer._on_puback(7)  # the broker's late answer to the given-up message
+    assert writer.stray_acks == 1 and not new.settled
+    writer._connected()  # a new connection: no PUBACK of the old one can come now
+    writer._last_mid = 6
+    assert writer._next_mid() == 7
