@@ -132,8 +132,7 @@ class DeadLetters:
     def waiting(self, durable: DurableQueues | None) -> bool:
         """Dead letters gathered and not stored yet (here or buried by the outbox)."""
         return bool(self.graveyard) or (
-            durable is not None
-            and bool(durable.stale_buried or durable.unreadable_buried or durable.lost_dropped)
+            durable is not None and bool(durable.stale_buried or durable.unreadable_buried)
         )
 
     def bury(self, durable: DurableQueues | None) -> bool:
@@ -150,9 +149,6 @@ class DeadLetters:
                     c.failed += n
                 self.ledger.dead_letters += n
             durable.unreadable_buried.clear()
-            for key, target, env in durable.lost_dropped:  # lost rows of a target now gone
-                self.drop(key, env, "outbox_error", target)
-            durable.lost_dropped.clear()
         if self.outbox is None or not letters:
             return True
         try:

@@ -10,10 +10,8 @@ for an hour costs disk, not memory, and order per (target, route) is kept.
 A row that does not decode when it is loaded is moved to the dead letters by the outbox
 (``Outbox.unreadable``) and the queue goes on with the next one.
 
-When the outbox loses a transaction (its commit failed: :mod:`broker._outbox_turn`), the
-new rows it held are no longer in the file: their envelopes become memory copies of their
-queue (:meth:`DurableQueues.rows_lost`), those spilled put into the window at once (they
-may overtake older rows still in the file), and are delivered from there.
+When the outbox loses a transaction (its commit failed), nothing changes here: the outbox
+owes the file those writes and answers as if they were in it (:mod:`broker._outbox_turn`).
 
 A transient failure (the adapter crashed mid-batch) is retried after a back-off up to the
 route's ``redelivery.attempts``; a permanent one, the last attempt, or an envelope past its
@@ -43,7 +41,6 @@ from broker._config import RedeliveryPolicy
 from broker._envelope import Envelope
 from broker._inlet import Inlet
 from broker._outbox import DeadLetter, Outbox, OutboxError
-from broker._outbox_turn import NewRow
 from broker._queue_key import QueueKey
 from broker._staleness import IN_THE_OUTBOX, is_stale, stale_reason
 
@@ -102,10 +99,6 @@ class DurableQueues:
         #: (queue, rows) that did not decode while refilling (the outbox made them dead
         #: letters and logged why); the router drains it for its ledger, as ``stale_buried``
         self.unreadable_buried: list[tuple[QueueKey, int]] = []
-        #: (queue, target, envelope) of lost rows whose target is gone: dropped as
-        #: ``outbox_error`` by the router (drained with ``stale_buried``)
-        self.lost_dropped: list[tuple[QueueKey, str, Envelope]] = []
-        outbox.on_lost_rows = self.rows_lost
 
     # --- start-up -----------------------------------------------------------------
 
@@ -170,9 +163,9 @@ class DurableQueues:
             q.attempts.pop(s, None)
         try:
             q.rows -= self.outbox.remove(seqs)
-        except OutboxError as err:  # delivered, rows kept: sent once more after a restart
+        except OutboxError as err:  # the outbox owes the deletes (broker._outbox_turn)
             log.error(
-                "outbox: %d acknowledged rows of %s not deleted: %s", len(seqs), key.name, err
+                "outbox: %d acknowledged rows of %s not deleted yet: %s", len(seqs), key.name, err
             )
             q.rows -= len(seqs)
         with contextlib.suppress(OutboxError):
@@ -250,40 +243,6 @@ class DurableQueues:
         if letters:
             self.outbox.bury(letters)
             q.rows -= sum(1 for d in letters if d.seq is not None)
-
-    def rows_lost(self, rows: list[NewRow]) -> None:
-        """A lost outbox transaction took these new rows from the file: their envelopes
-        stay queued in memory (see the module docstring)."""
-        by_queue: dict[tuple[str, str], list[tuple[int, Envelope]]] = {}
-        for seq, target, route, env in rows:
-            by_queue.setdefault((target, route), []).append((seq, env))
-        for (target, route), lost in by_queue.items():
-            key = QueueKey.parse(route)
-            q = self.queues.get((target, key))
-            if q is None:
-                continue
-            held = {seq: ident for ident, seq in q.seq_of.items()}
-            spilled: list[Envelope] = []
-            for seq, env in lost:
-                q.rows -= 1
-                ident = held.get(seq)
-                if ident is None:
-                    spilled.append(env)
-                else:  # in the window: now a memory copy, settled as one
-                    del q.seq_of[ident]
-                    q.attempts.pop(seq, None)
-            inlet = self.inlets.get(target)
-            if inlet is not None:
-                inlet.push(route, spilled)
-            else:
-                self.lost_dropped += [(key, target, env) for env in spilled]
-            log.error(
-                "outbox: %d envelopes of route %s are no longer in the outbox (its commit "
-                "failed): %s",
-                len(lost),
-                key.name,
-                "delivered from memory" if inlet is not None else "dropped (adapter gone)",
-            )
 
     def tick(self, now: float) -> None:
         """Re-offer retries that are due; refill spilled windows."""

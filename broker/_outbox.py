@@ -32,14 +32,15 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from broker._envelope import Envelope, encode
 from broker._outbox_dead import CHUNK, DeadLetterTables
-from broker._outbox_turn import NewRow, TurnLog
+from broker._outbox_owed import INSERT, OwedWrites
+from broker._outbox_turn import TurnLog
 from broker._outbox_txn import OutboxError, Transactions
 from broker._stored import (
     DeadLetter,
@@ -93,15 +94,9 @@ CREATE TABLE IF NOT EXISTS replay (
 
 #: WAL size past which the checkpointer makes the next commit start the WAL over.
 _WAL_RESTART_BYTES = 64 << 20
-_INSERT = (
-    "INSERT INTO pending (seq, target, route, env_id, created, size, body) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-#: How long owed writes (after a lost transaction) wait before they are tried again.
-_OWED_RETRY_S = 1.0
 
 
-class Outbox(DeadLetterTables):
+class Outbox(DeadLetterTables, OwedWrites):
     """The store (see the module docstring). Not thread-safe: one thread at a time uses it."""
 
     def __init__(
@@ -154,13 +149,9 @@ class Outbox(DeadLetterTables):
             raise OutboxError(f"outbox {path}: {getattr(err, 'strerror', None) or err}") from err
         #: One transaction per write, or per router turn (``txns.grouped``: the router's).
         self.txns = Transactions(self._db, path, self._turn_committed, self._turn_lost)
-        #: The open grouped transaction's writes, and the writes owed since one was lost.
-        self.turn, self.owed = TurnLog(), TurnLog()
-        self._owed_seqs: set[int] = set()  # pending rows owed a delete (a refill skips them)
-        self._owing = False  # bool(self.owed), read on every write
-        self._owed_retry_at = 0.0
-        #: Told the new rows a lost transaction took from the file (the durable queues).
-        self.on_lost_rows: Callable[[list[NewRow]], None] | None = None
+        #: The open grouped transaction's writes (broker._outbox_turn); what is owed.
+        self.turn = TurnLog()
+        self._init_owed()
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="outbox-checkpoint", daemon=True
@@ -170,9 +161,20 @@ class Outbox(DeadLetterTables):
 
     def close(self) -> None:
         try:
+            self._pay_owed(force=True)
             self.commit()
         except OutboxError as err:
             log.error("%s", err)
+        if self._owing:
+            log.error(
+                "outbox %s: closed with writes owed since a lost commit that the file "
+                "refused: %d new rows, %d deletes, %d dead letters are lost (deleted rows "
+                "are delivered again after the restart)",
+                self.path,
+                len(self.owed.appends),
+                len(self.owed.deletes),
+                len(self.owed.dead),
+            )
         if not self.checkpoints:
             self._db.close()
             return
@@ -236,16 +238,16 @@ class Outbox(DeadLetterTables):
         self._next_seq = seq  # taken even if the write fails: a seq is never used twice
         with self._write():
             if len(rows) == 1:  # a steady rate's usual batch
-                self._db.execute(_INSERT, rows[0])
+                self._db.execute(INSERT, rows[0])
             else:
-                self._db.executemany(_INSERT, rows)
+                self._db.executemany(INSERT, rows)
         seqs = list(range(first, seq))
         if self.txns.grouped:  # kept until the commit (broker._outbox_turn)
-            if len(seqs) == 1:
-                self.turn.appends.append((first, target, route, envelopes[0]))
+            if len(rows) == 1:
+                self.turn.appends.append((first, target, route, envelopes[0], rows[0][5]))
             else:
-                stored = zip(seqs, envelopes, strict=False)  # the refused ones have no seq
-                self.turn.appends += [(s, target, route, e) for s, e in stored]
+                stored = zip(rows, envelopes, strict=False)  # the refused ones have no row
+                self.turn.appends += [(r[0], target, route, e, r[5]) for r, e in stored]
         self.rows += len(rows)
         self.bytes += added_bytes
         return seqs, refused
@@ -255,10 +257,18 @@ class Outbox(DeadLetterTables):
         keys = list(seqs)
         if not keys:
             return 0
-        with self._write(deletes_only=True):
-            count = self._delete_pending(keys)
+        try:
+            with self._write(deletes_only=True):
+                count = self._delete_pending(keys)
+        except OutboxError:
+            if self.txns.grouped:  # owed: written again with the next transaction
+                self.owed.deletes += keys
+                self._owed_changed()
+            raise
         if self.txns.grouped:
             self.turn.deletes += keys
+            if self._owing:  # rows still owed their insert are settled here
+                count += self._settle_owed(set(keys))
         return count
 
     def _delete_pending(self, keys: list[int]) -> int:
@@ -277,17 +287,17 @@ class Outbox(DeadLetterTables):
 
     def load(self, target: str, route: str, after_seq: int, limit: int) -> list[PendingRow]:
         """Up to ``limit`` rows of (target, route) after ``after_seq``, oldest first."""
+        gone = self._owed_gone  # settled rows whose delete is owed (broker._outbox_turn)
         rows = self._rows(
             "SELECT seq, created, attempts, body FROM pending "
             "WHERE target = ? AND route = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (target, route, after_seq, limit),
+            (target, route, after_seq, limit + len(gone)),
         )
         out: list[PendingRow] = []
         bad: list[tuple[int, str]] = []
-        owed = self._owed_seqs
         for s, c, a, b in rows:
-            if owed and s in owed:
-                continue  # settled; its delete waits to be written again
+            if gone and s in gone:
+                continue
             env = read_stored(b)
             if isinstance(env, str):
                 bad.append((s, env))
@@ -295,7 +305,9 @@ class Outbox(DeadLetterTables):
                 out.append(PendingRow(s, target, route, c, a, env))
         if bad:
             self._unreadable("pending", bad)
-        return out
+        if self._owing and self.owed.appends:  # rows owed their insert, in seq order
+            out = sorted(out + self._owed_rows(target, route, after_seq), key=lambda r: r.seq)
+        return out[:limit]
 
     def keys(self) -> dict[tuple[str, str], int]:
         """Rows waiting per (target, route)."""
@@ -324,6 +336,7 @@ class Outbox(DeadLetterTables):
         """Move rows of ``table`` that do not decode to ``dead`` (one transaction)."""
         with self._write():
             moved, size = move_to_dead(self._db, table, bad, time.time())
+        self._moved_log(table, list(bad))
         if table == "pending":
             self.rows -= moved
             self.bytes -= size
@@ -354,51 +367,6 @@ class Outbox(DeadLetterTables):
 
     def _turn_committed(self) -> None:
         self.turn = TurnLog()
-
-    def _turn_lost(self) -> None:
-        """The open transaction was rolled back (broker._outbox_turn): owe its deletes and
-        dead letters, hand its new rows to memory, count the rows from the file."""
-        turn, self.turn = self.turn, TurnLog()
-        rows = turn.lose(self.owed)
-        self._owed_seqs = self.owed.deleted_seqs()
-        self._owing = bool(self.owed)
-        try:
-            if rows and self.on_lost_rows is not None:
-                self.on_lost_rows(rows)
-        finally:
-            self._recount()  # with the rows owed a delete, until it is written
-
-    def _pay_owed(self) -> None:
-        """Write what a lost transaction owes, as the first write of the next transaction
-        (at most once per ``_OWED_RETRY_S`` while the file refuses it)."""
-        if not self.txns.grouped or self.txns.is_open or not self._owing:
-            return
-        if time.monotonic() < self._owed_retry_at:
-            return
-        owed, self.owed = self.owed, TurnLog()
-        try:
-            with self.txns.write():
-                self._delete_pending(owed.deletes)
-                self._insert_dead(owed.dead)
-                self._db.executemany(
-                    "DELETE FROM replay WHERE seq = ?", [(q,) for q in owed.replayed]
-                )
-        except OutboxError as err:
-            owed.add(self.owed)
-            self.owed, self._owing = owed, True
-            self._owed_retry_at = time.monotonic() + _OWED_RETRY_S
-            log.error(
-                "outbox %s: writes owed since a lost commit still refused: %s", self.path, err
-            )
-            return
-        self.turn.add(owed)  # lost again with this transaction, if it is
-        self._owed_seqs, self._owing = set(), False
-        log.warning(
-            "outbox %s: written again after a lost commit: %d deletes, %d dead letters",
-            self.path,
-            len(owed.deletes),
-            len(owed.dead),
-        )
 
     def commit(self) -> None:
         """Commit the turn's transaction now, if one is open (before telling a source that

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker import _dead_filter as dead_filter
 from broker._envelope import encode
@@ -43,14 +43,18 @@ class DeadLetterTables:
     turn: TurnLog
     _db: sqlite3.Connection
 
-    def _write(self, deletes_only: bool = False) -> AbstractContextManager[None]:
-        raise NotImplementedError
+    _owing: bool
+    _replays_gone: set[int]
 
-    def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # Outbox's and OwedWrites' own
 
-    def _unreadable(self, table: Table, bad: Sequence[tuple[int, str]]) -> None:
-        raise NotImplementedError
+        def _write(self, deletes_only: bool = False) -> AbstractContextManager[None]: ...
+
+        def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]: ...
+
+        def _unreadable(self, table: Table, bad: Sequence[tuple[int, str]]) -> None: ...
+
+        def _settle_owed(self, seqs: set[int]) -> int: ...
 
     def bury(self, letters: Sequence[DeadLetter]) -> None:
         """Store dead letters (and delete their pending rows) in one transaction."""
@@ -60,6 +64,8 @@ class DeadLetterTables:
             pruned = self._insert_dead(letters)
         if self.txns.grouped:
             self.turn.dead += letters
+            if self._owing:  # rows still owed their insert are settled here
+                self._settle_owed({d.seq for d in letters if d.seq is not None})
         if pruned > 0:
             self.dead_pruned += pruned
             log.warning(
@@ -180,11 +186,15 @@ class DeadLetterTables:
         """Up to ``limit`` queued replays, oldest first; they stay queued until
         :meth:`replayed` (so a crash in between replays them again, never loses them)."""
         rows = self._rows(
-            "SELECT seq, route, target, stage, body FROM replay ORDER BY seq LIMIT ?", (limit,)
+            "SELECT seq, route, target, stage, body FROM replay ORDER BY seq LIMIT ?",
+            (limit + len(self._replays_gone),),
         )
         out: list[ReplayRow] = []
         bad: list[tuple[int, str]] = []
+        gone = self._replays_gone  # taken in a lost transaction: their delete is owed
         for s, r, t, st, b in rows:
+            if gone and s in gone:
+                continue
             env = read_stored(b)
             if isinstance(env, str):
                 bad.append((s, env))

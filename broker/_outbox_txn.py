@@ -24,8 +24,8 @@ after the restart; it loses none.
 
 A failed ``COMMIT`` (or SQLite rolling the transaction back by itself after an I/O error)
 *loses* the transaction: :attr:`Transactions.losses` counts it (a source's receipt begun
-before a loss is never called: :mod:`broker._receipts`), the outbox counts its rows again
-from the file and redoes or re-homes what the lost writes meant (:mod:`broker._outbox_turn`).
+before a loss is never called: :mod:`broker._receipts`), and the outbox owes the file what
+the lost writes meant, writing it again with its next transaction (:mod:`broker._outbox_turn`).
 """
 
 from __future__ import annotations
@@ -116,10 +116,10 @@ class Transactions:
             age_ms = (time.monotonic() - self._began) * 1000
             self._lost(err)
             raise OutboxError(
-                f"outbox {self.path}: commit failed ({err}): the new rows of the last "
-                f"{age_ms:.0f} ms are not in the file (their envelopes are delivered from "
-                "memory; a bridge stopped before that loses them); their deletes and dead "
-                "letters are written again with the next commit"
+                f"outbox {self.path}: commit failed ({err}): the writes of the last "
+                f"{age_ms:.0f} ms are not in the file; they are written again with the next "
+                "transaction (until then they are in memory only: a bridge killed meanwhile "
+                "loses them)"
             ) from err
         self.commits += 1
         self._committed()
@@ -142,6 +142,13 @@ class Transactions:
 
     @contextlib.contextmanager
     def _savepoint(self) -> Iterator[None]:
+        if self._open and not self._still_open():
+            self._lost("SQLite rolled the open transaction back by itself")
+            log.error(
+                "outbox %s: SQLite rolled the open transaction back by itself (after an I/O "
+                "error); its writes are written again with the next one",
+                self.path,
+            )
         if not self._open:  # the first write: the transaction itself is its all or nothing
             try:
                 if self.db.in_transaction:  # a rollback after a loss failed: try once more
@@ -180,9 +187,8 @@ class Transactions:
             exc = err
         self._lost(exc)
         raise OutboxError(
-            f"outbox {self.path}: {exc}; the transaction's earlier writes are lost from the "
-            "file too (new rows are delivered from memory; deletes and dead letters are "
-            "written again with the next commit)"
+            f"outbox {self.path}: {exc}; the transaction's earlier writes are not in the "
+            "file either: they are written again with the next transaction"
         ) from exc
 
     def _lost(self, err: object) -> None:
@@ -194,6 +200,12 @@ class Transactions:
             self._on_lost()
         except sqlite3.Error as again:
             log.error("outbox %s: rows not counted again after %s: %s", self.path, err, again)
+
+    def _still_open(self) -> bool:
+        try:
+            return self.db.in_transaction
+        except sqlite3.Error:  # a closed connection: the write below says so
+            return True
 
     def _execute(self, sql: str) -> None:
         try:

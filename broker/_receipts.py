@@ -155,7 +155,7 @@ class Receipts:
         self.handled.clear()
         self.due.clear()
 
-    def fire(self, losses: int = 0) -> None:
+    def fire(self, losses: int) -> None:
         """Call the callbacks of the receipts settled since the last call; with the outbox's
         lost transactions so far, ``losses``: a receipt begun before one is lost instead."""
         due, self.due = self.due, []

@@ -214,8 +214,6 @@ def refusable(grouped: Outbox) -> Outbox:
 
 def test_seqs_are_never_used_twice_after_a_lost_commit(refusable: Outbox) -> None:
     box = refusable
-    handed: list[list[tuple[int, str, str, Envelope]]] = []
-    box.on_lost_rows = handed.append
     kept, _ = box.append("sink", "r", [metric(0)])
     box.end_turn()
     lost, _ = box.append("sink", "r", [metric(1), metric(2)])
@@ -223,14 +221,17 @@ def test_seqs_are_never_used_twice_after_a_lost_commit(refusable: Outbox) -> Non
     with pytest.raises(OutboxError, match=r"commit failed \(FOREIGN KEY"):
         box.end_turn()
     assert box.txns.losses == 1 and not box._db.in_transaction
-    assert [[(s, e.subject) for s, _, _, e in rows] for rows in handed] == [
-        [(lost[0], "m1"), (lost[1], "m2")]
-    ]  # handed back to be delivered from memory
-    assert box.rows == committed_rows(box.path) == 1
-    again, _ = box.append("sink", "r", [metric(3)])
+    assert [(row[0], row[3].subject) for row in box.owed.appends] == [
+        (lost[0], "m1"),
+        (lost[1], "m2"),
+    ]  # owed to the file with the seqs they were given
+    assert committed_rows(box.path) == 1 and box.rows == 3  # counted as the file will be
+    assert [r.seq for r in box.load("sink", "r", 0, 10)] == [kept[0], *lost]  # read as if in
+    again, _ = box.append("sink", "r", [metric(3)])  # the owed rows are written first
     box.end_turn()
     assert again[0] > lost[-1] > kept[0]  # SQLite's own counter went back; this one did not
-    assert [r.seq for r in box.load("sink", "r", 0, 10)] == [kept[0], again[0]]
+    assert not box.owed and committed_rows(box.path) == 4 == box.rows
+    assert [r.seq for r in box.load("sink", "r", 0, 10)] == [kept[0], *lost, again[0]]
     box.close()
 
 
@@ -238,8 +239,6 @@ def test_a_lost_commit_owes_its_deletes_and_dead_letters_and_writes_them_next(
     refusable: Outbox,
 ) -> None:
     box = refusable
-    handed: list[list[tuple[int, str, str, Envelope]]] = []
-    box.on_lost_rows = handed.append
     seqs, _ = box.append("sink", "r", [metric(i) for i in range(4)])
     box.end_turn()
     box.remove(seqs[:1])
@@ -249,24 +248,55 @@ def test_a_lost_commit_owes_its_deletes_and_dead_letters_and_writes_them_next(
     refuse_the_next_commit(box)
     with pytest.raises(OutboxError, match="commit failed"):
         box.end_turn()
-    assert [[s for s, *_ in rows] for rows in handed] == [[new[1]]]
+    assert [row[0] for row in box.owed.appends] == [new[1]]
+    assert box.owed.deletes == seqs[:1] and [d.seq for d in box.owed.dead] == [seqs[1]]
     assert committed_rows(box.path) == 4 and box.dead_count() == 0  # as the file has it
-    # a refill in between does not load the rows owed a delete
-    assert [r.seq for r in box.load("sink", "r", 0, 10)] == seqs[2:]
+    # a refill in between skips the rows owed a delete and gets the row owed its insert
+    assert [r.seq for r in box.load("sink", "r", 0, 10)] == [*seqs[2:], new[1]]
+    assert box.rows == 3
     box.append("sink", "r", [metric(10)])  # the next transaction writes the owed first
     box.end_turn()
-    assert committed_rows(box.path) == 3 and box.dead_count() == 1
-    assert not box.owed and box.rows == 3
+    assert committed_rows(box.path) == 4 == box.rows and box.dead_count() == 1
+    assert not box.owed
+    box.close()
+
+
+def test_an_owed_row_acknowledged_before_it_reached_the_file_is_settled(
+    refusable: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker import _outbox_owed
+
+    box = refusable
+    monkeypatch.setattr(_outbox_owed, "OWED_RETRY_S", 60.0)  # the file refuses for a while
+    lost, _ = box.append("sink", "r", [metric(1), metric(2)])
+    refuse_the_next_commit(box)
+    with pytest.raises(OutboxError):
+        box.end_turn()
+    box._db.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON pending "
+        "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    )
+    with pytest.raises(OutboxError, match="refused by the test"):
+        box.append("sink", "r", [metric(3)])  # pays first: refused, owed stays
+    assert [row[0] for row in box.owed.appends] == lost
+    assert box.remove(lost[:1]) == 1 and box.rows == 1  # acknowledged: owed no more
+    box.bury([DeadLetter("r", "sink", "deliver", metric(2), "refused", 1, lost[1])])
+    assert not box.owed.appends and box.rows == 0
+    box._db.execute("DROP TRIGGER refuse")
+    box._owed_retry_at = 0.0
+    box.end_turn()
+    box.commit()
+    assert committed_rows(box.path) == 0 and box.dead_count() == 1 and not box.owed
     box.close()
 
 
 def test_owed_writes_wait_while_the_file_refuses_them_and_an_idle_router_is_woken(
     refusable: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from broker import _outbox
+    from broker import _outbox_owed
 
     box = refusable
-    monkeypatch.setattr(_outbox, "_OWED_RETRY_S", 0.05)
+    monkeypatch.setattr(_outbox_owed, "OWED_RETRY_S", 0.05)
     seqs, _ = box.append("sink", "r", [metric(i) for i in range(2)])
     box.end_turn()
     box.remove(seqs[:1])
@@ -280,12 +310,54 @@ def test_owed_writes_wait_while_the_file_refuses_them_and_an_idle_router_is_woke
     )
     again = box.end_turn()  # refused: owed still, and the router must come back for it
     assert box.owed.deletes == seqs[:1] and again is not None and 0 < again <= 0.05
+    assert box.rows == 2 and committed_rows(box.path) == 2
     box._db.execute("DROP TRIGGER refuse")
     time.sleep(0.06)
-    assert box.end_turn() is None  # written (only deletes: committed within their linger)
-    box.commit()
-    assert not box.owed and committed_rows(box.path) == 1
+    assert box.end_turn() is None  # written and committed (it holds a new row)
+    assert not box.owed and committed_rows(box.path) == 2 == box.rows
     box.close()
+
+
+def test_closing_writes_what_is_owed(refusable: Outbox, tmp_path: Path) -> None:
+    box = refusable
+    box.append("sink", "r", [metric(1)])
+    box.bury([DeadLetter("r", "", "route", metric(2), "a transform raised")])
+    refuse_the_next_commit(box)
+    with pytest.raises(OutboxError):
+        box.end_turn()
+    box._owed_retry_at = time.monotonic() + 60  # not due yet: close does not wait for it
+    box.close()
+    again = Outbox(box.path)
+    assert again.rows == 1 and again.dead_count() == 1
+    again.close()
+
+
+def test_a_rollback_sqlite_made_by_itself_is_noticed_at_the_next_write(grouped: Outbox) -> None:
+    box = grouped
+    box.append("sink", "r", [metric(1)])
+    box._db.execute("ROLLBACK")  # as SQLite does after an I/O error on a read
+    box.append("sink", "r", [metric(2)])
+    assert box.txns.losses == 1
+    box.end_turn()
+    assert committed_rows(box.path) == 2 == box.rows  # the first row was written again
+    box.close()
+
+
+def test_a_replay_taken_in_a_lost_transaction_is_not_taken_again(refusable: Outbox) -> None:
+    box = refusable
+    box.txns.grouped = False
+    box.bury([DeadLetter("r", "sink", "deliver", metric(7), "refused")])
+    box.queue_replay(box.dead_rows())
+    box.txns.grouped = True
+    taken = box.take_replays(10)
+    assert [r.envelope.subject for r in taken] == ["m7"]
+    refuse_the_next_commit(box)
+    with pytest.raises(OutboxError):
+        box.end_turn()
+    assert box.owed.replayed == [taken[0].seq]
+    assert box.next_replays(10) == []  # its delete is owed: not handed back twice
+    box.close()
+    assert Outbox(box.path, checkpoints=False).replay_waiting() == 0
 
 
 FAN_OUT = """
@@ -367,13 +439,13 @@ def test_a_lost_commit_loses_no_envelope_and_keeps_the_ledger_balanced(
         assert box.txns.losses == 1 and committed_rows(box.path) == 15
         ledger = router.snapshot()["routes"]["r"]["ledger"]
         assert ledger["balanced"] and ledger["pending"] == 17, ledger
-        router.turn_ended()  # the owed deletes are written again
+        router.turn_ended()  # the owed rows and deletes are written again
         router.on_receive(Snapshot())
-        assert committed_rows(box.path) == 13 and not box.owed
+        assert committed_rows(box.path) == 17 and not box.owed
         rest = batch[2:]
         router.on_receive(Delivered(route, "sink", len(rest), rest))
         delivered = [e.subject for e in batch] + deliver_all(router, inlets, "sink")
-        assert sorted(delivered) == sorted(f"m{i}" for i in range(19))  # each once
+        assert delivered == [f"m{i}" for i in range(19)]  # each once, in order
         router.on_receive(Snapshot())
         ledger = router.snapshot()["routes"]["r"]["ledger"]
         assert ledger["balanced"] and ledger["pending"] == 0, ledger
@@ -398,7 +470,7 @@ def test_a_receipt_begun_before_a_lost_commit_is_never_called(
         router.on_receive(Snapshot())  # the persist copy's row is lost
         assert deliver_all(router, inlets, "slow") == ["m0"]
         assert heard == []  # settled, but after a loss: never called
-        assert deliver_all(router, inlets, "sink") == ["m0"]  # delivered from memory
+        assert deliver_all(router, inlets, "sink") == ["m0"]  # its row is owed, not lost
         router.on_receive(Inbound("src", [from_src(1)], on_settled=lambda: heard.append("b")))
         deliver_all(router, inlets, "slow")
         assert heard == ["b"]  # a receipt begun after the loss is called as before
