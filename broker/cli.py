@@ -5,6 +5,7 @@
     junction run CONFIG          run the bridge until Ctrl-C / SIGTERM (SIGHUP: reload CONFIG)
     junction reload CONFIG       have the running bridge check CONFIG and apply it live
     junction check CONFIG        validate; print adapters and compiled routes (exit 0 or 2)
+    junction init [--peers ...]  print a commented starter site configuration (broker._init)
     junction status CONFIG       the live table of a running bridge, from its /status endpoint
     junction explain CONFIG ENV  which routes take an envelope and what they make of it
     junction plugins             what is loaded and what each plugin registers
@@ -130,6 +131,20 @@ def _parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentPars
     )
     rel.set_defaults(func=cmd_reload)
 
+    init = sub.add_parser(
+        "init",
+        help="print a commented starter configuration for a site",
+        description="Print a starter site configuration (to redirect into a file): the "
+        "[junction] table, the named peers' adapters and the routes between them, every "
+        "secret as ${NAME} from the environment.",
+    )
+    init.add_argument(
+        "--peers",
+        default="placeos,alphax,allxon",
+        help="comma-separated peers to include (default: placeos,alphax,allxon)",
+    )
+    init.set_defaults(func=cmd_init)
+
     check = sub.add_parser("check", help="validate a configuration and show the compiled routes")
     check.add_argument("config")
     check.set_defaults(func=cmd_check)
@@ -210,6 +225,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         if r.spec.expects_reply:
             extra += " expects_reply"
         print(f"      {extra}")
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from broker import _init
+
+    try:
+        peers = _init.parse_peers(args.peers)
+    except _init.InitError as err:
+        print(f"junction init: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    sys.stdout.write(_init.starter_config(peers))
     return EXIT_OK
 
 
