@@ -62,10 +62,15 @@ class AdapterStatus:
     received: int = 0
     #: False for an adapter whose state does not decide readiness (``required = false``).
     required: bool = True
+    #: Numbers the adapter reports for ``/metrics`` by name (the Allxon adapter's
+    #: ``allxon_budget_remaining_ratio``); a name is absent while it has no value.
+    gauges: dict[str, float] = field(default_factory=dict)
 
     def set(self, state: str, detail: str = "") -> None:
-        if state != self.state or detail != self.detail:
-            self.state, self.detail, self.since = state, detail, time.time()
+        """A new state (``since`` is when the state last changed, not the detail)."""
+        if state != self.state:
+            self.since = time.time()
+        self.state, self.detail = state, detail
 
 
 @dataclass

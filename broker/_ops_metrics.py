@@ -7,6 +7,9 @@ collected by a :class:`SnapshotCollector` on a private
 may live in one process, as in the tests). ``/readyz`` is 200 only while every required
 adapter is connected and no route's oldest pending envelope is older than
 ``[junction.http] ready_max_pending_age_s``.
+
+The Allxon call budget comes from the adapter's status gauges (``AdapterStatus.gauges``:
+``allxon_budget_remaining_ratio``, set while it is linked to its agent).
 """
 
 from __future__ import annotations
@@ -80,10 +83,19 @@ def families(snap: Mapping[str, Any]) -> list[Metric]:
         "Restarts of the adapter's instance after a crash",
         labels=["adapter"],
     )
+    budget = GaugeMetricFamily(
+        "junction_allxon_budget_remaining_ratio",
+        "Share of the Allxon agent's rolling call budget not yet spent (1 - calls in the "
+        "window / budget_per_hour); only while the adapter is linked to the agent",
+        labels=["adapter"],
+    )
     for name, a in (snap.get("adapters") or {}).items():
         connected.add_metric([name], 1.0 if a.get("state") in CONNECTED_STATES else 0.0)
         reconnects.add_metric([name], _num(a, "reconnects"))
         restarts.add_metric([name], _num(a, "restarts"))
+        left = budget_left(a)
+        if left is not None:
+            budget.add_metric([name], left)
 
     route = ["route"]
     received = CounterMetricFamily(
@@ -152,10 +164,19 @@ def families(snap: Mapping[str, Any]) -> list[Metric]:
     )
     age.add_metric([], _num(outbox, "oldest_age_s"))
     return [
-        *(connected, reconnects, restarts),
+        *(connected, reconnects, restarts, budget),
         *(received, delivered, dead, dropped, filtered, pending, balanced, oldest, latency),
         *(rows, size, age),
     ]
+
+
+def budget_left(adapter: Mapping[str, Any]) -> float | None:
+    """The share of its call budget an Allxon adapter has left (0..1), from its status
+    gauges; None for any other adapter, or an Allxon one not linked to its agent."""
+    value = (adapter.get("gauges") or {}).get("allxon_budget_remaining_ratio")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return min(1.0, max(0.0, float(value)))
 
 
 def _num(d: Mapping[str, Any], key: str, default: float = 0.0) -> float:

@@ -361,7 +361,9 @@ class Runtime:
                 pass
         return {
             "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0,
-            "adapters": {n: vars(s).copy() for n, s in self.statuses.items()},
+            "adapters": {
+                n: {**vars(s), "gauges": dict(s.gauges)} for n, s in self.statuses.items()
+            },
             **routes,
         }
 

@@ -74,6 +74,8 @@ from broker import Adapter, Backoff, Envelope, LogGate, reconnect_forever
 
 OFFLINE_REQUEUE_S = 2.0
 STABLE_AFTER_S = 30.0
+#: The status gauge /metrics exports as ``junction_allxon_budget_remaining_ratio``.
+BUDGET_GAUGE = "allxon_budget_remaining_ratio"
 
 
 #: What a route to this adapter keeps in the durable outbox by default: events, alerts,
@@ -202,7 +204,10 @@ class AllxonAdapter(InboundHandling, OutboundHandling, Adapter):
 
     def _refresh_status(self) -> None:
         if self._link is None:
+            self.status.gauges.pop(BUDGET_GAUGE, None)
             return
+        used, limit = self.budget.used(), self.budget.limit
+        self.status.gauges[BUDGET_GAUGE] = max(0, limit - used) / limit if limit > 0 else 0.0
         dropped = sum(self.outbox.dropped.values())
         self.status.set(
             self._phase,

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker import cli
 from broker._errors import ConfigError
 from broker._ops_http import OpsServer
-from broker._ops_metrics import readiness
+from broker._ops_metrics import budget_left, readiness
 from broker._runtime import Loaded, Runtime
 from tests.conftest import wait_until
 
@@ -205,6 +205,30 @@ def test_metrics_tolerate_a_snapshot_without_ledger_outbox_or_latency(
     assert got[("junction_outbox_rows", ())] == 0
     assert not [k for k in got if k[0].startswith("junction_route_delivery_latency")]
     assert not [k for k in got if k[0] == "junction_route_ledger_balanced"]
+
+
+def test_allxon_budget_left_is_read_from_the_adapters_status_gauges(
+    serve: Callable[..., OpsServer],
+) -> None:
+    snap = snapshot()
+    snap["adapters"]["allxon"]["gauges"] = {"allxon_budget_remaining_ratio": 0.08}
+    snap["adapters"]["spare"] = adapter(
+        "spare", "retrying", detail="[::1]:55688: connection refused; retry in 2.0 s"
+    )
+    snap["adapters"]["full"] = adapter("full", "connected")
+    snap["adapters"]["full"]["gauges"] = {"allxon_budget_remaining_ratio": -0.1}
+    server = serve(lambda: snap)
+    got = samples(get(f"{server.url}/metrics")[2])
+    ratio = "junction_allxon_budget_remaining_ratio"
+    assert got[(ratio, (("adapter", "allxon"),))] == pytest.approx(0.08)
+    assert got[(ratio, (("adapter", "full"),))] == 0.0  # never below zero
+    # not linked (no numbers in its detail), or not an Allxon adapter: no sample
+    assert {k[1] for k in got if k[0] == ratio} == {
+        (("adapter", "allxon"),),
+        (("adapter", "full"),),
+    }
+    assert budget_left({"gauges": {"allxon_budget_remaining_ratio": "half"}}) is None
+    assert budget_left({}) is None
 
 
 # --------------------------------------------------------------------------- /readyz /healthz
