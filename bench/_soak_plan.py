@@ -51,16 +51,15 @@ name = "placeos_to_alphax_channel"
 
 
 def ledger_totals(snap: dict[str, Any]) -> dict[str, int]:
-    """The ledger of every route summed, plus ``unaccounted`` (module docstring) and
-    ``filtered`` (within ``dropped``)."""
-    keys = ("received", "delivered", "pending", "dead_lettered", "dropped")
-    total = dict.fromkeys((*keys, "unaccounted", "filtered"), 0)
+    """The ledger of every route summed (broker._ledger's words), plus ``unaccounted``
+    (module docstring)."""
+    keys = ("received", "delivered", "pending", "dead_lettered", "dropped", "filtered")
+    total = dict.fromkeys((*keys, "unaccounted"), 0)
     for route in snap["routes"].values():
         ledger = route["ledger"]
         for key in keys:
             total[key] += ledger[key]
         total["unaccounted"] += ledger["received"] - sum(ledger[k] for k in keys[1:])
-        total["filtered"] += route["filtered"]
     return total
 
 

@@ -201,6 +201,7 @@ class Replays:
             return
         batches: Batches = {}
         for row in rows:
+            ledger.of(row.route).replayed += 1
             route = router.route_by_name(row.route)
             if (
                 route is not None

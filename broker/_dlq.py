@@ -34,10 +34,13 @@ prints, and the SQL stays with the store (:mod:`broker._outbox`, :mod:`broker._d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from broker._dead_letters import REPLAYS_PER_TICK
 from broker._dlq_format import ago, err, full, one_line, out, ranges, table, when
@@ -334,7 +337,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 f"letters ({sel.describe()}) now; the bridge takes them at up to {cap:.0f}/s "
                 "when it starts (start it first to pace a large backfill with --rate)"
             )
-        outcome = replay_paced(box, sel, rate, paced=pid is not None, report=_progress)
+        with _progress_bar(sel.count) as report:
+            outcome = replay_paced(box, sel, rate, paced=pid is not None, report=report)
         left = sel.count - outcome.moved
         if outcome.interrupted:
             err(
@@ -351,6 +355,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return with_store(args.config, body)
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int) -> Iterator[Callable[[int, int, float], None]]:
+    """A progress bar on a terminal (rich), else a line per report (a log, a pipe)."""
+    if not sys.stdout.isatty():
+        yield _progress
+        return
+    columns = (
+        TextColumn("replayed"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[speed]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns) as bar:
+        task = bar.add_task("replay", total=total, speed="")
+
+        def report(moved: int, total: int, elapsed: float) -> None:
+            speed = f"{moved / elapsed:.0f}/s" if elapsed > 0 else ""
+            bar.update(task, completed=moved, total=total, speed=speed)
+
+        yield report
 
 
 def _progress(moved: int, total: int, elapsed: float) -> None:

@@ -1,14 +1,28 @@
 """The router's books: what happened on each route, and the snapshot that shows them.
 
-Per route it counts ``matched``, ``queued``, ``delivered``, ``failed`` (dead-lettered)
-and ``dropped`` by reason, replies and reply timeouts, and a histogram of delivery
-latency (envelope ``ts`` to acknowledged).
+**The ledger's words** (:data:`VOCABULARY`) have one meaning each, and ``junction status``,
+the live view, ``/metrics`` (``junction_route_<word>``), the web console and the benchmarks'
+notes all use them:
 
-The loss ledger of a route: every item it hands a target (one per envelope and target,
-replies included), every input it filters and every input it dead-letters is
-``received``; at every moment ``received = delivered + pending + dead_lettered +
-dropped``, where ``pending`` is measured where the items are (the target's queue and
-what the adapter holds, or the outbox rows of a ``persist`` route), not derived.
+- ``received``: the items a route answers for -- one per envelope it hands each of its
+  targets, and one per input it filters or dead-letters itself; also the replies it hands
+  back to an asker, the rows a previous run left in the outbox (``recovered``) and the
+  dead letters replayed into it (``replayed``).
+- ``delivered``: items their target acknowledged (replies handed back included).
+- ``pending``: items not settled yet, measured where they are (the target's queue, what
+  the adapter holds, or the outbox rows of a ``persist`` route), not derived.
+- ``dead_lettered``: items stored as dead letters, with the reason.
+- ``dropped``: items lost by the route's overflow policy or by a failure, by reason
+  (``drop_oldest``, ``block_timeout``, ``outbox_full``, ...); never a filter's decision.
+- ``filtered``: inputs the route's map or transforms chose to drop (a decision, not a loss).
+- ``balanced``: at every moment ``received = delivered + pending + dead_lettered + dropped
+  + filtered``.
+- ``matched``: input envelopes the route's match took. It differs from ``received`` by
+  the fan-out (one input, several targets), ``replies``, ``recovered`` and ``replayed``,
+  which the views show beside it.
+
+The router also counts retries, reply timeouts and a histogram of delivery latency
+(envelope ``ts`` to acknowledged).
 """
 
 from __future__ import annotations
@@ -29,6 +43,22 @@ from broker._queue_key import QueueKey
 
 #: the router's logger: these lines are the router's (as before it was split in modules)
 log = logging.getLogger("broker.router")
+
+#: Each ledger word and its one meaning (see the module docstring).
+VOCABULARY = {
+    "received": "items the route answers for: one per envelope handed to each target, "
+    "each input it filtered or dead-lettered, replies, recovered rows and replays",
+    "delivered": "items their target acknowledged (replies handed back included)",
+    "pending": "items not settled yet: queued, being delivered, or in the outbox",
+    "dead_lettered": "items stored as dead letters, with the reason",
+    "dropped": "items lost by the route's overflow policy or a failure, by reason",
+    "filtered": "inputs the route's map or transforms chose to drop (a decision, not a loss)",
+    "balanced": "received = delivered + pending + dead_lettered + dropped + filtered",
+    "matched": "input envelopes the route's match took (before the fan-out to its targets)",
+    "replies": "replies handed back to the adapter that asked",
+    "recovered": "items the last run left in the outbox, received again at start",
+    "replayed": "dead letters replayed into the route (junction dlq replay, the console)",
+}
 
 #: Upper bounds (seconds) of the delivery latency histogram: envelope ``ts`` to acknowledged.
 LATENCY_BUCKETS = (
@@ -62,6 +92,7 @@ class RouteCounters:
     reply_timeouts: int = 0
     received: int = 0
     recovered: int = 0
+    replayed: int = 0
     retries: int = 0
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
@@ -89,6 +120,7 @@ class RouteCounters:
             "replies": self.replies,
             "reply_timeouts": self.reply_timeouts,
             "recovered": self.recovered,
+            "replayed": self.replayed,
             "retries": self.retries,
             "latency": {
                 "le": list(LATENCY_BUCKETS),
@@ -151,15 +183,21 @@ class Ledger:
         for name, c in self.counters.items():
             entry = c.as_dict()
             pending, oldest = self.pending_of(name, now, inlets, durable)
-            dropped = sum(c.dropped.values())
+            filtered = c.dropped.get("filtered", 0)
+            dropped = sum(c.dropped.values()) - filtered
             delivered = c.delivered + c.replies
-            entry["ledger"] = {
+            entry["ledger"] = {  # the ledger's words (VOCABULARY), nothing else
                 "received": c.received,
                 "delivered": delivered,
                 "pending": pending,
                 "dead_lettered": c.failed,
                 "dropped": dropped,
-                "balanced": c.received == delivered + pending + c.failed + dropped,
+                "filtered": filtered,
+                "balanced": c.received == delivered + pending + c.failed + dropped + filtered,
+                "matched": c.matched,
+                "replies": c.replies,
+                "recovered": c.recovered,
+                "replayed": c.replayed,
             }
             entry["outbox"] = {
                 "pending": pending if oldest is not None else 0,

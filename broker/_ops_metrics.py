@@ -25,6 +25,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from broker._ledger import VOCABULARY
+
 #: Adapter states that count as connected: "running" (a pure in-process adapter),
 #: "finished" (a one-shot source that did its job), "ready" (a request/response peer
 #: with nothing to send yet), "sending" (a best-effort datagram transport).
@@ -98,32 +100,18 @@ def families(snap: Mapping[str, Any]) -> list[Metric]:
             budget.add_metric([name], left)
 
     route = ["route"]
-    received = CounterMetricFamily(
-        "junction_route_received", "Envelopes the route took in", labels=route
-    )
-    delivered = CounterMetricFamily(
-        "junction_route_delivered", "Envelopes the route's targets sent on", labels=route
-    )
-    dead = CounterMetricFamily(
-        "junction_route_dead_lettered", "Envelopes of the route dead-lettered", labels=route
-    )
+    words = VOCABULARY  # the ledger's words, one meaning each (broker._ledger)
+    received = CounterMetricFamily("junction_route_received", words["received"], labels=route)
+    delivered = CounterMetricFamily("junction_route_delivered", words["delivered"], labels=route)
+    dead = CounterMetricFamily("junction_route_dead_lettered", words["dead_lettered"], labels=route)
     dropped = CounterMetricFamily(
-        "junction_route_dropped",
-        "Envelopes of the route lost, by reason (overflow, ...); filtered ones are apart",
-        labels=["route", "reason"],
+        "junction_route_dropped", words["dropped"], labels=["route", "reason"]
     )
-    filtered = CounterMetricFamily(
-        "junction_route_filtered",
-        "Envelopes a transform of the route chose to drop (a decision, not a loss)",
-        labels=route,
-    )
-    pending = GaugeMetricFamily(
-        "junction_route_pending", "Envelopes of the route not yet delivered", labels=route
-    )
+    filtered = CounterMetricFamily("junction_route_filtered", words["filtered"], labels=route)
+    matched = CounterMetricFamily("junction_route_matched", words["matched"], labels=route)
+    pending = GaugeMetricFamily("junction_route_pending", words["pending"], labels=route)
     balanced = GaugeMetricFamily(
-        "junction_route_ledger_balanced",
-        "1 while received = delivered + dead-lettered + dropped + pending on the route",
-        labels=route,
+        "junction_route_ledger_balanced", f"1 while {words['balanced']}", labels=route
     )
     oldest = GaugeMetricFamily(
         "junction_route_oldest_pending_age_seconds",
@@ -144,7 +132,8 @@ def families(snap: Mapping[str, Any]) -> list[Metric]:
         for reason, n in sorted((r.get("dropped") or {}).items()):
             if reason != "filtered":
                 dropped.add_metric([name, str(reason)], float(n))
-        filtered.add_metric([name], _num(r, "filtered"))
+        filtered.add_metric([name], _num(ledger, "filtered", _num(r, "filtered")))
+        matched.add_metric([name], _num(r, "matched"))
         pending.add_metric([name], _num(ledger, "pending"))
         if "balanced" in ledger:
             balanced.add_metric([name], 1.0 if ledger["balanced"] else 0.0)
@@ -165,7 +154,8 @@ def families(snap: Mapping[str, Any]) -> list[Metric]:
     age.add_metric([], _num(outbox, "oldest_age_s"))
     return [
         *(connected, reconnects, restarts, budget),
-        *(received, delivered, dead, dropped, filtered, pending, balanced, oldest, latency),
+        *(received, delivered, dead, dropped, filtered, matched, pending, balanced),
+        *(oldest, latency),
         *(rows, size, age),
     ]
 

@@ -35,6 +35,7 @@ from typing import Any
 import pluggy
 import trio
 
+from broker._backfill import BackfillProgress
 from broker._config import JunctionSettings, RedeliveryPolicy
 from broker._dead_letters import Batches, DeadLetters, Replays
 from broker._durable import DurableQueues
@@ -134,10 +135,13 @@ class Router(LoopActor):
         )
         self.replays = Replays(self, self.dead, outbox) if outbox is not None else None
         self.durable: DurableQueues | None = None
+        #: progress lines while what the last run left is delivered (broker._backfill)
+        self.backfill = BackfillProgress()
         if outbox is not None:
             self.durable = DurableQueues(outbox, inlets, self._redelivery, self._capacity)
             for (_target, key), n in self.durable.recover().items():
                 self.ledger.recovered(key, n)
+                self.backfill.recovered(key.route, n, self.ledger.of(key.route).delivered)
                 log.info("outbox: %d envelopes of route %s left by the last run", n, key.name)
         #: sources told when their batches are settled (emit(on_settled=...))
         self.receipts = Receipts()
@@ -213,6 +217,7 @@ class Router(LoopActor):
                     if self.durable is not None and self.replays is not None:
                         self.durable.tick(now)
                         self.replays.take()
+                        self.backfill.tick(self._backfill_counts)
                 case Snapshot():
                     # what the picture counts is in the file when it is seen (junction dlq,
                     # junction status read both), not up to a commit linger later
@@ -234,6 +239,11 @@ class Router(LoopActor):
                 receipts.handled.clear()
             self._fire_receipts()  # after the dead letters and the kept rows are committed
         return None
+
+    def _backfill_counts(self, route: str) -> tuple[int, int]:
+        """(pending, delivered) of ``route``, for the backfill's progress lines."""
+        pending, _ = self.ledger.pending_of(route, time.time(), self.inlets, self.durable)
+        return pending, self.ledger.of(route).delivered
 
     def turn_ended(self) -> float | None:
         """Commit the outbox's writes once past their linger (broker._outbox_txn)."""

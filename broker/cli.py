@@ -21,6 +21,7 @@ bundle (``adapters/demo``) adds these two:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -45,6 +46,7 @@ from broker._errors import ConfigError, ConfigProblem, JunctionError, PluginErro
 from broker._overflow import Overflow
 from broker._routing import resolve_policies
 from broker._runtime import Loaded, Runtime, load
+from broker._status_live import LiveStatus
 from broker.hookspecs import Command
 
 log = logging.getLogger("junction")
@@ -381,13 +383,18 @@ def run_until_stopped(
         raise
     recent: logs.RecentLines | None = None
     runtime: Runtime | None = None
+    view: LiveStatus | None = None
+    screen = contextlib.ExitStack()
     try:
         if live:
             state = Path(loaded.config.junction.state_dir)
             recent = logs.RecentLines()
             logs.divert_to_file(str(state / "junction.log"), recent)
+            view = LiveStatus(f"(full log: {state / 'junction.log'}; Ctrl-C to stop)")
         runtime = Runtime(loaded)
         runtime.start()
+        if view is not None:
+            screen.enter_context(view)
         began = time.monotonic()
         every = status_every or 0.5
         while not stop.wait(every) or hangups:
@@ -401,7 +408,7 @@ def run_until_stopped(
             if duration and time.monotonic() - began >= duration:
                 break
             if status_every:
-                _show(runtime, live, recent, extra)
+                _show(runtime, view, recent, extra)
         if received:
             log.info(
                 "%s received: stopping (grace %.1f s)",
@@ -409,6 +416,7 @@ def run_until_stopped(
                 runtime.loaded.config.junction.shutdown_grace_s,
             )
     finally:
+        screen.close()  # the terminal's own screen back before the last words
         report = runtime.stop() if runtime is not None else None
         lock.release()
         for s, handler in old.items():
@@ -416,7 +424,7 @@ def run_until_stopped(
     assert report is not None  # Runtime() raising leaves by the finally above
     if live:
         left = sum(report.left.values())
-        sys.stdout.write("\x1b[H\x1b[2J" + status.render(report.snapshot) + "\n\n")
+        sys.stdout.write(status.render(report.snapshot) + "\n\n")
         sys.stdout.write(
             f"stopped: {left} envelopes left undelivered\n"
             if left
@@ -456,21 +464,19 @@ def own_state_dir(loaded: Loaded) -> state_lock.StateLock:
 
 def _show(
     runtime: Runtime,
-    live: bool,
+    view: LiveStatus | None,
     recent: logs.RecentLines | None = None,
     extra: Callable[[], str] | None = None,
 ) -> None:
+    """Hand the live view a fresh snapshot, or print the picture (not a terminal)."""
     snap = runtime.snapshot()
     if recent is not None:
         snap["recent_log"] = list(recent.lines)
-    text = status.render(snap)
-    if extra is not None:
-        text += "\n\n" + extra()
-    if live:
-        where = Path(runtime.loaded.config.junction.state_dir) / "junction.log"
-        sys.stdout.write(f"\x1b[H\x1b[2J{text}\n\n(full log: {where}; Ctrl-C to stop)\n")
-    else:
-        sys.stdout.write(text + "\n\n")
+    if view is not None:
+        view.show(snap, extra)
+        return
+    lines = extra().splitlines() if extra is not None else []
+    sys.stdout.write(status.render(snap, extra=lines) + "\n\n")
     sys.stdout.flush()
 
 

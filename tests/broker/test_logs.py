@@ -112,4 +112,4 @@ def test_status_table_shows_a_peers_control_characters_escaped() -> None:
     text = render(snap)
     assert "\x1b" not in text and "\x07" not in text
     assert "server said: \\x1b]0;owned\\x07\\nforged line" in text
-    assert len(text.splitlines()) == 4  # title, blank, header, one adapter row
+    assert len(text.splitlines()) == 4  # title, header, its rule, one adapter row

@@ -64,13 +64,15 @@ def snapshot() -> dict[str, Any]:
                 "dropped_total": 2,
                 "replies": 0,
                 "reply_timeouts": 0,
-                "ledger": {
-                    "received": 10,
+                "ledger": {  # 11 = 7 + 0 + 1 + 2 + 1 (broker._ledger's words)
+                    "received": 11,
                     "delivered": 7,
                     "pending": 0,
                     "dead_lettered": 1,
                     "dropped": 2,
+                    "filtered": 1,
                     "balanced": True,
+                    "matched": 10,
                 },
                 "outbox": {"pending": 3, "oldest_age_s": 5.0},
                 "latency": {
@@ -145,7 +147,8 @@ def test_metrics_carry_the_snapshot_values(serve: Callable[..., OpsServer]) -> N
     assert got[("junction_adapter_reconnects_total", (("adapter", "alphax"),))] == 5
     assert got[("junction_adapter_restarts_total", (("adapter", "alphax"),))] == 2
     w = (("route", "w"),)
-    assert got[("junction_route_received_total", w)] == 10
+    assert got[("junction_route_received_total", w)] == 11
+    assert got[("junction_route_matched_total", w)] == 10
     assert got[("junction_route_delivered_total", w)] == 7
     assert got[("junction_route_dead_lettered_total", w)] == 1
     assert got[("junction_route_dropped_total", (("reason", "overflow"), ("route", "w")))] == 2
@@ -368,14 +371,21 @@ def test_status_reads_listen_from_the_config_and_prints_ledger_and_outbox(
     serve: Callable[..., OpsServer],
     write_config: Callable[[str], str],
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server = serve(snapshot)
     cfg = write_config(f'[junction.http]\nlisten = "127.0.0.1:{server.port}"\n')
+    monkeypatch.setenv("COLUMNS", "160")  # the table's width: the terminal's, here fixed
     assert cli.main(["status", cfg]) == 0
     out = capsys.readouterr().out
-    assert "ROUTE LEDGER" in out
-    row = next(line for line in out.splitlines() if line.startswith("w ") and "yes" in line)
-    assert row.split() == ["w", "10", "7", "0", "1", "2", "yes", "3", "5s"]
+    header = next(line for line in out.splitlines() if line.startswith("ROUTE "))
+    assert header.split() == [
+        *("ROUTE", "RECEIVED", "DELIVERED", "PENDING", "DEAD_LETTERED", "DROPPED", "FILTERED"),
+        *("BALANCED", "OLDEST", "NOTES"),
+    ]  # the ledger's words, as /metrics names them
+    row = next(line for line in out.splitlines() if line.startswith("w "))
+    assert row.split()[:9] == ["w", "11", "7", "0", "1", "2", "1", "yes", "5s"]
+    assert row.endswith("matched 10, overflow 2")  # why received differs, and the drops
     assert "outbox: 3 rows, 2 KiB, oldest 5s, dead letters 1  (state/outbox.sqlite3)" in out
 
     assert cli.main(["status", cfg, "--json"]) == 0
