@@ -49,7 +49,7 @@ from broker._stored import (
     ReplayRow,
     Table,
     move_to_dead,
-    read_stored,
+    readable,
 )
 
 __all__ = ["DeadLetter", "DeadRow", "Outbox", "OutboxError", "PendingRow", "ReplayRow"]
@@ -293,16 +293,8 @@ class Outbox(DeadLetterTables, OwedWrites):
             "WHERE target = ? AND route = ? AND seq > ? ORDER BY seq LIMIT ?",
             (target, route, after_seq, limit + len(gone)),
         )
-        out: list[PendingRow] = []
-        bad: list[tuple[int, str]] = []
-        for s, c, a, b in rows:
-            if gone and s in gone:
-                continue
-            env = read_stored(b)
-            if isinstance(env, str):
-                bad.append((s, env))
-            else:
-                out.append(PendingRow(s, target, route, c, a, env))
+        good, bad = readable(rows, gone)
+        out = [PendingRow(s, target, route, c, a, env) for s, c, a, env in good]
         if bad:
             self._unreadable("pending", bad)
         if self._owing and self.owed.appends:  # rows owed their insert, in seq order

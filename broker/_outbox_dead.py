@@ -20,7 +20,7 @@ from broker import _dead_filter as dead_filter
 from broker._envelope import encode
 from broker._outbox_turn import TurnLog
 from broker._outbox_txn import Transactions
-from broker._stored import DeadLetter, DeadRow, ReplayRow, Table, read_stored
+from broker._stored import DeadLetter, DeadRow, ReplayRow, Table, readable
 
 __all__ = ["DeadLetterTables"]
 
@@ -129,12 +129,15 @@ class DeadLetterTables:
         reason: str | None = None,
         ids: Sequence[int] = (),
         limit: int = 100,
+        newest_first: bool = False,
     ) -> list[DeadRow]:
-        """Dead letters, oldest first, filtered by route, reason (substring) or seqs."""
+        """Dead letters, oldest first (or newest, for the console's recent ones), filtered
+        by route, reason (substring) or seqs."""
         where, args = dead_filter.where(route, reason, ids)
+        order = "DESC" if newest_first else ""
         rows = self._rows(
             "SELECT seq, route, target, stage, env_id, kind, reason, failed_at, attempts, body "
-            f"FROM dead{where} ORDER BY seq LIMIT ?",
+            f"FROM dead{where} ORDER BY seq {order} LIMIT ?",
             (*args, limit),
         )
         return [DeadRow(*r) for r in rows]
@@ -189,17 +192,9 @@ class DeadLetterTables:
             "SELECT seq, route, target, stage, body FROM replay ORDER BY seq LIMIT ?",
             (limit + len(self._replays_gone),),
         )
-        out: list[ReplayRow] = []
-        bad: list[tuple[int, str]] = []
-        gone = self._replays_gone  # taken in a lost transaction: their delete is owed
-        for s, r, t, st, b in rows:
-            if gone and s in gone:
-                continue
-            env = read_stored(b)
-            if isinstance(env, str):
-                bad.append((s, env))
-            else:
-                out.append(ReplayRow(s, r, t, st, env))
+        # rows taken in a lost transaction are skipped: their delete is owed
+        good, bad = readable(rows, self._replays_gone)
+        out = [ReplayRow(*row) for row in good]
         if bad:
             self._unreadable("replay", bad)
         return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -87,6 +87,26 @@ def read_stored(body: bytes) -> Envelope | str:
         return decode(body)
     except msgspec.DecodeError as err:  # ValidationError too
         return f"unreadable stored envelope: {err}"
+
+
+def readable(
+    rows: Sequence[Sequence[Any]], skip: set[int]
+) -> tuple[list[tuple[Any, ...]], list[tuple[int, str]]]:
+    """Rows read from ``pending`` or ``replay`` (seq first, body last) as
+    ``(*columns, envelope)`` where the body decodes, and ``(seq, why)`` where it does not;
+    rows whose seq is in ``skip`` (settled, their delete owed) are left out."""
+    good: list[tuple[Any, ...]] = []
+    bad: list[tuple[int, str]] = []
+    for row in rows:
+        seq = row[0]
+        if skip and seq in skip:
+            continue
+        env = read_stored(row[-1])
+        if isinstance(env, str):
+            bad.append((seq, env))
+        else:
+            good.append((*row[:-1], env))
+    return good, bad
 
 
 _TAKE = {
