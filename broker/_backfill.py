@@ -3,9 +3,11 @@
 After a crash or a long outage a ``persist`` route may start with thousands of envelopes
 in the outbox. The router counts them (``recovered``) and then, every
 :data:`REPORT_EVERY_S` while any of them waits, logs one line per such route: how many the
-last run left, how many are still pending, how many were delivered since the start and
-at what rate, and about how long the rest takes at that rate; a last line says when the
-route's backlog is gone. So the person watching a restart at 3 a.m. sees it move.
+last run left, how many of those are still to deliver, how many were delivered since the
+start and at what rate, and about how long the rest takes at that rate; a last line says
+when they are through. A route delivers its queues in order, so the backlog is through
+once it delivered as many as the last run left (or nothing is pending): new traffic does
+not keep the report going. So the person watching a restart at 3 a.m. sees it move.
 """
 
 from __future__ import annotations
@@ -59,24 +61,26 @@ class BackfillProgress:
             pending, delivered = counts(name)
             done = delivered - r.delivered_at_start
             took = now - r.began
-            if pending <= 0:
+            # a route's queues are delivered in order, so once it delivered as many as the
+            # last run left, those are through (what is pending now came in since)
+            left = min(pending, max(0, r.left - done))
+            if left <= 0:
                 log.info(
                     "outbox backfill of route %s done: the %d envelopes the last run left "
-                    "are delivered (%d in %.0f s)",
+                    "are delivered (%.0f s)",
                     name,
                     r.left,
-                    done,
                     took,
                 )
                 del self._routes[name]
                 continue
             rate = done / took if took > 0 else 0.0
-            eta = f", about {pending / rate:.0f} s left" if rate > 0 else ""
+            eta = f", about {left / rate:.0f} s left" if rate > 0 else ""
             log.info(
-                "outbox backfill of route %s: %d pending of the %d the last run left; "
-                "%d delivered since the start (%.0f/s%s)",
+                "outbox backfill of route %s: %d of the %d the last run left still to "
+                "deliver; %d delivered since the start (%.0f/s%s)",
                 name,
-                pending,
+                left,
                 r.left,
                 done,
                 rate,

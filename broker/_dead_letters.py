@@ -231,8 +231,7 @@ class Replays:
                 )
             elif row.stage == "deliver":
                 batches.setdefault((row.target, route), []).append(row.envelope)
-            else:
-                ledger.counters[route.name].matched += 1
+            else:  # counted replayed above, not matched again
                 router.run_one(route, row.envelope, batches)
         if rows:
             log.info("replaying %d dead letters", len(rows))

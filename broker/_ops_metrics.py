@@ -87,8 +87,8 @@ def families(snap: Mapping[str, Any]) -> list[Metric]:
     )
     budget = GaugeMetricFamily(
         "junction_allxon_budget_remaining_ratio",
-        "Share of the Allxon agent's rolling call budget not yet spent (1 - calls in the "
-        "window / budget_per_hour); only while the adapter is linked to the agent",
+        "Share of the Allxon agent's rolling call budget data may still use (0: data waits; "
+        "the reserve for the announce and command acks is not counted); only while linked",
         labels=["adapter"],
     )
     for name, a in (snap.get("adapters") or {}).items():
@@ -109,6 +109,10 @@ def families(snap: Mapping[str, Any]) -> list[Metric]:
     )
     filtered = CounterMetricFamily("junction_route_filtered", words["filtered"], labels=route)
     matched = CounterMetricFamily("junction_route_matched", words["matched"], labels=route)
+    # why received differs from matched (broker._ledger)
+    replies = CounterMetricFamily("junction_route_replies", words["replies"], labels=route)
+    recovered = CounterMetricFamily("junction_route_recovered", words["recovered"], labels=route)
+    replayed = CounterMetricFamily("junction_route_replayed", words["replayed"], labels=route)
     pending = GaugeMetricFamily("junction_route_pending", words["pending"], labels=route)
     balanced = GaugeMetricFamily(
         "junction_route_ledger_balanced", f"1 while {words['balanced']}", labels=route
@@ -134,6 +138,12 @@ def families(snap: Mapping[str, Any]) -> list[Metric]:
                 dropped.add_metric([name, str(reason)], float(n))
         filtered.add_metric([name], _num(ledger, "filtered", _num(r, "filtered")))
         matched.add_metric([name], _num(r, "matched"))
+        for family, word in (
+            (replies, "replies"),
+            (recovered, "recovered"),
+            (replayed, "replayed"),
+        ):
+            family.add_metric([name], _num(ledger, word, _num(r, word)))
         pending.add_metric([name], _num(ledger, "pending"))
         if "balanced" in ledger:
             balanced.add_metric([name], 1.0 if ledger["balanced"] else 0.0)
@@ -154,7 +164,8 @@ def families(snap: Mapping[str, Any]) -> list[Metric]:
     age.add_metric([], _num(outbox, "oldest_age_s"))
     return [
         *(connected, reconnects, restarts, budget),
-        *(received, delivered, dead, dropped, filtered, matched, pending, balanced),
+        *(received, delivered, dead, dropped, filtered, matched, replies, recovered, replayed),
+        *(pending, balanced),
         *(oldest, latency),
         *(rows, size, age),
     ]

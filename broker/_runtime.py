@@ -448,11 +448,15 @@ def settle_leftovers(
     return left, kept
 
 
+#: The ledger's words the stop line names, in the order the views show them.
+_SUMMARY_WORDS = ("received", "delivered", "pending", "dead_lettered", "dropped", "filtered")
+
+
 def _summary(snapshot: dict[str, Any]) -> str:
+    """One line per stop: each route's ledger, in its own words (broker._ledger)."""
     parts = []
     for name, c in snapshot.get("routes", {}).items():
-        parts.append(
-            f"{name} matched={c['matched']} delivered={c['delivered']} "
-            f"filtered={c['filtered']} dropped={c['dropped_total']} failed={c['failed']}"
-        )
+        ledger = c.get("ledger") or {}
+        words = " ".join(f"{w}={ledger.get(w, 0)}" for w in _SUMMARY_WORDS)
+        parts.append(f"{name} {words}" + ("" if ledger.get("balanced", True) else " NOT BALANCED"))
     return "; ".join(parts) or "no routes"

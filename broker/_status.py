@@ -80,15 +80,18 @@ def renderable(
 
     parts.append(_title(snapshot))
     take(1)
-    adapters = dict(snapshot.get("adapters") or {})
-    routes = dict(snapshot.get("routes") or {})
-    # adapters and routes first: split what is left between them, routes get the rest
-    shown_adapters = _fit(len(adapters), left - _TABLE_EXTRA - (_TABLE_EXTRA + 1 if routes else 0))
+    adapters = _entries(snapshot.get("adapters"))
+    routes = _entries(snapshot.get("routes"))
+    # adapters and routes first, both always (at least one row each), sharing what is left
+    room = left - (_TABLE_EXTRA if adapters else 0) - (_TABLE_EXTRA if routes else 0)
+    shown_adapters, shown_routes = _split(len(adapters), len(routes), room)
     if adapters and take(shown_adapters + _TABLE_EXTRA + (shown_adapters < len(adapters))):
         parts.append(_adapters(adapters, shown_adapters, width, wide))
-    shown_routes = _fit(len(routes), left - _TABLE_EXTRA)
     if routes and take(shown_routes + _TABLE_EXTRA + (shown_routes < len(routes))):
-        parts.append(_routes(routes, snapshot.get("queues") or {}, shown_routes, width, wide))
+        queues = snapshot.get("queues") if isinstance(snapshot.get("queues"), Mapping) else {}
+        parts.append(_routes(routes, queues or {}, shown_routes, width, wide))
+    if shown_adapters < len(adapters) or shown_routes < len(routes):
+        return Group(*parts)  # no detail while the tables themselves are cut
     for lines in (
         [] if wide else _route_notes(routes),
         _outbox(snapshot.get("outbox")),
@@ -102,16 +105,48 @@ def renderable(
     return Group(*parts)
 
 
-def _fit(rows: int, room: int) -> int:
-    """How many of ``rows`` fit in ``room`` lines (one line goes to "... N more")."""
-    if rows <= room:
-        return rows
-    return max(1, room - 1)
+def _split(adapters: int, routes: int, room: int) -> tuple[int, int]:
+    """Rows of each table that fit in ``room`` lines, a cut table taking one more line
+    for its "... N more"; the longer one gives way first, neither below one row."""
+    a, r = adapters, routes
+
+    def lines() -> int:
+        return a + r + (a < adapters) + (r < routes)
+
+    while lines() > room and (a > 1 or r > 1):
+        if (a >= r and a > 1) or r <= 1:
+            a -= 1
+        else:
+            r -= 1
+    return a, r
+
+
+def _ledger_of(route: Mapping[str, Any]) -> Mapping[str, Any]:
+    led = route.get("ledger")
+    return led if isinstance(led, Mapping) else {}
+
+
+def _entries(value: Any) -> dict[str, Mapping[str, Any]]:
+    """The adapters or routes of a snapshot; what is not a table of tables is left out
+    (a snapshot from another version, a damaged answer)."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, Mapping)}
+
+
+def _number(value: Any, default: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(value)
 
 
 def _title(snapshot: Mapping[str, Any]) -> Text:
-    routes = snapshot.get("routes") or {}
-    unbalanced = [n for n, r in routes.items() if (r.get("ledger") or {}).get("balanced") is False]
+    routes = _entries(snapshot.get("routes"))
+    unbalanced = [
+        n
+        for n, r in routes.items()
+        if isinstance(r.get("ledger"), Mapping) and r["ledger"].get("balanced") is False
+    ]
     verdict = (
         "NOT BALANCED: " + ", ".join(unbalanced)  # those rows start with "!"
         if unbalanced
@@ -121,7 +156,7 @@ def _title(snapshot: Mapping[str, Any]) -> Text:
     )
     dead = (snapshot.get("outbox") or {}).get("dead_letters", snapshot.get("dead_letters", 0))
     parts = [
-        f"junction up {_dur(float(snapshot.get('uptime_s', 0) or 0))}",
+        f"junction up {_dur(_number(snapshot.get('uptime_s')))}",
         f"{len(snapshot.get('adapters') or {})} adapters",
         f"{len(routes)} routes",
         f"{dead} dead letters",
@@ -175,7 +210,7 @@ def _adapters(adapters: Mapping[str, Any], shown: int, width: int, wide: bool) -
     now = time.time()
     rows = []
     for name, a in list(adapters.items())[:shown]:
-        since = now - float(a.get("since", now) or now)
+        since = now - _number(a.get("since"), now)
         rows.append(
             [
                 _cell(name),
@@ -208,11 +243,13 @@ def _routes(
             label.stylize("bold red")
         row = [label, *(Text(str(led.get(w, 0))) for w in words)]
         if wide:
-            oldest = (r.get("outbox") or {}).get("oldest_age_s")
+            oldest = (
+                r["outbox"].get("oldest_age_s") if isinstance(r.get("outbox"), Mapping) else None
+            )
             verdict = "-" if balanced is None else "yes" if balanced else "NO"
             row += [
                 Text(verdict),
-                Text("-" if oldest is None else _dur(oldest)),
+                Text("-" if not isinstance(oldest, int | float) else _dur(oldest)),
                 _cell(", ".join(_notes(r, led))),
             ]
         rows.append(row)
@@ -244,8 +281,9 @@ def _notes(r: Mapping[str, Any], led: Mapping[str, Any]) -> list[str]:
             notes.append(f"{word} {n}")
     if r.get("reply_timeouts"):
         notes.append(f"reply timeouts {r['reply_timeouts']}")
-    dropped = r.get("dropped") or {}
-    notes += [f"{why} {n}" for why, n in sorted(dropped.items()) if why != "filtered" and n]
+    dropped = r.get("dropped")
+    if isinstance(dropped, Mapping):
+        notes += [f"{why} {n}" for why, n in sorted(dropped.items()) if why != "filtered" and n]
     return notes
 
 
@@ -264,11 +302,13 @@ def _outbox(box_: Mapping[str, Any] | None) -> list[str]:
     """One line about the durable outbox as a whole, when the snapshot has one."""
     if not box_:
         return []
+    if not isinstance(box_, Mapping):
+        return []
     oldest = box_.get("oldest_age_s")
     return [
-        f"outbox: {box_.get('rows', 0)} rows, {_size(box_.get('bytes', 0))}, oldest "
-        f"{'-' if oldest is None else _dur(oldest)}, dead letters {box_.get('dead_letters', 0)}"
-        + (f"  ({box_['path']})" if box_.get("path") else "")
+        f"outbox: {box_.get('rows', 0)} rows, {_size(_number(box_.get('bytes')))}, oldest "
+        f"{'-' if not isinstance(oldest, int | float) else _dur(oldest)}, dead letters "
+        f"{box_.get('dead_letters', 0)}" + (f"  ({box_['path']})" if box_.get("path") else "")
     ]
 
 

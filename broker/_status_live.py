@@ -1,4 +1,5 @@
-"""The live terminal view (``junction demo``, ``junction run --status-every`` on a terminal).
+"""The live terminal view of ``junction demo`` (``junction run --status-every`` prints the
+same picture as lines instead, since its log stays on the terminal).
 
 A rich ``Live`` display on the terminal's alternate screen: the run loop hands it a fresh
 snapshot (and the caller's extra lines) every second, and rich redraws it four times a

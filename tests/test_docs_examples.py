@@ -201,7 +201,7 @@ def test_readme_first_example_fires_hot_rooms(tmp_path: Path) -> None:
     text = log.read_text(errors="replace")
     assert rc == 0, text[-3000:]
     assert "no route takes" not in text, text[-3000:]
-    ledger = re.search(r"hot-rooms matched=(\d+) delivered=(\d+)", text)
+    ledger = re.search(r"hot-rooms received=(\d+) delivered=(\d+)", text)
     assert ledger and int(ledger[2]) >= 1, text[-3000:]
     alert = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
     assert alert["source"] == "sensors"

@@ -74,7 +74,8 @@ from broker import Adapter, Backoff, Envelope, LogGate, reconnect_forever
 
 OFFLINE_REQUEUE_S = 2.0
 STABLE_AFTER_S = 30.0
-#: The status gauge /metrics exports as ``junction_allxon_budget_remaining_ratio``.
+#: The status gauge /metrics exports as ``junction_allxon_budget_remaining_ratio``: the
+#: share of the window's data calls (``budget_per_hour`` less the priority reserve) left.
 BUDGET_GAUGE = "allxon_budget_remaining_ratio"
 
 
@@ -206,8 +207,11 @@ class AllxonAdapter(InboundHandling, OutboundHandling, Adapter):
         if self._link is None:
             self.status.gauges.pop(BUDGET_GAUGE, None)
             return
-        used, limit = self.budget.used(), self.budget.limit
-        self.status.gauges[BUDGET_GAUGE] = max(0, limit - used) / limit if limit > 0 else 0.0
+        # the share data may still use: data stops at limit - reserve (the rest is kept for
+        # the announce and command acks), so that is where "spent" is
+        budget = self.budget
+        data = budget.limit - budget.reserve
+        self.status.gauges[BUDGET_GAUGE] = max(0, data - budget.used()) / data if data else 0.0
         dropped = sum(self.outbox.dropped.values())
         self.status.set(
             self._phase,

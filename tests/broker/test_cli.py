@@ -132,10 +132,11 @@ queue_size = 100000
     assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
     assert any("SIGTERM received" in r["msg"] for r in records)
     stopped = next(r["msg"] for r in records if r["msg"].startswith("junction stopped"))
-    matched = int(re.search(r"matched=(\d+)", stopped).group(1))  # type: ignore[union-attr]
+    received = int(re.search(r"received=(\d+)", stopped).group(1))  # type: ignore[union-attr]
     delivered = int(re.search(r"delivered=(\d+)", stopped).group(1))  # type: ignore[union-attr]
+    assert "pending=0 " in stopped and "NOT BALANCED" not in stopped, stopped
     lines = sink.read_text().count("\n")
-    assert 0 < matched == delivered == lines
+    assert 0 < received == delivered == lines
 
 
 SITE_ENV = {

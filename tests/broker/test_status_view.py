@@ -159,7 +159,7 @@ def test_the_live_view_fits_the_window_and_redraws_to_a_new_size() -> None:
     assert large.count("\nroute-") > small.count("\nroute-")
 
 
-def test_backfill_progress_is_reported_until_the_backlog_is_gone(
+def test_backfill_progress_is_reported_until_the_backlog_is_through(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [100.0]
@@ -171,13 +171,45 @@ def test_backfill_progress_is_reported_until_the_backlog_is_gone(
     now[0] += 5.0
     progress.tick(lambda route: (600, 400))
     assert caplog.messages[-1] == (
-        "outbox backfill of route temp-to-alphax: 600 pending of the 1000 the last run left; "
-        "400 delivered since the start (80/s, about 8 s left)"
+        "outbox backfill of route temp-to-alphax: 600 of the 1000 the last run left still "
+        "to deliver; 400 delivered since the start (80/s, about 8 s left)"
     )
     now[0] += 5.0
-    progress.tick(lambda route: (0, 1000))
+    # new traffic keeps the route's pending above 0: the backlog is through all the same
+    progress.tick(lambda route: (35, 1000))
     assert caplog.messages[-1].startswith("outbox backfill of route temp-to-alphax done")
     assert progress.routes() == {}
+    now[0] += 5.0
+    progress.tick(lambda route: (35, 1200))
+    assert len(caplog.messages) == 2  # no more lines
+
+
+def test_odd_snapshots_are_drawn_not_raised() -> None:
+    """A snapshot from another version or a damaged answer: drawn as far as it goes."""
+    odd: list[dict[str, Any]] = [
+        {},
+        {"uptime_s": "12", "adapters": {"a": "not a table"}, "routes": []},
+        {"adapters": {"a": {"since": "yesterday", "state": None}}, "outbox": {"bytes": None}},
+        {"routes": {"r": {"dropped": ["x"], "ledger": "?", "outbox": 3}}, "queues": 7},
+        {"routes": {"r": {"ledger": {"received": 10**30, "balanced": False}}}},
+    ]
+    for snap in odd:
+        for width, height in ((80, 24), (160, 50), (30, 5)):
+            text = render(snap, width, height)
+            assert text.startswith("junction up"), text
+            fits(text, width, height)
+
+
+def test_many_adapters_still_leave_room_for_the_routes() -> None:
+    snap = site(2)
+    snap["adapters"] = {f"adapter-{i}": adapter("file") for i in range(19)}
+    text = render(snap, 80, 24)
+    fits(text, 80, 24)
+    assert "ROUTE " in text and "route-1" in text and "... " in text
+    assert "outbox:" not in text  # no detail while a table is cut
+    tiny = render(site(30), 80, 10)
+    fits(tiny, 80, 10)
+    assert "ROUTE " in tiny and "ADAPTER " in tiny
 
 
 def test_dlq_replay_shows_a_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

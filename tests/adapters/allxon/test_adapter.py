@@ -397,6 +397,8 @@ async def test_metric_flood_stays_within_budget_and_2kb_and_counts_what_it_dropp
             assert allxon.stats.largest_frame > 1500  # frames are filled, not one per sample
             assert sim.store.rejected == {}  # neither the 2 KB limit nor the budget was hit
             assert allxon.budget.used() == sim.budget.used() == 2
+            allxon._refresh_status()  # what /metrics exports: the data calls left, 5 of 7
+            assert allxon.status.gauges["allxon_budget_remaining_ratio"] == pytest.approx(5 / 7)
             counters = allxon.counters()
             assert counters["dropped"]["metric superseded"] > 0 and counters["sign_calls"] == 2
             # the reserve still lets a command through while data waits for tokens
