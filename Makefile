@@ -1,13 +1,13 @@
 # Junction: two commands on a fresh Debian machine with Python 3.11 (as root):
 #   make demo   -- create .venv, install, run the built-in demo with a live view
-#   make test   -- create .venv, install test needs (and mosquitto), lint, run the suite
+#   make test   -- create .venv, install test needs (and mosquitto, chromium), lint, run the suite
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck pytest mosquitto bench clean
+.PHONY: demo test install lint typecheck pytest mosquitto browser bench clean
 
 $(STAMP): pyproject.toml plugins_example/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Junction needs Python 3.11+"'
@@ -33,6 +33,17 @@ mosquitto:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto; \
 	fi
 
+# The web console's browser tests (tests/test_console_browser.py) drive Debian's chromium
+# through Playwright (never a browser Playwright downloads); install it if missing.
+browser:
+	@if ! test -x /usr/bin/chromium; then \
+	  echo "chromium not found: installing the Debian package (for the console's browser tests)"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    chromium fonts-dejavu-core \
+	  || echo "could not install chromium: the browser tests will be skipped"; \
+	fi
+
 lint: install
 	$(BIN)/ruff check broker adapters tests bench plugins_example
 	$(BIN)/ruff format --check broker adapters tests bench plugins_example
@@ -40,7 +51,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy broker adapters plugins_example/junction_example
 
-pytest: install mosquitto
+pytest: install mosquitto browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest

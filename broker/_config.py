@@ -91,7 +91,8 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     listen: str = ""
     #: /readyz fails while any route's oldest pending envelope is older than this.
     ready_max_pending_age_s: Positive = 60.0
-    #: When set, every path but /healthz needs ``Authorization: Bearer <token>``.
+    #: When set, every path but /healthz and the web console's page (``/``, ``/console/``)
+    #: needs ``Authorization: Bearer <token>``.
     token: Secret = ""
     #: Listen on a non-loopback address with no token (a network that is the site's alone).
     allow_public_without_token: bool = False

@@ -1,4 +1,5 @@
-"""The operations endpoint's server: ``/metrics``, ``/healthz``, ``/readyz``, ``/status``.
+"""The operations endpoint's server: ``/metrics``, ``/healthz``, ``/readyz``, ``/status``,
+and the front of the web console (``/``, ``/console/``, ``/api/``).
 
 HTTP/1.1 with h11 on a trio loop of its own thread (``ops-http``, a
 :class:`~broker._loop.SharedLoop`): a slow snapshot never stalls the adapters' loop, and
@@ -24,7 +25,12 @@ Fit for a network (issue 17, item 6):
 - **A bearer token.** With ``token`` set, every path but ``/healthz`` needs
   ``Authorization: Bearer <token>`` (401 with ``WWW-Authenticate: Bearer`` otherwise,
   compared in constant time). ``junction check`` refuses a public ``listen`` without one
-  (:func:`broker._ops_listen.public_problem`).
+  (:func:`broker._ops_listen.public_problem`). The console's page and files (``/``,
+  ``/console/...``) hold no data and are served without it; its ``/api/`` needs it.
+
+The web console is a Starlette app (:mod:`broker._console`) behind this front: a request
+for one of its paths, once its head passed the checks above, is handed to it through
+:mod:`broker._asgi_bridge`, on this same loop, within the same connection bound.
 
 :meth:`OpsServer.bind` and :meth:`OpsServer.serve` are apart so that ``run`` binds first
 (a taken port is a one-line error before any adapter connects, issue 17, item 4) and
@@ -49,6 +55,7 @@ import trio
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from broker._asgi_bridge import ASGIApp, exchange
 from broker._logs import redact
 from broker._loop import SharedLoop
 from broker._messages import describe
@@ -61,6 +68,9 @@ log = logging.getLogger("broker.ops_http")
 ENDPOINTS = ("/metrics", "/healthz", "/readyz", "/status")
 #: The paths answered from a snapshot (in a worker thread); the others are answered inline.
 SNAPSHOT_PATHS = frozenset({"/metrics", "/readyz", "/status"})
+#: The web console's files (``/`` is its page) and its API, answered by ``console``.
+CONSOLE_PREFIX = "/console/"
+API_PREFIX = "/api/"
 #: Pending connections the kernel holds for the accept loop (the stdlib server's was 5).
 BACKLOG = 128
 #: Connections being refused (503) at once, past the bound; more are closed at once.
@@ -84,7 +94,9 @@ class OpsServer:
 
     ``listen`` is ``host:port`` (``[::1]:9464`` for IPv6; port 0 picks a free port, read
     it from :attr:`port` once bound). ``origin`` names the config file in errors; the rest
-    are the ``[junction.http]`` settings of the same names.
+    are the ``[junction.http]`` settings of the same names. ``console`` is the web
+    console's ASGI app (:func:`broker._console.console_app`), served at ``/``,
+    ``/console/`` and ``/api/``; without it those paths are 404.
     """
 
     def __init__(
@@ -100,8 +112,10 @@ class OpsServer:
         idle_timeout_s: float = 15.0,
         max_head_bytes: int = 16 * 1024,
         answer_timeout_s: float = 10.0,
+        console: ASGIApp | None = None,
     ) -> None:
         self.snapshot = snapshot
+        self.console = console
         self.listen = listen
         self.ready_max_pending_age_s = ready_max_pending_age_s
         self.origin = origin
@@ -210,7 +224,8 @@ class OpsServer:
             return (200 if ready else 503), "application/json", body
         if path == "/status":
             return 200, "application/json", _json(self.snapshot())
-        text = f"no such endpoint {path!r}; try {' '.join(ENDPOINTS)}\n"
+        known = ("/", *ENDPOINTS) if self.console is not None else ENDPOINTS
+        text = f"no such endpoint {path!r}; try {' '.join(known)}\n"
         return 404, TEXT, text.encode()
 
     # --- on the ops-http loop --------------------------------------------------------
@@ -299,6 +314,13 @@ class OpsServer:
             if request is None:
                 return
             first = False
+            if self.console is not None and self._for_console(request):
+                if not await exchange(
+                    self.console, http, stream, request, timeout_s=self.request_timeout_s
+                ):
+                    return
+                http.start_next_cycle()
+                continue
             close = not self._read_rest(http)
             status, ctype, body, extra = await self._respond(request, limiter)
             headers = [
@@ -375,19 +397,32 @@ class OpsServer:
             if not isinstance(event, h11.Data):
                 return False  # NEED_DATA: a body still coming, which nothing here reads
 
+    def _for_console(self, request: h11.Request) -> bool:
+        """True when the console answers ``request``: its page and files (no token needed:
+        they hold no data), and its ``/api/`` with the token when one is set (the others
+        are answered by :meth:`_respond`, a 401 included)."""
+        path = _path(request)
+        if path == "/" or path.startswith(CONSOLE_PREFIX):
+            return True
+        return path.startswith(API_PREFIX) and self._authorized(request)
+
+    def _authorized(self, request: h11.Request) -> bool:
+        if not self._expected:
+            return True
+        given = dict(request.headers).get(b"authorization", b"")
+        return hmac.compare_digest(given, self._expected)
+
     async def _respond(
         self, request: h11.Request, limiter: trio.CapacityLimiter
     ) -> tuple[int, str, bytes, list[tuple[str, str]]]:
         """(status, content type, body, extra headers) for one request."""
-        path = urlsplit(request.target.decode("latin-1")).path.rstrip("/") or "/"
+        path = _path(request)
         headers = {name: value for name, value in request.headers}
+        if self._expected and path != "/healthz" and not self._authorized(request):
+            text = f"{path} needs Authorization: Bearer <[junction.http] token>\n"
+            return 401, TEXT, text.encode(), [("WWW-Authenticate", 'Bearer realm="junction"')]
         if request.method not in (b"GET", b"HEAD"):
             return 405, TEXT, b"only GET and HEAD\n", [("Allow", "GET, HEAD")]
-        if self._expected and path != "/healthz":
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._expected):
-                text = f"{path} needs Authorization: Bearer <[junction.http] token>\n"
-                return 401, TEXT, text.encode(), [("WWW-Authenticate", 'Bearer realm="junction"')]
         accept = headers.get(b"accept", b"").decode("latin-1")
         if path not in SNAPSHOT_PATHS:
             return (*self.answer(path, accept), [])
@@ -419,6 +454,11 @@ async def _send_raw(stream: trio.SocketStream, status: int, text: str, retry: bo
     )
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_all(head.encode() + body)
+
+
+def _path(request: h11.Request) -> str:
+    """The request's path, without a trailing slash (``/`` stays)."""
+    return urlsplit(request.target.decode("latin-1")).path.rstrip("/") or "/"
 
 
 def _head_size(request: h11.Request) -> int:

@@ -30,7 +30,8 @@ adapter share one loop (thread ``junction-loop``); an adapter whose config says
   the outbox's checkpointer, trio's worker threads for blocking calls (Allxon signatures,
   file writes, MQTT connects), an adapter's own I/O thread where its client library needs
   one (NATS: nats-py's asyncio loop, crossed once per batch) and the operations endpoint's
-  loop (``ops-http``, with at most two worker threads taking snapshots).
+  loop (``ops-http``, with at most two worker threads taking snapshots, and at most two
+  more for the web console: one snapshot at a time, dead-letter actions, explain).
 
 Start-up order: plugins -> config -> routing table -> the operations endpoint's socket
 (bound, not yet served: a taken port stops here) -> inlets -> the shared loop -> router
@@ -48,7 +49,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,7 @@ from broker._adapter import AdapterContext, AdapterStatus
 from broker._adapter_actor import AdapterActor
 from broker._backoff import Backoff
 from broker._config import Config
+from broker._console import ConsoleSource, console_app
 from broker._envelope import Envelope
 from broker._errors import ConfigError, ConfigProblem
 from broker._heap import TRIM_EVERY_S, release_free_heap, use_one_arena
@@ -91,6 +93,9 @@ class Loaded:
     config: Config
     plugins: plugins_mod.Plugins
     table: RoutingTable
+    #: Keys an embedding program adds to the web console's snapshot (the demo: the latest
+    #: values); called in a worker thread of the operations endpoint, so it must not block.
+    console_extra: Callable[[], dict[str, Any]] | None = None
 
 
 def load(path: str, extra_plugins: Sequence[str] = ()) -> Loaded:
@@ -184,6 +189,9 @@ class Runtime:
                 max_connections=http.max_connections,
                 request_timeout_s=http.request_timeout_s,
                 idle_timeout_s=http.idle_timeout_s,
+                console=console_app(
+                    ConsoleSource(self.snapshot, self._loaded, self.loaded.console_extra)
+                ),
             )
             self.ops.bind()
         if settings.switch_interval_ms > 0:
@@ -225,7 +233,10 @@ class Runtime:
         )
         if self.ops is not None:
             self.ops.serve()
-            log.info("operations endpoint on %s (/metrics /healthz /readyz /status)", self.ops.url)
+            log.info(
+                "operations endpoint on %s (/metrics /healthz /readyz /status; console at /)",
+                self.ops.url,
+            )
 
     def start_adapter(self, name: str) -> None:
         """Start the actor of adapter ``name`` (its inlet and status exist already).
@@ -303,6 +314,10 @@ class Runtime:
             for name, acfg in self.loaded.config.adapters.items()
             if acfg.type in types
         }
+
+    def _loaded(self) -> Loaded:
+        """The configuration in effect (a reload replaces it), for the web console."""
+        return self.loaded
 
     def _routes_for(self, env: Envelope) -> list[str]:
         return [r.name for r in self.loaded.table.match(env)]

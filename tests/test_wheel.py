@@ -6,7 +6,8 @@ venv in ``tmp_path`` (dependencies from the package index, through pip's cache),
 
 - without the ``sim`` extra, ``junction demo`` says in one line what to install (exit 2);
 - with it, ``junction demo --duration 10`` run in ``tmp_path`` exits 0 with "demo OK":
-  the routing tables, the simulators and the built-in plugins all come from the wheel.
+  the routing tables, the simulators, the built-in plugins and the web console's page
+  all come from the wheel.
 
 Skipped when a venv cannot be created or pip cannot reach the index.
 """
@@ -133,4 +134,8 @@ def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path: Path) -
     assert "Traceback" not in out.stderr
     site = next((env_dir / "lib").glob("python3*/site-packages"))
     assert (site / "routes" / "demo.toml").is_file()  # cwd has none: the demo ran this one
+    # the web console's page ships as package data; the demo said where it served it
+    for name in ("index.html", "console.js", "draw.js", "console.css"):
+        assert (site / "broker" / "console" / name).is_file(), name
+    assert out.stdout.startswith("console: http://127.0.0.1:")
     assert not (tmp_path / "routes").exists()

@@ -16,6 +16,10 @@ reaches them over real loopback sockets, exactly as it would reach a site:
   (the alarm resolves once it is under the threshold by the hysteresis).
 - AlphaX Conduit over HTTP (Enterprise tier, a fresh token), so no MQTT broker is needed.
 
+The bridge serves its web console on loopback (``[junction.http] listen`` when the table
+sets it, else a free port of 127.0.0.1) and the demo prints ``console: URL`` first; the
+console shows the latest values too (:class:`adapters.demo.latest.ConsoleValues`).
+
 ``open_demo_peers`` is the same thing as an async context manager for tests, which run the
 simulators in their own trio loop and drive them directly. The addresses reach the table
 through the ``JUNCTION_DEMO_*`` environment variables it names (:data:`ENV`).
@@ -33,6 +37,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 import sys
 import threading
 from collections import deque
@@ -59,6 +64,7 @@ from adapters.allxon.sim import (
     open_allxon_simulator,
 )
 from adapters.alphax.sim import AlphaXSimulator, open_alphax_simulator
+from adapters.demo.latest import ConsoleValues
 from adapters.demo.view import LatestValues, extra_view
 from adapters.placeos.sim import PlaceOSSimulator, load_model, open_placeos_simulator
 from broker import Loaded, Runtime, load, render_status
@@ -363,6 +369,32 @@ def load_demo(path: str, env: dict[str, str]) -> Loaded:
     return load(path)
 
 
+def serve_console(loaded: Loaded) -> str:
+    """Have the bridge serve its web console on loopback; its URL.
+
+    ``[junction.http] listen`` as the table says, else (or for port 0) a free port of
+    127.0.0.1 chosen here, so the URL can be printed before the bridge starts. The
+    console also shows the latest value of each subject.
+    """
+    http = loaded.config.junction.http
+    host, _, port = (http.listen or "127.0.0.1:0").rpartition(":")
+    if port == "0":
+        port = str(_free_port(host.strip("[]")))
+        http.listen = f"{host}:{port}"
+    values = ConsoleValues()
+    loaded.plugins.pm.register(values, name="demo-console")
+    loaded.console_extra = values.snapshot
+    return f"http://{host}:{port}/"
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def run_demo(
     path: str,
     duration: float = 0.0,
@@ -387,11 +419,17 @@ def run_demo(
     peers = sims.start()
     try:
         loaded = load_demo(path, peers.env)
+        url = serve_console(loaded)
+        print(f"console: {url}", flush=True)
         values = LatestValues()
         loaded.plugins.pm.register(values, name="demo-view")
         view = extra_view(values, sims)
         if not duration:
-            return run_until_stopped(loaded, status_every=1.0, live=live, extra=view)
+
+            def with_url() -> str:
+                return f"console: {url}\n\n{view()}"
+
+            return run_until_stopped(loaded, status_every=1.0, live=live, extra=with_url)
         snap = _run_for(loaded, duration)
         final = view()  # while the simulators still run: it reads their command records
     finally:
