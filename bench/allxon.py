@@ -205,7 +205,7 @@ def wait_done(rt: Any, parent: Connection, plugin: Any, args: argparse.Namespace
         time.sleep(0.2)
         adapter = plugin.INSTANCES.get("allxon")
         routes = rt.snapshot()["routes"]["metrics"]
-        if adapter is None or routes["delivered"] + routes["dropped_total"] < args.updates:
+        if adapter is None or routes["delivered"] + routes["dropped"] < args.updates:
             continue
         if adapter.unsent_items():
             continue
@@ -228,7 +228,7 @@ def wait_done(rt: Any, parent: Connection, plugin: Any, args: argparse.Namespace
             "sign_calls": adapter.crypto.sign_calls,
             "samples_received": sim["samples"],
             "dropped": sum(adapter.outbox.dropped.values()),
-            "route_dropped": routes["dropped_total"],
+            "route_dropped": routes["dropped"],
             "rejected": sim["rejected"],
             "seconds": sim["received_at"] - plugin.PROGRESS["started"],
         }

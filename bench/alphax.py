@@ -136,7 +136,7 @@ def run_phase(cfg_path: Path, text: str, seconds: float, steady_from: float) -> 
         deadline = time.monotonic() + 20  # let what the source emitted be acknowledged
         while TIMING.delivered < alphax_plugin.emitted("src") and time.monotonic() < deadline:
             time.sleep(0.02)
-        failed = rt.snapshot()["routes"]["w"]["failed"]
+        dead_lettered = rt.snapshot()["routes"]["w"]["dead_lettered"]
     finally:
         rt.stop(grace_s=5)
     with TIMING.lock:
@@ -146,7 +146,7 @@ def run_phase(cfg_path: Path, text: str, seconds: float, steady_from: float) -> 
         "rate": (d1 - d0) / (t1 - t0),
         "delivered": delivered,
         "emitted": alphax_plugin.emitted("src"),
-        "failed": failed,
+        "dead_lettered": dead_lettered,
         "p50_ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
         "p99_ms": 1000 * lat[max(0, int(len(lat) * 0.99) - 1)] if lat else float("nan"),
     }
@@ -190,7 +190,7 @@ def one_run(
         "flood_delivered": flood["delivered"],
         "flood_emitted": flood["emitted"],
         "stored": stored,
-        "failed": flood["failed"] + fixed["failed"],
+        "dead_lettered": flood["dead_lettered"] + fixed["dead_lettered"],
         "p50_ms": fixed["p50_ms"],
         "p99_ms": fixed["p99_ms"],
         "rate_delivered": fixed["delivered"],
@@ -237,13 +237,13 @@ def main() -> None:
             broker.stop()
     print(
         f"{'transport':<13} {'run':>3} {'writes/s':>9} {'acked':>9} {'stored':>9} "
-        f"{'failed':>6} {'p50 ms':>7} {'p99 ms':>7}"
+        f"{'dead_lettered':>13} {'p50 ms':>7} {'p99 ms':>7}"
     )
     for transport, runs in results.items():
         for i, r in enumerate(runs, 1):
             print(
                 f"{transport:<13} {i:>3} {r['writes_per_s']:>9,.0f} {r['flood_delivered']:>9} "
-                f"{r['stored']:>9} {r['failed']:>6} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f}"
+                f"{r['stored']:>9} {r['dead_lettered']:>13} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f}"
             )
     med = {
         t: {k: statistics.median(r[k] for r in runs) for k in ("writes_per_s", "p50_ms", "p99_ms")}

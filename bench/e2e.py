@@ -344,8 +344,8 @@ def one_run(
         # (simulators and mosquitto, which share the two cores with it)
         "bridge_cpu_us": 1e6 * (cpu1[0] - cpu0[0]) / max(1, rate_sent),
         "peers_cpu_us": 1e6 * (sum(cpu1[1:]) - sum(cpu0[1:])) / max(1, rate_sent),
-        "failed": sum(routes[r]["failed"] for r in routes),
-        "dropped": sum(routes[r]["dropped_total"] for r in routes),
+        "dead_lettered": sum(routes[r]["dead_lettered"] for r in routes),
+        "dropped": sum(routes[r]["dropped"] for r in routes),
         "allxon_delivered": routes.get("to-allxon", {}).get("delivered", 0),
     }
 
@@ -420,14 +420,16 @@ def main() -> None:
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"{'run':<4} {'offered':>8} {'mqtt/s':>8} {'http/s':>8} {'acked m/h':>13} "
-        f"{'stored m/h':>13} {'p50 ms':>7} {'p99 ms':>7} {'http p99':>8} {'fail':>4} {'drop':>4}"
+        f"{'stored m/h':>13} {'p50 ms':>7} {'p99 ms':>7} {'http p99':>8} "
+        f"{'dead_lettered':>13} {'dropped':>7}"
     )
     for i, r in enumerate(runs, 1):
         print(
             f"{i:<4} {r['flood_sent']:>8} {r['msgs_per_s']:>8,.0f} {r['http_per_s']:>8,.0f} "
             f"{r['flood_acked_mqtt']:>6}/{r['flood_acked_http']:<6} "
             f"{r['stored_mqtt']:>6}/{r['stored_http']:<6} {r['p50_ms']:>7.2f} "
-            f"{r['p99_ms']:>7.2f} {r['http_p99_ms']:>8.2f} {r['failed']:>4} {r['dropped']:>4}"
+            f"{r['p99_ms']:>7.2f} {r['http_p99_ms']:>8.2f} "
+            f"{r['dead_lettered']:>13} {r['dropped']:>7}"
         )
     print(
         f"allxon: {allxon['calls']} calls accepted by the agent simulator "
@@ -460,7 +462,7 @@ def main() -> None:
                 "sim_dropped": sum(r["sim_dropped"] for r in runs),
                 "broker_nodelay": args.broker_nodelay,
                 "legs": ",".join(args.legs),
-                "failed": sum(r["failed"] for r in runs),
+                "dead_lettered": sum(r["dead_lettered"] for r in runs),
                 "dropped": sum(r["dropped"] for r in runs),
                 "repeat": args.repeat,
             }

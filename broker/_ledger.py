@@ -21,8 +21,11 @@ notes all use them:
   the fan-out (one input, several targets), ``replies``, ``recovered`` and ``replayed``,
   which the views show beside it.
 
-The router also counts retries, reply timeouts and a histogram of delivery latency
-(envelope ``ts`` to acknowledged).
+A route's snapshot carries these words twice: at its top level (the router's counters,
+``pending`` and ``balanced`` left out) and in its ``ledger`` (all of them, ``pending``
+measured). Beside them at the top level: ``queued`` (items a target's queue or the outbox
+accepted), ``drop_reasons`` (``dropped`` by reason), ``retries``, ``reply_timeouts`` and a
+histogram of delivery latency (envelope ``ts`` to acknowledged).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ VOCABULARY = {
     "replies": "replies handed back to the adapter that asked",
     "recovered": "items the last run left in the outbox, received again at start",
     "replayed": "dead letters replayed into the route (junction dlq replay, the console)",
+    "queued": "items a target's queue (or the outbox) accepted",
+    "drop_reasons": "dropped, by reason",
 }
 
 #: Upper bounds (seconds) of the delivery latency histogram: envelope ``ts`` to acknowledged.
@@ -108,15 +113,16 @@ class RouteCounters:
         self.latency_sum += total
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        losses = {reason: n for reason, n in self.dropped.items() if reason != "filtered"}
+        return {  # the ledger's words (VOCABULARY), and the router's own counters
             "matched": self.matched,
             "queued": self.queued,
-            "delivered": self.delivered,
-            "failed": self.failed,
-            "dropped": dict(self.dropped),
-            # "filtered" is a transform's decision, not a loss: shown apart from real drops
+            "delivered": self.delivered + self.replies,
+            "dead_lettered": self.failed,
+            "dropped": sum(losses.values()),
+            "drop_reasons": losses,
+            # "filtered" is a transform's decision, not a loss: counted apart from drops
             "filtered": self.dropped.get("filtered", 0),
-            "dropped_total": sum(n for reason, n in self.dropped.items() if reason != "filtered"),
             "replies": self.replies,
             "reply_timeouts": self.reply_timeouts,
             "recovered": self.recovered,

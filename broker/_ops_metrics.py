@@ -133,9 +133,9 @@ def families(snap: Mapping[str, Any]) -> list[Metric]:
         received.add_metric([name], _num(ledger, "received", _num(r, "matched")))
         delivered.add_metric([name], _num(ledger, "delivered", _num(r, "delivered")))
         dead.add_metric([name], _num(ledger, "dead_lettered"))
-        for reason, n in sorted((r.get("dropped") or {}).items()):
-            if reason != "filtered":
-                dropped.add_metric([name, str(reason)], float(n))
+        reasons = r.get("drop_reasons")
+        for reason, n in sorted(reasons.items() if isinstance(reasons, Mapping) else ()):
+            dropped.add_metric([name, str(reason)], float(n))
         filtered.add_metric([name], _num(ledger, "filtered", _num(r, "filtered")))
         matched.add_metric([name], _num(r, "matched"))
         for family, word in (

@@ -266,8 +266,8 @@ def _ledger(name: str, r: Mapping[str, Any], queues: Mapping[str, Any]) -> dict[
         "received": r.get("matched", 0),
         "delivered": r.get("delivered", 0),
         "pending": sum(int(q.get(name, 0)) for q in queues.values() if isinstance(q, Mapping)),
-        "dead_lettered": r.get("failed", 0),
-        "dropped": r.get("dropped_total", 0),
+        "dead_lettered": r.get("dead_lettered", 0),
+        "dropped": r.get("dropped", 0),
         "filtered": r.get("filtered", 0),
     }
 
@@ -281,9 +281,9 @@ def _notes(r: Mapping[str, Any], led: Mapping[str, Any]) -> list[str]:
             notes.append(f"{word} {n}")
     if r.get("reply_timeouts"):
         notes.append(f"reply timeouts {r['reply_timeouts']}")
-    dropped = r.get("dropped")
-    if isinstance(dropped, Mapping):
-        notes += [f"{why} {n}" for why, n in sorted(dropped.items()) if why != "filtered" and n]
+    reasons = r.get("drop_reasons")
+    if isinstance(reasons, Mapping):
+        notes += [f"{why} {n}" for why, n in sorted(reasons.items()) if n]
     return notes
 
 

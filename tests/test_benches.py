@@ -36,7 +36,7 @@ BENCHES: dict[str, tuple[list[str], list[str], list[str]]] = {
     "e2e": (
         ["--flood-s", "2", "--rate-s", "2", "--repeat", "1"],
         ["msgs_per_s", "http_per_s"],
-        ["not_stored", "failed", "dropped"],
+        ["not_stored", "dead_lettered", "dropped"],
     ),
 }
 

@@ -475,13 +475,13 @@ def test_all_three_transforms_run_through_a_real_router(
     )
     routes = rt.snapshot()["routes"]
     counts = {
-        name: {k: routes[name][k] for k in ("matched", "filtered", "failed")}
+        name: {k: routes[name][k] for k in ("matched", "filtered", "dead_lettered")}
         for name in ("door-events", "to-alphax", "too-hot")
     }
     assert counts == {
-        "door-events": {"matched": 2, "filtered": 0, "failed": 0},
-        "to-alphax": {"matched": 10, "filtered": 3, "failed": 1},
-        "too-hot": {"matched": 6, "filtered": 3, "failed": 0},
+        "door-events": {"matched": 2, "filtered": 0, "dead_lettered": 0},
+        "to-alphax": {"matched": 10, "filtered": 3, "dead_lettered": 1},
+        "too-hot": {"matched": 6, "filtered": 3, "dead_lettered": 0},
     }
     rt.stop(grace_s=2)
 

@@ -261,7 +261,7 @@ def test_replay_while_a_bridge_runs_is_picked_up_live(
             dlq("replay", path, "--route", "checked", "--reason", "value 1", "--rate", "1000") == 0
         )
         assert "replayed 6/6" in capsys.readouterr().out  # 1, 11, 13, 15, 17, 19
-        wait_until(lambda: rt.snapshot()["routes"]["checked"]["failed"] == 6)
+        wait_until(lambda: rt.snapshot()["routes"]["checked"]["dead_lettered"] == 6)
         wait_until(lambda: rt.outbox is not None and peek(rt, Outbox.dead_count) == 10)
         rows = peek(rt, lambda b: b.dead_rows(route="checked", limit=100))
         assert sorted(r.envelope.body.value for r in rows if r.seq > before) == [  # type: ignore[union-attr]

@@ -58,10 +58,10 @@ def snapshot() -> dict[str, Any]:
                 "matched": 10,
                 "queued": 0,
                 "delivered": 7,
-                "failed": 1,
-                "dropped": {"overflow": 2, "filtered": 1},
+                "dead_lettered": 1,
+                "drop_reasons": {"overflow": 2},
                 "filtered": 1,
-                "dropped_total": 2,
+                "dropped": 2,
                 "replies": 0,
                 "reply_timeouts": 0,
                 "ledger": {  # 11 = 7 + 0 + 1 + 2 + 1 (broker._ledger's words)

@@ -233,7 +233,7 @@ def test_a_full_outbox_refuses_and_counts_by_route(
     rt = runtime_of(load(path, extra_plugins=TEST_PLUGINS))
     wait_until(lambda: rt.snapshot()["routes"]["r"]["ledger"]["received"] == 400)
     routes = ledgers_balanced(rt)
-    assert routes["r"]["dropped"] == {"outbox_full": 250}
+    assert routes["r"]["drop_reasons"] == {"outbox_full": 250}
     assert routes["r"]["ledger"]["pending"] == 150
 
 
@@ -261,7 +261,7 @@ def test_transform_failures_are_stored_and_replayable(
     ledgers_balanced(rt)
     # replaying runs the route again: still odd, so they come back as dead letters
     peek(rt, lambda b: b.queue_replay(rows))
-    wait_until(lambda: rt.snapshot()["routes"]["r"]["failed"] == 20)
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["dead_lettered"] == 20)
     wait_until(lambda: rt.outbox is not None and peek(rt, Outbox.dead_count) == 10)
     ledgers_balanced(rt)
 
@@ -526,7 +526,7 @@ def test_rows_written_by_the_string_keyed_router_still_load(tmp_path: Path) -> N
         for queue, envs in taken.items():
             router.on_receive(Delivered(queue, "sink", len(envs), envs))
         route = router.snapshot()["routes"]["r"]
-        assert (route["delivered"], route["replies"]) == (1, 1)
+        assert (route["delivered"], route["replies"]) == (2, 1)  # the reply handed back too
         assert route["ledger"]["pending"] == 0 and route["ledger"]["balanced"], route["ledger"]
         assert box.rows == 0 and box.keys() == {}
     finally:

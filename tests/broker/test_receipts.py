@@ -122,7 +122,7 @@ overflow = "drop_oldest"
     core_plugin.inject("src", metrics(20, 10), refused)
     assert refused.event.wait(5)
     routes = rt.snapshot()["routes"]
-    assert routes["refused"]["failed"] == 5 and routes["refused"]["delivered"] == 5
+    assert routes["refused"]["dead_lettered"] == 5 and routes["refused"]["delivered"] == 5
     # m3..m4: no route takes them
     nowhere = Receipt()
     core_plugin.inject("src", metrics(3, 2), nowhere)
@@ -208,10 +208,10 @@ overflow = "persist"
     rt = runtime_of(load(path, extra_plugins=TEST_PLUGINS))
     receipt = Receipt()
     core_plugin.inject("src", metrics(0, 20), receipt)
-    wait_until(lambda: rt.snapshot()["routes"]["r"]["dropped"].get("outbox_full") == 15)
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["drop_reasons"].get("outbox_full") == 15)
     kept = Receipt()
     core_plugin.inject("src", metrics(20, 1), kept)  # refused too, and handled after
-    wait_until(lambda: rt.snapshot()["routes"]["r"]["dropped"].get("outbox_full") == 16)
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["drop_reasons"].get("outbox_full") == 16)
     core_plugin.GATES.setdefault("held", threading.Event()).set()
     wait_until(lambda: len(received("held")) == 5, what="the 5 the outbox kept")
     wait_until(lambda: rt.outbox is not None and rt.outbox.rows == 0)
@@ -242,7 +242,7 @@ queue_size = 5
     break_outbox(rt)
     receipt = Receipt()
     core_plugin.inject("src", metrics(0, 400), receipt)
-    wait_until(lambda: rt.snapshot()["routes"]["r"]["dropped"].get("outbox_error", 0) > 0)
+    wait_until(lambda: rt.snapshot()["routes"]["r"]["drop_reasons"].get("outbox_error", 0) > 0)
     core_plugin.GATES.setdefault("held", threading.Event()).set()
     wait_until(lambda: len(received("held")) == 5, what="the 5 held in memory")
     wait_until(lambda: len(receipts_of(rt)) == 0, what="the memory copies settled")
@@ -269,7 +269,9 @@ overflow = "drop_oldest"
     break_outbox(rt)
     receipt = Receipt()
     core_plugin.inject("src", metrics(0, 10), receipt)
-    wait_until(lambda: rt.snapshot()["routes"]["refused"]["failed"] == 5, what="5 dead letters")
+    wait_until(
+        lambda: rt.snapshot()["routes"]["refused"]["dead_lettered"] == 5, what="5 dead letters"
+    )
     wait_until(lambda: len(receipts_of(rt)) == 0, what="the memory copies settled")
     time.sleep(0.2)
     assert receipt.calls == 0, "acked dead letters the outbox could not store"

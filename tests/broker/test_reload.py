@@ -378,7 +378,7 @@ def test_changed_adapter_restarts_alone_and_keeps_its_queue(
     assert rt.inlets["sink"] is inlet
     assert rt.statuses["src"].restarts == 0
     wait_until(lambda: rt.snapshot()["routes"]["main"]["delivered"] == 300)
-    assert rt.snapshot()["routes"]["main"]["failed"] == 0
+    assert rt.snapshot()["routes"]["main"]["dead_lettered"] == 0
 
 
 # --- a removed adapter and [junction] settings ----------------------------------------

@@ -48,7 +48,7 @@ map = { kind = "channel_write", network_id = "4106", channel = 1, value = "{body
     assert {e.kind for e in got} == {"channel_write"}
     wait_until(lambda: routes_of(rt)["to-channels"]["delivered"] == 300)
     c = routes_of(rt)["to-channels"]
-    assert c["matched"] == 300 and c["failed"] == 0 and c["dropped_total"] == 0
+    assert c["matched"] == 300 and c["dead_lettered"] == 0 and c["dropped"] == 0
 
 
 def test_raising_transform_is_dead_lettered_and_router_keeps_going(
@@ -83,7 +83,7 @@ match = { "body.value" = { ge = 100 } }
     assert all(e.headers["x-dead-letter-route"] == "fragile" for e in dead)
     assert all("odd value" in e.headers["x-dead-letter-reason"] for e in dead)
     c = routes_of(rt)["fragile"]
-    assert c["matched"] == 20 and c["failed"] == 10
+    assert c["matched"] == 20 and c["dead_lettered"] == 10
     assert rt.router is not None and rt.router.is_alive()
     observed = core_plugin.OBSERVED["dropped"]
     assert len(observed) == 10 and all("dead_letter" in str(o[2]) for o in observed)
@@ -117,7 +117,7 @@ def _open_gate(name: str) -> None:
 def _ledger_balances(rt: Runtime, total: int) -> dict[str, Any]:
     def balanced() -> bool:
         c = routes_of(rt)["r"]
-        return c["delivered"] + c["dropped_total"] == total
+        return c["delivered"] + c["dropped"] == total
 
     wait_until(balanced, what="delivered + dropped == offered")
     return dict(routes_of(rt)["r"])
@@ -127,10 +127,10 @@ def test_overflow_drop_newest_counts_and_keeps_the_first(
     load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
 ) -> None:
     rt = runtime_of(load_config(_overflow_config("drop_newest")))
-    wait_until(lambda: routes_of(rt)["r"]["dropped_total"] > 0, what="drops")
+    wait_until(lambda: routes_of(rt)["r"]["dropped"] > 0, what="drops")
     _open_gate("sink")
     c = _ledger_balances(rt, 100)
-    assert set(c["dropped"]) == {"queue_full"}
+    assert set(c["drop_reasons"]) == {"queue_full"}
     values = [e.body.value for e in received("sink")]  # type: ignore[union-attr]
     assert values == sorted(values) and values[0] == 0.0 and 99.0 not in values
     assert len(values) == c["delivered"] <= 20  # 10 queued + at most one batch in flight
@@ -140,10 +140,10 @@ def test_overflow_drop_oldest_keeps_the_latest(
     load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
 ) -> None:
     rt = runtime_of(load_config(_overflow_config("drop_oldest")))
-    wait_until(lambda: routes_of(rt)["r"]["dropped_total"] > 0, what="drops")
+    wait_until(lambda: routes_of(rt)["r"]["dropped"] > 0, what="drops")
     _open_gate("sink")
     c = _ledger_balances(rt, 100)
-    assert set(c["dropped"]) == {"queue_full"}
+    assert set(c["drop_reasons"]) == {"queue_full"}
     values = [e.body.value for e in received("sink")]  # type: ignore[union-attr]
     assert values[-10:] == [float(i) for i in range(90, 100)]
 
@@ -161,7 +161,7 @@ def test_overflow_block_waits_and_loses_nothing(
     assert len(received("sink")) == 0
     _open_gate("sink")
     c = _ledger_balances(rt, 100)
-    assert c["dropped_total"] == 0
+    assert c["dropped"] == 0
     assert [e.body.value for e in received("sink")] == [float(i) for i in range(100)]  # type: ignore[union-attr]
 
 
@@ -169,10 +169,10 @@ def test_overflow_block_gives_up_after_its_timeout(
     load_config: Callable[[str], Loaded], runtime_of: Callable[[Loaded], Runtime]
 ) -> None:
     rt = runtime_of(load_config(_overflow_config("block", block_timeout=0.02)))
-    wait_until(lambda: routes_of(rt)["r"]["dropped_total"] > 0, what="block timeouts")
+    wait_until(lambda: routes_of(rt)["r"]["dropped"] > 0, what="block timeouts")
     _open_gate("sink")
     c = _ledger_balances(rt, 100)
-    assert set(c["dropped"]) == {"block_timeout"}
+    assert set(c["drop_reasons"]) == {"block_timeout"}
 
 
 def test_crashing_target_is_restarted_and_its_batch_dead_lettered(
@@ -200,11 +200,11 @@ to = "sink"
 
     def settled() -> bool:
         c = routes_of(rt)["r"]
-        return c["delivered"] + c["failed"] == 200
+        return c["delivered"] + c["dead_lettered"] == 200
 
     wait_until(settled, what="every envelope delivered or dead-lettered")
     c = routes_of(rt)["r"]
-    assert c["failed"] == 20  # the batch in hand when it crashed, dead-lettered
+    assert c["dead_lettered"] == 20  # the batch in hand when it crashed, dead-lettered
     assert len(received("sink")) == c["delivered"] == 180  # the rest, after the restart
     assert "told to crash" in rt.statuses["sink"].last_error
 
@@ -355,9 +355,9 @@ from = "src"
 to = "sink"
 """)
     )
-    wait_until(lambda: routes_of(rt)["r"]["delivered"] + routes_of(rt)["r"]["failed"] == 40)
+    wait_until(lambda: routes_of(rt)["r"]["delivered"] + routes_of(rt)["r"]["dead_lettered"] == 40)
     c = routes_of(rt)["r"]
-    assert (c["delivered"], c["failed"]) == (20, 20)
+    assert (c["delivered"], c["dead_lettered"]) == (20, 20)
     assert len(received("sink")) == 20
 
 

@@ -35,8 +35,10 @@ def route(i: int, balanced: bool = True, replies: int = 0) -> dict[str, Any]:
     return {
         "matched": 10 * i,
         "delivered": 9 * i,
-        "dropped": {"drop_oldest": i - 1, "filtered": 1},
-        "failed": 0,
+        "drop_reasons": {"drop_oldest": i - 1},
+        "dropped": i - 1,
+        "filtered": 1,
+        "dead_lettered": 0,
         "replies": replies,
         "reply_timeouts": 0,
         "ledger": {
@@ -190,7 +192,7 @@ def test_odd_snapshots_are_drawn_not_raised() -> None:
         {},
         {"uptime_s": "12", "adapters": {"a": "not a table"}, "routes": []},
         {"adapters": {"a": {"since": "yesterday", "state": None}}, "outbox": {"bytes": None}},
-        {"routes": {"r": {"dropped": ["x"], "ledger": "?", "outbox": 3}}, "queues": 7},
+        {"routes": {"r": {"drop_reasons": ["x"], "ledger": "?", "outbox": 3}}, "queues": 7},
         {"routes": {"r": {"ledger": {"received": 10**30, "balanced": False}}}},
     ]
     for snap in odd:

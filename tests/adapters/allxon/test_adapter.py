@@ -566,7 +566,9 @@ async def test_envelopes_that_can_never_be_sent_are_dead_lettered(setup: Any) ->
                     Event(module=MODULE, name="door", value="opened"),
                 ),
             )
-            await wait_for(lambda: rt.snapshot()["routes"]["data"]["failed"] == 3, what="3 failed")
+            await wait_for(
+                lambda: rt.snapshot()["routes"]["data"]["dead_lettered"] == 3, what="3 failed"
+            )
             await sim.wait_for(lambda s: len(s.modules[MODULE].events) == 1, timeout=10)
             assert sim.modules[MODULE].events[0].value == "opened"
 

@@ -69,7 +69,7 @@ async def test_v2_posts_land_in_the_store(
             )
             async with start_runtime(load_alphax(cfg)) as rt:
                 await wait_for(lambda: routes_of(rt)["w"]["delivered"] == 300, what="300 sent")
-                assert routes_of(rt)["w"]["failed"] == 0 and received("dlq") == []
+                assert routes_of(rt)["w"]["dead_lettered"] == 0 and received("dlq") == []
                 assert rt.statuses["ax"].state == "connected"
             assert store_of(sim, devices, channels) == expected(devices, channels, 25)
             assert sim.store.count() == 300  # nothing twice
@@ -182,7 +182,7 @@ async def test_429_and_5xx_are_retried_without_loss(
                 await wait_for(lambda: routes_of(rt)["w"]["delivered"] == 40, what="40 sent")
                 assert stats("ax")["retries"] == 6
                 assert rt.statuses["ax"].state == "connected"
-                assert routes_of(rt)["w"]["failed"] == 0 and received("dlq") == []
+                assert routes_of(rt)["w"]["dead_lettered"] == 0 and received("dlq") == []
             assert sim.faults_pending() == 0
             assert store_of(sim, ["dev-1"], [1, 2]) == expected(["dev-1"], [1, 2], 20)
             codes = [r.status for r in sim.requests]
@@ -220,13 +220,13 @@ async def test_a_refused_token_holds_the_values_until_it_is_accepted(
                 )
                 assert rt.statuses["ax"].state == "auth-failed"
                 assert "values held" in rt.statuses["ax"].detail
-                assert received("dlq") == [] and routes_of(rt)["w"]["failed"] == 0
+                assert received("dlq") == [] and routes_of(rt)["w"]["dead_lettered"] == 0
                 assert sim.store.count() == 0
                 refused = len(sim.requests)
                 sim.tokens[TOKEN] = TokenSpec()  # the operator fixed the token
                 await wait_for(lambda: routes_of(rt)["w"]["delivered"] == 6, what="6 sent")
                 assert rt.statuses["ax"].state == "connected"
-                assert received("dlq") == [] and routes_of(rt)["w"]["failed"] == 0
+                assert received("dlq") == [] and routes_of(rt)["w"]["dead_lettered"] == 0
             assert store_of(sim, ["dev-1"], [1, 2]) == expected(["dev-1"], [1, 2], 3)
             assert sim.store.count() == 6  # each value once
             # backed off, not hammered: a handful of refusals while the test waited
@@ -248,7 +248,7 @@ async def test_a_body_over_the_limit_is_dead_lettered_with_status_and_body(
             )
             async with start_runtime(load_alphax(cfg)) as rt:
                 await wait_for(lambda: len(received("dlq")) == 6, what="6 dead letters")
-                assert routes_of(rt)["w"]["failed"] == 6
+                assert routes_of(rt)["w"]["dead_lettered"] == 6
                 assert rt.statuses["ax"].state != "auth-failed"
             assert len(sim.requests) == 3  # one post per timestamp, none retried
             for env in received("dlq"):

@@ -111,7 +111,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
                     s = stats("ax")
                     assert s["connects"] >= 2 and rt.statuses["ax"].reconnects >= 1
                     assert s["ack_timeouts"] == 0 and s["outstanding"] == 0
-                    assert rt.snapshot()["routes"]["w"]["failed"] == 0
+                    assert rt.snapshot()["routes"]["w"]["dead_lettered"] == 0
                 await sim.wait_for(lambda: sim.store.count() >= 600, timeout=10)
                 duplicates = 0
                 for channel in (1, 2):
@@ -192,7 +192,7 @@ async def test_missing_pubacks_are_dead_lettered_after_the_timeout(
             async with start_runtime(load_alphax(cfg)) as rt:
                 # 3 bulk messages (one per timestamp) of 2 channels each
                 await wait_for(lambda: len(received("dlq")) == 6, what="6 dead letters")
-                assert rt.snapshot()["routes"]["w"]["failed"] == 6
+                assert rt.snapshot()["routes"]["w"]["dead_lettered"] == 6
                 s = stats("ax")
                 assert s["ack_timeouts"] == 3 and s["outstanding"] == 0  # given up for good
             reason = received("dlq")[0].headers["x-dead-letter-reason"]
@@ -407,7 +407,7 @@ async def test_a_broker_that_never_sends_connack_is_retried_then_delivered(
                     )
                     s = stats("ax")
                     assert s["connects"] == 1 and s["outstanding"] == 0
-                    assert rt.snapshot()["routes"]["w"]["failed"] == 0
+                    assert rt.snapshot()["routes"]["w"]["dead_lettered"] == 0
                     assert status.state == "connected"
                 await sim.wait_for(lambda: sim.store.count() >= 10)
                 for channel in (1, 2):
@@ -441,7 +441,7 @@ async def test_a_half_open_link_is_detected_by_keepalive_and_nothing_is_lost(
                     assert s["connects"] >= 2 and rt.statuses["ax"].reconnects >= 1
                     assert s["resent"] > 0  # what the frozen link swallowed went out again
                     assert s["ack_timeouts"] == 0 and s["outstanding"] == 0
-                    assert rt.snapshot()["routes"]["w"]["failed"] == 0
+                    assert rt.snapshot()["routes"]["w"]["dead_lettered"] == 0
                 await sim.wait_for(lambda: sim.store.count() >= 600, timeout=10)
                 for channel in (1, 2):
                     got = Counter(values(sim, "dev-h", channel))
@@ -484,7 +484,7 @@ async def test_refused_credentials_back_off_and_recover_when_accepted(
                 assert "not authorized" in status.detail.lower(), status.detail
                 assert "a-wrong-one" not in status.detail
                 assert rt.snapshot()["routes"]["w"]["delivered"] == 0
-                assert rt.snapshot()["routes"]["w"]["failed"] == 0
+                assert rt.snapshot()["routes"]["w"]["dead_lettered"] == 0
                 assert stats("ax")["connects"] == 0
                 gate.target = mosquitto.port  # an anonymous broker: the next attempt succeeds
                 await wait_for(
@@ -639,7 +639,7 @@ async def test_a_connection_reset_under_publishing_loses_nothing(
                     what="all 20 acknowledged after the reset",
                 )
                 assert len(connections) >= 2 and connections[0][PUBLISH] >= 1
-                assert received("dlq") == [] and rt.snapshot()["routes"]["w"]["failed"] == 0
+                assert received("dlq") == [] and rt.snapshot()["routes"]["w"]["dead_lettered"] == 0
                 assert stats("ax")["outstanding"] == 0
             assert len(acked) == 20  # every value reached the broker that acknowledged
             nursery.cancel_scope.cancel()

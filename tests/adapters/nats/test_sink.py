@@ -66,7 +66,7 @@ def test_published_envelopes_count_delivered_at_their_puback(
     got = [decode(m.data) for m in stored]
     assert [e.body.value for e in got] == [float(i) for i in range(50)]  # type: ignore[union-attr]
     assert [m.headers["Nats-Msg-Id"] for m in stored] == [e.id for e in got]
-    assert routes(rt)["to-bus"]["failed"] == 0
+    assert routes(rt)["to-bus"]["dead_lettered"] == 0
 
 
 def test_the_same_id_twice_is_stored_once_and_both_count_delivered(
@@ -96,7 +96,9 @@ def test_data_the_stream_refuses_is_failed_with_the_reason_the_rest_delivered(
     big = [msgspec.structs.replace(e, subject="x" * 500) for e in metrics(3, 2)]
     core_plugin.inject("src", small + big)
     wait_until(
-        lambda: routes(rt)["to-bus"]["delivered"] == 3 and routes(rt)["to-bus"]["failed"] == 2,
+        lambda: (
+            routes(rt)["to-bus"]["delivered"] == 3 and routes(rt)["to-bus"]["dead_lettered"] == 2
+        ),
         timeout=15,
         what="3 stored, 2 refused",
     )
@@ -112,7 +114,7 @@ def test_a_stream_name_mismatch_is_failed_not_retried_forever(
     # the subject is bound to JUNCTION, the sink expects OTHER: JetStream answers 10060
     rt = runtime_of(load_config(sink_config(nats_server.url, extra='stream = "OTHER"')))
     core_plugin.inject("src", metrics(0, 3))
-    wait_until(lambda: routes(rt)["to-bus"]["failed"] == 3, timeout=15, what="3 refused")
+    wait_until(lambda: routes(rt)["to-bus"]["dead_lettered"] == 3, timeout=15, what="3 refused")
     assert routes(rt)["to-bus"]["delivered"] == 0
     assert "(10060)" in caplog.text
     assert stream_count(nats_server.url, "JUNCTION") == 0
@@ -138,7 +140,7 @@ def test_a_subject_no_stream_binds_is_held_and_logged_once_per_interval(
     wait_until(lambda: bool(warned()), timeout=10, what="the trouble logged")
     time.sleep(2.5)  # a second round of republishes (ack_timeout_s 1): held back
     assert len(warned()) == 1, warned()
-    assert routes(rt)["to-bus"]["failed"] == 0 and routes(rt)["to-bus"]["delivered"] == 0
+    assert routes(rt)["to-bus"]["dead_lettered"] == 0 and routes(rt)["to-bus"]["delivered"] == 0
 
 
 def test_a_config_the_server_cannot_serve_is_one_line_without_a_traceback(
@@ -175,7 +177,7 @@ def test_an_envelope_over_max_payload_fails_at_once(
         rt = runtime_of(load_config(sink_config(server.url)))
         big = [msgspec.structs.replace(e, subject="y" * 2000) for e in metrics(0, 1)]
         core_plugin.inject("src", metrics(10, 1) + big)
-        wait_until(lambda: routes(rt)["to-bus"]["failed"] == 1, what="the big one failed")
+        wait_until(lambda: routes(rt)["to-bus"]["dead_lettered"] == 1, what="the big one failed")
         wait_until(lambda: routes(rt)["to-bus"]["delivered"] == 1)
 
 
@@ -190,12 +192,12 @@ def test_a_server_outage_holds_the_data_and_nothing_acknowledged_is_lost(
     nats_server.kill()
     core_plugin.inject("src", metrics(20, 30))  # published into the outage
     wait_until(lambda: rt.statuses["bus"].state != "connected", timeout=10)
-    assert routes(rt)["to-bus"]["failed"] == 0
+    assert routes(rt)["to-bus"]["dead_lettered"] == 0
     nats_server.start()  # same port, same store
     wait_until(lambda: routes(rt)["to-bus"]["delivered"] == 50, timeout=20, what="all 50")
     values = sorted(decode(m.data).body.value for m in stream_messages(nats_server.url, "JUNCTION"))  # type: ignore[union-attr]
     assert values == [float(i) for i in range(50)]
-    assert routes(rt)["to-bus"]["failed"] == 0
+    assert routes(rt)["to-bus"]["dead_lettered"] == 0
 
 
 def test_a_puback_after_the_router_is_gone_does_not_end_the_shared_loop(
