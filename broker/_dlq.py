@@ -364,7 +364,7 @@ def _progress_bar(total: int) -> Iterator[Callable[[int, int, float], None]]:
         yield _progress
         return
     columns = (
-        TextColumn("replayed"),
+        TextColumn("queued for replay"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[speed]}"),
@@ -384,9 +384,9 @@ def _progress(moved: int, total: int, elapsed: float) -> None:
     speed = moved / elapsed if elapsed > 0 else 0.0
     if moved < total and speed > 0:
         left_s = (total - moved) / speed
-        out(f"replayed {moved}/{total} ({speed:.0f}/s, about {left_s:.0f} s left)")
+        out(f"queued for replay {moved}/{total} ({speed:.0f}/s, about {left_s:.0f} s left)")
     else:
-        out(f"replayed {moved}/{total}")
+        out(f"queued for replay {moved}/{total}")
 
 
 def cmd_purge(args: argparse.Namespace) -> int:

@@ -40,8 +40,9 @@ _HEAD = """\
 {variables}#   JUNCTION_HTTP_TOKEN (optional) the operations endpoint's token, once it is public
 #
 # Replace the placeholders marked CHANGE ME (system ids, device ids, channels) with the
-# site's own; `junction explain /etc/junction/site.toml '<envelope JSON>'` shows what a
-# route makes of an envelope.
+# site's own before the first run: `junction check` accepts them, but no PlaceOS system or
+# AlphaX device has those ids. `junction explain /etc/junction/site.toml '<envelope JSON>'`
+# shows what a route makes of an envelope.
 
 [junction]
 state_dir = "/var/lib/junction"          # outbox, dead letters, marks (systemd StateDirectory)
@@ -70,8 +71,8 @@ _VARIABLES = {
         "#   ALPHAX_PASSWORD    the MQTT password that goes with it\n"
     ),
     "allxon": (
-        "#   ALLXON_CREDENTIALS (optional) the plugin_credential.json the Allxon agent\n"
-        "#                      issued, if it is not /etc/junction/plugin_credential.json\n"
+        "#   ALLXON_CREDENTIALS the plugin_credential.json the Allxon agent issued (unset:\n"
+        "#                      /etc/junction/plugin_credential.json, which must exist)\n"
     ),
 }
 
@@ -115,7 +116,7 @@ display_name = "Building bridge"
 moduleName = "building"
 displayName = "Building"
 metrics = [{ name = "temperature", displayType = "temperature" }]
-states = [{ name = "people", displayType = "string" }]
+states = [{ name = "people", displayType = "string" }, { name = "bridge", displayType = "string" }]
 alarms = [{ name = "too_hot" }]
 commands = [{ name = "display_power", type = "asynchronous", params = [
   { name = "power", displayType = "switch", displayValues = [false, true], required = true }] }]
@@ -230,11 +231,11 @@ map = { kind = "channel_write", network_id = "CHANGE-ME", channel = 1, value = "
 overflow = "persist"
 """,
     "allxon": """
-# The bridge's own heartbeat as an Allxon state (replace with the routes of the site).
+# The bridge's own heartbeat as an Allxon state card (replace with the routes of the site).
 [adapters.allxon_heartbeat]
 type = "generator"
 kind = "state"
-body = { module = "building", name = "people", value = "0" }
+body = { module = "building", name = "bridge", value = "running" }
 rate = 0.0167                            # one a minute
 
 [[routes]]

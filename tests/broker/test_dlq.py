@@ -221,7 +221,7 @@ def test_replay_into_a_fixed_sink_delivers_them_and_the_dead_table_shrinks(
 ) -> None:
     assert dlq("replay", dead, "--route", "persisted") == 0
     out = capsys.readouterr().out
-    assert "replayed 10/10" in out
+    assert "queued for replay 10/10" in out
     assert "they are delivered when the bridge next starts" in out
     box = outbox_of(dead)
     assert box.dead_count() == 10 and box.replay_waiting() == 10
@@ -252,7 +252,7 @@ def test_replay_while_a_bridge_runs_is_picked_up_live(
         before = max(r.seq for r in peek(rt, lambda b: b.dead_rows(route="checked", limit=100)))
         assert dlq("replay", path, "--route", "persisted", "--rate", "1000") == 0
         out = capsys.readouterr().out
-        assert "to the running bridge" in out and "replayed 10/10" in out
+        assert "to the running bridge" in out and "queued for replay 10/10" in out
         assert "picks them up now" in out
         wait_until(lambda: len(core_plugin.received("sink")) == 10, what="live replay")
 
@@ -260,7 +260,7 @@ def test_replay_while_a_bridge_runs_is_picked_up_live(
         assert (
             dlq("replay", path, "--route", "checked", "--reason", "value 1", "--rate", "1000") == 0
         )
-        assert "replayed 6/6" in capsys.readouterr().out  # 1, 11, 13, 15, 17, 19
+        assert "queued for replay 6/6" in capsys.readouterr().out  # 1, 11, 13, 15, 17, 19
         wait_until(lambda: rt.snapshot()["routes"]["checked"]["dead_lettered"] == 6)
         wait_until(lambda: rt.outbox is not None and peek(rt, Outbox.dead_count) == 10)
         rows = peek(rt, lambda b: b.dead_rows(route="checked", limit=100))
@@ -539,7 +539,7 @@ def test_a_dead_lettered_reply_replays_back_to_the_asker(
     core_plugin.PROGRESS["asker"] = 4  # it asked already; only the answers are owed
     path.write_text(ASKING.format(state=tmp_path / "state", refuse="false"))
     assert dlq("replay", str(path), "--route", "exec", "--rate", "1000") == 0
-    assert "replayed 4/4" in capsys.readouterr().out
+    assert "queued for replay 4/4" in capsys.readouterr().out
     rt = start(str(path))
     try:
         wait_until(lambda: len(core_plugin.received("asker")) == 4, what="the answers delivered")

@@ -230,4 +230,4 @@ def test_dlq_replay_shows_a_progress_bar_on_a_terminal(monkeypatch: pytest.Monke
     monkeypatch.setattr("sys.stdout", plain)
     with _dlq._progress_bar(10) as report:
         report(5, 10, 1.0)
-    assert "replayed 5/10 (5/s, about 1 s left)" in plain.getvalue()  # a log, a pipe
+    assert "queued for replay 5/10 (5/s, about 1 s left)" in plain.getvalue()  # a log, a pipe
