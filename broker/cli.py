@@ -356,8 +356,11 @@ def run_until_stopped(
     duration: float = 0,
     live: bool = False,
     extra: Callable[[], str] | None = None,
+    footer: str = "",
 ) -> int:
     """Start the runtime, wait for a signal (or ``duration``), stop it cleanly.
+
+    ``footer`` starts the live view's last line, which always shows (the demo's console URL).
 
     ``extra`` adds text under the status table each time it is shown (the demo's values).
     """
@@ -390,7 +393,8 @@ def run_until_stopped(
             state = Path(loaded.config.junction.state_dir)
             recent = logs.RecentLines()
             logs.divert_to_file(str(state / "junction.log"), recent)
-            view = LiveStatus(f"(full log: {state / 'junction.log'}; Ctrl-C to stop)")
+            where = f"(full log: {state / 'junction.log'}; Ctrl-C to stop)"
+            view = LiveStatus(f"{footer}  {where}" if footer else where)
         runtime = Runtime(loaded)
         runtime.start()
         if view is not None:

@@ -424,12 +424,10 @@ def run_demo(
         values = LatestValues()
         loaded.plugins.pm.register(values, name="demo-view")
         view = extra_view(values, sims)
-        if not duration:
-
-            def with_url() -> str:
-                return f"console: {url}\n\n{view()}"
-
-            return run_until_stopped(loaded, status_every=1.0, live=live, extra=with_url)
+        if not duration:  # the URL on the live view's last line, which always shows
+            return run_until_stopped(
+                loaded, status_every=1.0, live=live, extra=view, footer=f"console: {url}"
+            )
         snap = _run_for(loaded, duration)
         final = view()  # while the simulators still run: it reads their command records
     finally:
