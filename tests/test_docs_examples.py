@@ -162,9 +162,11 @@ def test_the_extraction_finds_the_blocks() -> None:
     first = BLOCKS[0]
     assert first.file == "README.md" and not first.fragment
     assert 'name = "hot-rooms"' in first.text
-    for block in BLOCKS:
-        if not block.fragment:
-            tomllib.loads(block.text)  # a syntax error here names the block's id in the trace
+    for block in BLOCKS:  # a fragment is not a whole configuration, but still TOML
+        try:
+            tomllib.loads(block.text)
+        except tomllib.TOMLDecodeError as err:
+            raise AssertionError(f"{block.id}: not valid TOML: {err}") from err
 
 
 def test_readme_first_example_fires_hot_rooms(tmp_path: Path) -> None:
