@@ -189,9 +189,8 @@ class Ledger:
         for name, c in self.counters.items():
             entry = c.as_dict()
             pending, oldest = self.pending_of(name, now, inlets, durable)
-            filtered = c.dropped.get("filtered", 0)
-            dropped = sum(c.dropped.values()) - filtered
-            delivered = c.delivered + c.replies
+            filtered, dropped = entry["filtered"], entry["dropped"]
+            delivered = entry["delivered"]  # replies handed back included
             entry["ledger"] = {  # the ledger's words (VOCABULARY), nothing else
                 "received": c.received,
                 "delivered": delivered,

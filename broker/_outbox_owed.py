@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from broker._envelope import encode
+from broker._outbox_dead import CHUNK
 from broker._outbox_turn import TurnLog
 from broker._outbox_txn import OutboxError, Transactions
 from broker._stored import DeadLetter, PendingRow, Table, move_to_dead
@@ -25,8 +26,6 @@ log = logging.getLogger("broker.outbox")
 
 #: How long owed writes wait before they are tried again while the file refuses them.
 OWED_RETRY_S = 1.0
-#: Rows per ``IN (...)`` statement (as in broker._outbox_dead).
-_CHUNK = 500
 
 INSERT = (
     "INSERT INTO pending (seq, target, route, env_id, created, size, body) "
@@ -72,10 +71,10 @@ class OwedWrites:
 
     def _owed_changed(self) -> None:
         owed = self.owed
-        gone = owed.gone()
+        gone = owed.gone()  # the appends do not change it
         if gone & {row[0] for row in owed.appends}:  # owed rows settled meanwhile
             owed.appends = [row for row in owed.appends if row[0] not in gone]
-        self._owed_gone, self._replays_gone = owed.gone(), owed.replays_gone()
+        self._owed_gone, self._replays_gone = gone, owed.replays_gone()
         self._owing = bool(owed)
         self._count_with_owed()
 
@@ -84,8 +83,8 @@ class OwedWrites:
         try:
             self._recount()
             gone = sorted(self._owed_gone)
-            for i in range(0, len(gone), _CHUNK):
-                chunk = gone[i : i + _CHUNK]
+            for i in range(0, len(gone), CHUNK):
+                chunk = gone[i : i + CHUNK]
                 n, size = self._db.execute(
                     "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pending "
                     f"WHERE seq IN ({','.join('?' * len(chunk))})",

@@ -77,11 +77,6 @@ class Transactions:
         #: Turn transactions lost (rolled back by a failure), since the outbox was opened.
         self.losses = 0
 
-    @property
-    def is_open(self) -> bool:
-        """A grouped transaction is open (its first write is done, its COMMIT is not)."""
-        return self._open
-
     def write(self, deletes_only: bool = False) -> contextlib.AbstractContextManager[None]:
         """One write: its own transaction, or a savepoint in the turn's."""
         if not self.grouped:

@@ -196,7 +196,7 @@ def test_a_source_hears_its_batch_is_kept_only_once_the_rows_are_committed(
 def refuse_the_next_commit(box: Outbox) -> None:
     """Make the open transaction's COMMIT fail inside SQLite (a deferred foreign key that
     is still broken when it commits), as a full disk or an I/O error would fail it."""
-    assert box.txns.is_open
+    assert box._db.in_transaction
     box._db.execute("INSERT INTO orphan (parent) VALUES (1)")
 
 
