@@ -1,6 +1,7 @@
-"""The demo's latest values for the web console: a pluggy observer on every batch the
-router receives, kept as data (adapter, subject, value, time) for the console's snapshot
-(``Loaded.console_extra``), beside the live view's own text lines (:mod:`adapters.demo.view`)."""
+"""The demo's latest values: a pluggy observer on every batch the router receives, keeping
+the latest envelope with a value per (adapter, subject). The web console shows them as data
+(:meth:`LatestValues.snapshot`, ``Loaded.console_extra``), the live view as text lines
+(:func:`adapters.demo.view.extra_view`); one observer serves both."""
 
 from __future__ import annotations
 
@@ -18,28 +19,22 @@ from broker.hookspecs import hookimpl
 VALUE_CHARS = 120
 
 
-class ConsoleValues:
-    """The latest value per (adapter, subject): what the console's "latest values" shows."""
+class LatestValues:
+    """The latest envelope with a value per (adapter, subject), and its value as text."""
 
     def __init__(self, keep: int = 40) -> None:
         self.keep = keep
         self._lock = threading.Lock()
-        self._values: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._values: OrderedDict[tuple[str, str], tuple[Envelope, str]] = OrderedDict()
 
     @hookimpl
     def junction_envelopes_received(self, adapter: str, envelopes: Sequence[Envelope]) -> None:
         """Remember the last value of each subject (runs in the router; cheap)."""
-        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        latest: dict[tuple[str, str], tuple[Envelope, str]] = {}
         for env in envelopes:
             text = value_text(env)
             if text is not None:
-                latest[(adapter, env.subject)] = {
-                    "adapter": adapter,
-                    "subject": env.subject,
-                    "kind": env.kind,
-                    "value": text,
-                    "ts": env.ts,
-                }
+                latest[(adapter, env.subject)] = (env, text)
         if not latest:
             return
         with self._lock:
@@ -49,10 +44,21 @@ class ConsoleValues:
             while len(self._values) > self.keep:
                 self._values.popitem(last=False)
 
+    def recent(self) -> list[tuple[str, str, Envelope]]:
+        """(adapter, subject, envelope), least recently updated first (any thread)."""
+        with self._lock:
+            return [
+                (adapter, subject, env) for (adapter, subject), (env, _) in self._values.items()
+            ]
+
     def snapshot(self) -> dict[str, Any]:
         """``{"latest": [...]}`` sorted by adapter and subject (any thread)."""
         with self._lock:
-            values = [dict(v) for _, v in sorted(self._values.items())]
+            items = sorted(self._values.items())
+        values = [
+            {"adapter": a, "subject": s, "kind": env.kind, "value": text, "ts": env.ts}
+            for (a, s), (env, text) in items
+        ]
         return {"latest": values}
 
 

@@ -18,7 +18,7 @@ reaches them over real loopback sockets, exactly as it would reach a site:
 
 The bridge serves its web console on loopback (``[junction.http] listen`` when the table
 sets it, else a free port of 127.0.0.1) and the demo prints ``console: URL`` first; the
-console shows the latest values too (:class:`adapters.demo.latest.ConsoleValues`).
+console shows the latest values too (:class:`adapters.demo.latest.LatestValues`).
 
 ``open_demo_peers`` is the same thing as an async context manager for tests, which run the
 simulators in their own trio loop and drive them directly. The addresses reach the table
@@ -64,8 +64,8 @@ from adapters.allxon.sim import (
     open_allxon_simulator,
 )
 from adapters.alphax.sim import AlphaXSimulator, open_alphax_simulator
-from adapters.demo.latest import ConsoleValues
-from adapters.demo.view import LatestValues, extra_view
+from adapters.demo.latest import LatestValues
+from adapters.demo.view import extra_view
 from adapters.placeos.sim import PlaceOSSimulator, load_model, open_placeos_simulator
 from broker import Loaded, Runtime, load, render_status
 
@@ -369,20 +369,22 @@ def load_demo(path: str, env: dict[str, str]) -> Loaded:
     return load(path)
 
 
-def serve_console(loaded: Loaded) -> str:
+def serve_console(loaded: Loaded, values: LatestValues | None = None) -> str:
     """Have the bridge serve its web console on loopback; its URL.
 
     ``[junction.http] listen`` as the table says, else (or for port 0) a free port of
     127.0.0.1 chosen here, so the URL can be printed before the bridge starts. The
-    console also shows the latest value of each subject.
+    console also shows the latest value of each subject (``values``, registered here as
+    an observer; a new one when None).
     """
     http = loaded.config.junction.http
     host, _, port = (http.listen or "127.0.0.1:0").rpartition(":")
     if port == "0":
         port = str(_free_port(host.strip("[]")))
         http.listen = f"{host}:{port}"
-    values = ConsoleValues()
-    loaded.plugins.pm.register(values, name="demo-console")
+    if values is None:
+        values = LatestValues()
+    loaded.plugins.pm.register(values, name="demo-values")
     loaded.console_extra = values.snapshot
     return f"http://{host}:{port}/"
 
@@ -419,10 +421,9 @@ def run_demo(
     peers = sims.start()
     try:
         loaded = load_demo(path, peers.env)
-        url = serve_console(loaded)
+        values = LatestValues()  # the console's and the live view's
+        url = serve_console(loaded, values)
         print(f"console: {url}", flush=True)
-        values = LatestValues()
-        loaded.plugins.pm.register(values, name="demo-view")
         view = extra_view(values, sims)
         if not duration:  # the URL on the live view's last line, which always shows
             return run_until_stopped(
