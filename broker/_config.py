@@ -136,6 +136,10 @@ class JunctionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
 
+    def outbox_path(self) -> Path:
+        """Where the outbox file is: ``[junction.outbox] file`` in the state directory."""
+        return Path(self.state_dir) / self.outbox.file
+
 
 class AdapterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Keys every adapter accepts; each adapter type subclasses this with its own."""

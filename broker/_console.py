@@ -240,7 +240,7 @@ class _Console:
         if not text.isdigit() or not 1 <= int(text) <= DEAD_LIMIT_MAX:
             return _error(400, f"limit is a whole number 1..{DEAD_LIMIT_MAX} (got {text!r})")
         route, reason = params.get("route") or None, params.get("reason") or None
-        path = work.outbox_path(self.source.loaded())
+        path = self.source.loaded().config.junction.outbox_path()
         return await self._answer(partial(work.dead_letters, path, route, reason, int(text)))
 
     async def replay(self, request: Request) -> Response:
@@ -255,7 +255,7 @@ class _Console:
         except work.Refused as err:
             return _error(err.status, err.message)
         loaded = self.source.loaded()
-        path = work.outbox_path(loaded)
+        path = loaded.config.junction.outbox_path()
         if verb == "replay":
             routes = frozenset(r.name for r in loaded.table.routes)
             fn = partial(work.replay, path, seqs, routes)

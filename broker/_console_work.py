@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from broker import _explain as explain_mod
+from broker._dlq import PURGE_CHUNK
 from broker._dlq_format import ranges
 from broker._errors import JunctionError
 from broker._logs import redact
@@ -36,14 +37,8 @@ if TYPE_CHECKING:
 PREVIEW_CHARS = 160
 #: Seqs one replay or purge may name (the page lists far fewer).
 MAX_SEQS = 5000
-#: Rows per purge statement (as ``junction dlq purge``).
-PURGE_CHUNK = 500
 #: What an envelope looks like, for an explain that does not parse.
-EXAMPLE = {
-    "source": "gen",
-    "subject": "room/t",
-    "body": {"kind": "metric", "module": "room", "name": "t", "value": 21.5},
-}
+EXAMPLE = explain_mod.EXAMPLE_ENVELOPE
 
 
 class Refused(Exception):
@@ -57,12 +52,6 @@ class Refused(Exception):
 
     def answer(self) -> dict[str, Any]:
         return {"error": self.message, **self.extra}
-
-
-def outbox_path(loaded: Loaded) -> Path:
-    """Where the running bridge keeps its outbox (as :class:`broker._runtime.Runtime`)."""
-    settings = loaded.config.junction
-    return Path(settings.state_dir) / settings.outbox.file
 
 
 def _open(path: Path) -> Outbox:

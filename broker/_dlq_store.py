@@ -43,7 +43,7 @@ def locate(config_path: str) -> Located:
     return Located(
         config=config_path,
         state_dir=state_dir,
-        path=state_dir / view.junction.outbox.file,
+        path=view.junction.outbox_path(),
         routes=view.route_names,
     )
 

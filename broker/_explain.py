@@ -10,6 +10,14 @@ import msgspec
 from broker._envelope import Envelope
 from broker._routing import CompiledRoute, RoutingTable
 
+#: What an envelope looks like (``junction explain`` and the console show it when one does
+#: not parse).
+EXAMPLE_ENVELOPE: dict[str, Any] = {
+    "source": "gen",
+    "subject": "room/t",
+    "body": {"kind": "metric", "module": "room", "name": "t", "value": 21.5},
+}
+
 
 @dataclass
 class RouteVerdict:

@@ -200,7 +200,7 @@ class Runtime:
             self.inlets[name] = Inlet(name, settings.block_timeout_s)
             self.statuses[name] = AdapterStatus(name=name, type=acfg.type, required=acfg.required)
         self.outbox = Outbox(
-            state_dir / settings.outbox.file,
+            settings.outbox_path(),
             settings.outbox.max_rows,
             settings.outbox.max_bytes,
             max_dead=settings.outbox.max_dead_letters,

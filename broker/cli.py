@@ -253,11 +253,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         env = env_mod.decode(text)
     except (msgspec.ValidationError, msgspec.DecodeError) as err:
         print(f"not an envelope: {err}", file=sys.stderr)
-        print(
-            'example: {"source": "gen", "subject": "room/t", "body": {"kind": "metric", '
-            '"module": "room", "name": "t", "value": 21.5}}',
-            file=sys.stderr,
-        )
+        print(f"example: {json.dumps(explain_mod.EXAMPLE_ENVELOPE)}", file=sys.stderr)
         return EXIT_CONFIG
     print(explain_mod.render(explain_mod.explain(loaded.table, env)))
     return EXIT_OK
