@@ -190,7 +190,9 @@ class _Turn:
             names = {k for k, _ in headers}
             headers += [(k, v) for k, v in DEFAULT_HEADERS if k not in names]
             status = int(message["status"])
-            self._head = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+            self._head = h11.Response(
+                status_code=status, headers=headers, reason=reason_phrase(status)
+            )
         elif kind == "http.response.body":
             if not self.started or self.ended:
                 raise RuntimeError("http.response.body outside an answer")
@@ -278,7 +280,8 @@ def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
-def _reason(status: int) -> str:
+def reason_phrase(status: int) -> str:
+    """The status line's reason (``Not Found``), or "" for a code HTTP does not name."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:

@@ -46,7 +46,6 @@ import json
 import logging
 import socket
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,7 +54,7 @@ import trio
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
-from broker._asgi_bridge import ASGIApp, exchange
+from broker._asgi_bridge import ASGIApp, exchange, reason_phrase
 from broker._logs import redact
 from broker._loop import SharedLoop
 from broker._messages import describe
@@ -333,7 +332,7 @@ class OpsServer:
             if close:  # the request's body is not read: the next one could not be found
                 headers.append(("Connection", "close"))
             data = http.send(
-                h11.Response(status_code=status, headers=headers, reason=_reason(status))
+                h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
             )
             if request.method != b"HEAD":
                 data = (data or b"") + (http.send(h11.Data(data=body)) or b"")
@@ -447,7 +446,7 @@ async def _send_raw(stream: trio.SocketStream, status: int, text: str, retry: bo
     connection is closed: ``Connection: close``."""
     body = text.encode()
     head = (
-        f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: {TEXT}\r\n"
+        f"HTTP/1.1 {status} {reason_phrase(status)}\r\nContent-Type: {TEXT}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n"
         + ("Retry-After: 1\r\n" if retry else "")
         + "\r\n"
@@ -465,13 +464,6 @@ def _head_size(request: h11.Request) -> int:
     """The bytes of a request head as sent (to within its whitespace)."""
     line = len(request.method) + len(request.target) + len(request.http_version) + 9
     return line + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 def _json(value: Any) -> bytes:
